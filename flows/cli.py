@@ -1,0 +1,150 @@
+"""`stockpipe`: the command line. Reads settings at the edge and hands them to the flow or the library."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from pipeline.settings import Settings, SourceKind
+from pipeline.symbols import InvalidTicker, validate_ticker
+
+app = typer.Typer(help="Scheduled next-day stock price forecasting: Prefect + Great Expectations + Keras + MLflow.",
+                  no_args_is_help=True, add_completion=False)
+
+
+def prepare_environment(settings: Settings) -> None:
+    """Point Prefect and friends at the state directory before they are imported."""
+    home = settings.home.resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("PREFECT_HOME", str(home / "prefect"))
+    # Library code logs through `logging`; this hands those records to Prefect's console and UI handlers.
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "pipeline")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("MLFLOW_TRACKING_URI", settings.tracking_uri())
+
+
+def _parse_date(value: Optional[str]) -> Optional[dt.date]:
+    if value is None:
+        return None
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        raise typer.BadParameter(f"{value!r} is not a date in YYYY-MM-DD form", param_hint="--as-of") from None
+
+
+def _parse_tickers(values: list[str]) -> list[str]:
+    tickers = [t.strip().upper() for v in values for t in v.replace(",", " ").split() if t.strip()]
+    try:
+        return [validate_ticker(t) for t in tickers]
+    except InvalidTicker as exc:
+        raise typer.BadParameter(str(exc), param_hint="--tickers") from None
+
+
+@app.command(context_settings={"allow_extra_args": True})
+def run(
+    ctx: typer.Context,
+    tickers: Annotated[Optional[list[str]], typer.Option("--tickers", help="Tickers to run: --tickers MSFT GSPC")] = None,
+    source: Annotated[Optional[SourceKind], typer.Option(help="Where prices come from")] = None,
+    csv_dir: Annotated[Optional[Path], typer.Option(help="Folder of <TICKER>.csv files for --source csv")] = None,
+    as_of: Annotated[Optional[str], typer.Option(help="Run as if today were YYYY-MM-DD (hides later rows)")] = None,
+    epochs: Annotated[Optional[int], typer.Option(min=1, help="Override the training epochs")] = None,
+    force: Annotated[bool, typer.Option(help="Retrain even when data and settings are unchanged")] = False,
+) -> None:
+    """Run the daily pipeline once through the Prefect flow. Exit 0 only if every ticker succeeded."""
+    chosen = _parse_tickers([*(tickers or []), *ctx.args]) or None
+    as_of_date = _parse_date(as_of)
+    if source is SourceKind.csv and csv_dir is None:
+        raise typer.BadParameter("--source csv needs --csv-dir", param_hint="--csv-dir")
+    if csv_dir is not None and not csv_dir.is_dir():
+        raise typer.BadParameter(f"{csv_dir} is not a directory", param_hint="--csv-dir")
+    settings = Settings()
+    prepare_environment(settings)
+    if (source or settings.source) is SourceKind.yahoo:
+        import yfinance  # noqa: F401 - must load before TensorFlow (yfinance issue 2528)
+
+    from flows.daily import daily_pipeline
+
+    state = daily_pipeline.with_options(task_runner=_task_runner(settings.max_workers))(
+        tickers=chosen, source=source, csv_dir=str(csv_dir) if csv_dir else None,
+        as_of=as_of_date, epochs=epochs, force=force, return_state=True,
+    )
+    outcomes = state.result(raise_on_failure=False)
+    if not isinstance(outcomes, list):  # the flow itself failed before any ticker ran
+        typer.secho(f"flow failed: {outcomes}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1)
+    _print_outcomes(outcomes)
+    raise typer.Exit(0 if all(o["decision"] != "failed" for o in outcomes) else 1)
+
+
+def _task_runner(max_workers: int):
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    return ThreadPoolTaskRunner(max_workers=max_workers)
+
+
+def _print_outcomes(outcomes: list[dict]) -> None:
+    typer.echo("")
+    for o in outcomes:
+        colour = typer.colors.RED if o["decision"] == "failed" else typer.colors.GREEN
+        typer.secho(f"{o['ticker']:>6}  {o['decision']:<8}  {o['reason']}", fg=colour)
+
+
+def _status_rows(settings: Settings) -> list[dict]:
+    from pipeline.status import known_tickers, ticker_status
+    from pipeline.store import PriceStore
+    from pipeline.tracking import Tracker
+
+    store = PriceStore(settings.store_dir, settings.locks_dir)
+    tickers = known_tickers(store, settings.reports_dir)
+    tracker = Tracker(settings.tracking_uri(), settings.experiment_name, settings.artifacts_dir) if tickers else None
+    return [ticker_status(t, store, settings.reports_dir, tracker.champion(t)) for t in tickers]
+
+
+@app.command()
+def status(as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False) -> None:
+    """Per ticker: stored data, the champion, the last run's RMSEs and decision."""
+    settings = Settings()
+    rows = _status_rows(settings)
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        typer.echo(f"no tickers yet under {settings.home}: run `stockpipe run` first")
+        return
+
+    def num(value):
+        return "-" if value is None else f"{value:.4f}"
+
+    typer.echo(f"{'ticker':<7}{'data':<25}{'champion':<14}{'challenger':>11}{'champion':>11}{'naive':>11}  decision")
+    for r in rows:
+        span = f"{r['data_start']}..{r['data_end']}" if r["data_end"] else "-"
+        champ = f"v{r['champion_version']} {r['champion_kind']}" if r["champion_version"] else "-"
+        typer.echo(f"{r['ticker']:<7}{span:<25}{champ:<14}{num(r['challenger_test_rmse']):>11}"
+                   f"{num(r['champion_test_rmse']):>11}{num(r['naive_test_rmse']):>11}  {r['last_decision']}")
+        typer.echo(f"{'':<7}{r['last_reason']}")
+
+
+@app.command()
+def ui(port: Annotated[int, typer.Option(help="Port on 127.0.0.1")] = 5000) -> None:
+    """Start the MLflow UI on 127.0.0.1 over the same tracking store."""
+    settings = Settings()
+    uri = settings.tracking_uri()
+    typer.echo(f"MLflow UI for {uri} on http://127.0.0.1:{port} (Ctrl-C to stop)")
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)]
+    if uri.startswith("sqlite:"):
+        command += ["--default-artifact-root", settings.artifacts_dir.resolve().as_uri()]
+    raise typer.Exit(subprocess.call(command))
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,162 @@
+"""The `daily-pipeline` Prefect flow: wires the library's steps per ticker, with retries where failures are transient."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import warnings
+
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
+from prefect.states import Completed, Failed
+from prefect.tasks import exponential_backoff
+
+from pipeline import journal, steps
+from pipeline.promotion import FAILED
+from pipeline.settings import Settings, SourceKind
+from pipeline.sources import build_source
+from pipeline.store import PriceStore
+from pipeline.symbols import validate_ticker
+from pipeline.tracking import Tracker
+from pipeline.validation import load_suite_definition
+
+log = logging.getLogger("pipeline.flow")
+
+FETCH_RETRIES = 3
+TRACKING_RETRIES = 2
+
+
+@task(retries=FETCH_RETRIES, retry_delay_seconds=exponential_backoff(backoff_factor=5), retry_jitter_factor=0.5,
+      cache_policy=NO_CACHE, task_run_name="fetch-{ticker}")
+def fetch(source, store: PriceStore, ticker: str, as_of: dt.date):
+    return steps.fetch_batch(source, store, ticker, as_of)
+
+
+# Validation failures are facts about the data, not transient: never retried.
+@task(cache_policy=NO_CACHE, task_run_name="validate-{ticker}")
+def validate(ticker: str, history, batch, settings: Settings, as_of: dt.date, suite: dict):
+    return steps.admit(
+        ticker, history, batch, suite=suite, as_of=as_of, config=settings.training,
+        quarantine_dir=settings.quarantine_dir, reports_dir=settings.reports_dir,
+    )
+
+
+@task(cache_policy=NO_CACHE, task_run_name="train-{ticker}")
+def train(ticker: str, history, settings: Settings):
+    return steps.train_challenger(history, settings.training, ticker)
+
+
+@task(retries=TRACKING_RETRIES, retry_delay_seconds=exponential_backoff(backoff_factor=3), retry_jitter_factor=0.5,
+      cache_policy=NO_CACHE, task_run_name="track-and-promote-{ticker}")
+def track_and_promote(ticker: str, admitted, challenger, settings: Settings, run_tags: dict[str, str]):
+    tracker = Tracker(settings.tracking_uri(), settings.experiment_name, settings.artifacts_dir)
+    return steps.track_and_promote(
+        tracker, admitted, challenger, config=settings.training, margin=settings.promotion_margin,
+        source=settings.source.value, run_tags=run_tags,
+    )
+
+
+@task(cache_policy=NO_CACHE, task_run_name="{ticker}")
+def ticker_pipeline(ticker: str, settings: Settings, as_of: dt.date, force: bool, suite: dict) -> dict:
+    """One ticker end to end; any failure is reported as this ticker's outcome and never stops the others."""
+    store = PriceStore(settings.store_dir, settings.locks_dir)
+    run_tags = {"prefect_flow_run_id": str(flow_run.get_id() or ""), "as_of": as_of.isoformat()}
+    try:
+        source = build_source(settings.source.value, folder=None if settings.source is SourceKind.yahoo else settings.price_folder(),
+                              yahoo_symbols=settings.yahoo_symbols)
+        # The lock makes concurrent runs of one ticker take turns: the second sees the first's data and skips.
+        with store.lock(ticker):
+            history = store.read(ticker)
+            batch = fetch(source, store, ticker, as_of)
+            admitted = validate(ticker, history, batch, settings, as_of, suite)
+            previous = journal.read(settings.reports_dir, ticker)
+            settings_digest = settings.training.digest()
+            if not force and steps.already_trained(settings.reports_dir, ticker, admitted.data_digest, settings_digest):
+                outcome = steps.skipped(admitted, settings_digest, previous)
+            else:
+                if admitted.new_rows:
+                    store.write(ticker, admitted.history)
+                challenger = train(ticker, admitted.history, settings)
+                outcome = track_and_promote(ticker, admitted, challenger, settings, run_tags)
+            journal.write(settings.reports_dir, ticker, outcome.to_dict())
+    except Exception as exc:  # noqa: BLE001 - reported per ticker, the flow state reflects it below
+        log.error("%s: failed: %s", ticker, exc)
+        last = journal.read(settings.reports_dir, ticker) or {}
+        outcome = steps.TickerOutcome(
+            ticker=ticker, decision=FAILED, reason=f"{type(exc).__name__}: {exc}",
+            champion_version=last.get("champion_version"), champion_kind=last.get("champion_kind"),
+        )
+        journal.write(settings.reports_dir, ticker, {**last, **{k: v for k, v in outcome.to_dict().items() if v is not None}})
+    return outcome.to_dict()
+
+
+def summary_markdown(outcomes: list[dict]) -> str:
+    def fmt(value, digits=4):
+        return "" if value is None else f"{value:.{digits}f}"
+
+    rows = ["| ticker | data end | challenger RMSE | champion RMSE | naive RMSE | U2 | decision | MLflow run |",
+            "|---|---|---|---|---|---|---|---|"]
+    for o in outcomes:
+        rows.append(
+            f"| {o['ticker']} | {o.get('data_end') or ''} | {fmt(o.get('challenger_test_rmse'))} | "
+            f"{fmt(o.get('champion_test_rmse'))} | {fmt(o.get('naive_test_rmse'))} | {fmt(o.get('u2'), 3)} | "
+            f"{o['decision']} | {o.get('run_id') or ''} |"
+        )
+    reasons = [f"- **{o['ticker']}**: {o['reason']}" for o in outcomes]
+    return "\n".join(["# Daily pipeline", "", *rows, "", *reasons])
+
+
+@flow(name="daily-pipeline", log_prints=True)
+def daily_pipeline(
+    tickers: list[str] | None = None,
+    source: SourceKind | None = None,
+    csv_dir: str | None = None,
+    as_of: dt.date | None = None,
+    epochs: int | None = None,
+    force: bool = False,
+):
+    """Fetch, validate, window, retrain, track and promote, for every ticker in parallel."""
+    quiet_third_party_logs()
+    settings = resolve_settings(tickers=tickers, source=source, csv_dir=csv_dir, epochs=epochs)
+    as_of = as_of or dt.date.today()
+    suite = load_suite_definition(settings.suite_path)
+    futures = [ticker_pipeline.submit(t, settings, as_of, force, suite) for t in settings.tickers]
+    outcomes = [f.result() for f in futures]
+    create_markdown_artifact(key="daily-pipeline-summary", markdown=summary_markdown(outcomes),
+                             description=f"stockpipe daily run as of {as_of}")
+    failed = [o["ticker"] for o in outcomes if o["decision"] == FAILED]
+    if failed:
+        return Failed(message=f"{len(failed)} of {len(outcomes)} ticker(s) failed: {', '.join(failed)}", data=outcomes)
+    return Completed(message=f"{len(outcomes)} ticker(s) done", data=outcomes)
+
+
+def quiet_third_party_logs() -> None:
+    """Keep the run log to what a person follows: our steps at INFO, libraries' chatter at WARNING."""
+    logging.getLogger("pipeline").setLevel(logging.INFO)
+    for noisy in ("great_expectations", "mlflow", "tensorflow", "absl"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Logging our own PythonModel classes is intended; MLflow warns about pickling them on every log.
+    logging.getLogger("mlflow.pyfunc").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"mlflow\..*")
+
+
+def resolve_settings(**overrides) -> Settings:
+    """Settings from the environment, with the flow's parameters (when given) on top; checked before any work."""
+    settings = Settings()
+    updates = {}
+    if overrides.get("tickers"):
+        updates["tickers"] = [validate_ticker(t) for t in overrides["tickers"]]
+    if overrides.get("source"):
+        updates["source"] = SourceKind(overrides["source"])
+    if overrides.get("csv_dir"):
+        updates["csv_dir"] = overrides["csv_dir"]
+    if overrides.get("epochs"):
+        updates["training"] = settings.training.model_copy(update={"epochs": int(overrides["epochs"])})
+    merged = Settings.model_validate({**settings.model_dump(), **updates})
+    if merged.source is not SourceKind.yahoo:
+        folder = merged.price_folder()
+        if not folder.is_dir():
+            raise ValueError(f"price folder {folder} does not exist")
+    return merged

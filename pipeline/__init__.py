@@ -1,0 +1,1 @@
+"""stockpipe library: plain, orchestrator-free pipeline steps."""

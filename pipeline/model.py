@@ -1,0 +1,86 @@
+"""The LSTM: two recurrent layers with dropout and a dense head, trained with early stopping on validation."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pipeline.settings import TrainingConfig
+from pipeline.windows import Dataset
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainedModel:
+    keras_model: object
+    history: dict[str, list[float]] = field(default_factory=dict)
+    best_epoch: int = 0
+    epochs_run: int = 0
+
+
+def build_lstm(window: int, n_features: int, config: TrainingConfig):
+    import keras
+
+    seed = config.seed
+    # Every random layer gets its own seed so two tickers trained in parallel threads stay reproducible.
+    model = keras.Sequential(
+        [
+            keras.Input(shape=(window, n_features)),
+            keras.layers.LSTM(
+                config.units,
+                return_sequences=True,
+                kernel_initializer=keras.initializers.GlorotUniform(seed=seed),
+                recurrent_initializer=keras.initializers.Orthogonal(seed=seed + 1),
+            ),
+            keras.layers.Dropout(config.dropout, seed=seed + 2),
+            keras.layers.LSTM(
+                config.units,
+                kernel_initializer=keras.initializers.GlorotUniform(seed=seed + 3),
+                recurrent_initializer=keras.initializers.Orthogonal(seed=seed + 4),
+            ),
+            keras.layers.Dropout(config.dropout, seed=seed + 5),
+            keras.layers.Dense(1, kernel_initializer=keras.initializers.GlorotUniform(seed=seed + 6)),
+        ]
+    )
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=config.learning_rate), loss="mse")
+    return model
+
+
+def _epoch_logger(label: str, epochs: int):
+    import keras
+
+    class EpochLogger(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            logs = logs or {}
+            log.info(
+                "%s: epoch %d/%d loss=%.4f val_loss=%.4f",
+                label, epoch + 1, epochs, logs.get("loss", np.nan), logs.get("val_loss", np.nan),
+            )
+
+    return EpochLogger()
+
+
+def train_lstm(dataset: Dataset, config: TrainingConfig, label: str = "model") -> TrainedModel:
+    import keras
+
+    keras.utils.set_random_seed(config.seed)
+    model = build_lstm(dataset.window, dataset.train.x.shape[-1], config)
+    stop = keras.callbacks.EarlyStopping(
+        monitor="val_loss", patience=config.patience, restore_best_weights=True
+    )
+    fit = model.fit(
+        dataset.train.x,
+        dataset.train.y,
+        validation_data=(dataset.val.x, dataset.val.y),
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        callbacks=[stop, _epoch_logger(label, config.epochs)],
+        verbose=0,
+    )
+    history = {k: [float(v) for v in values] for k, values in fit.history.items()}
+    val_losses = history.get("val_loss", [])
+    best = int(np.argmin(val_losses)) + 1 if val_losses else len(history.get("loss", []))
+    return TrainedModel(keras_model=model, history=history, best_epoch=best, epochs_run=len(history.get("loss", [])))

@@ -1,0 +1,117 @@
+"""One typed settings object, read from `STOCKPIPE_*` environment variables at the edges.
+
+Library functions take the pieces they need as arguments; nothing here runs at import time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from enum import StrEnum
+from pathlib import Path
+
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from pipeline.symbols import validate_ticker
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+BUNDLED_SNAPSHOTS = PROJECT_ROOT / "data" / "snapshots"
+BUNDLED_SUITE = PROJECT_ROOT / "expectations" / "prices.json"
+
+
+class SourceKind(StrEnum):
+    snapshot = "snapshot"
+    csv = "csv"
+    yahoo = "yahoo"
+
+
+class TrainingConfig(BaseModel):
+    """Everything that shapes a trained model; its digest decides whether a retrain is needed."""
+
+    history_years: float = Field(10.0, gt=0, description="Years of history before the data end used for a model.")
+    window: int = Field(60, ge=5, description="Sessions of history the model sees per forecast.")
+    units: int = Field(64, ge=1, description="Units in each of the two LSTM layers.")
+    dropout: float = Field(0.2, ge=0, lt=1)
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(64, ge=1)
+    learning_rate: float = Field(1e-3, gt=0)
+    patience: int = Field(5, ge=1, description="Epochs without validation improvement before early stopping.")
+    val_fraction: float = Field(0.1, gt=0, lt=0.5)
+    test_fraction: float = Field(0.1, gt=0, lt=0.5)
+    seed: int = 42
+
+    def digest(self) -> str:
+        canonical = json.dumps(self.model_dump(), sort_keys=True)
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+class Settings(BaseSettings):
+    """Runtime configuration. Nested fields use `__`, e.g. `STOCKPIPE_TRAINING__EPOCHS=5`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="STOCKPIPE_",
+        env_nested_delimiter="__",
+        env_file=".env",
+        extra="ignore",
+    )
+
+    home: Path = Field(Path(".stockpipe"), description="Directory holding all local state.")
+    tickers: list[str] = ["MSFT", "GSPC"]
+    source: SourceKind = SourceKind.snapshot
+    snapshot_dir: Path = BUNDLED_SNAPSHOTS
+    csv_dir: Path | None = None
+    suite_path: Path = BUNDLED_SUITE
+    # Yahoo spells index symbols with a caret, which is not safe in paths or model names.
+    yahoo_symbols: dict[str, str] = {"GSPC": "^GSPC"}
+    mlflow_tracking_uri: str | None = Field(
+        None, description="Defaults to MLFLOW_TRACKING_URI, else a SQLite database under `home`."
+    )
+    experiment_name: str = "stockpipe"
+    promotion_margin: float = Field(
+        0.0, ge=0, lt=1, description="Relative RMSE improvement a challenger needs over the champion."
+    )
+    max_workers: int = Field(2, ge=1, description="Tickers processed at once.")
+    training: TrainingConfig = TrainingConfig()
+
+    @field_validator("tickers")
+    @classmethod
+    def _tickers_are_symbols(cls, tickers: list[str]) -> list[str]:
+        return [validate_ticker(t) for t in tickers]
+
+    @property
+    def store_dir(self) -> Path:
+        return self.home / "store"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.home / "reports"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.home / "quarantine"
+
+    @property
+    def locks_dir(self) -> Path:
+        return self.home / "locks"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.home / "artifacts"
+
+    def tracking_uri(self, environ: dict[str, str] | None = None) -> str:
+        env = os.environ if environ is None else environ
+        if self.mlflow_tracking_uri:
+            return self.mlflow_tracking_uri
+        if env.get("MLFLOW_TRACKING_URI"):
+            return env["MLFLOW_TRACKING_URI"]
+        return f"sqlite:///{(self.home / 'mlflow.db').resolve()}"
+
+    def price_folder(self) -> Path:
+        """The folder a file-based source reads `<TICKER>.csv` from."""
+        if self.source is SourceKind.csv:
+            if self.csv_dir is None:
+                raise ValueError("--source csv needs --csv-dir (or STOCKPIPE_CSV_DIR)")
+            return self.csv_dir
+        return self.snapshot_dir

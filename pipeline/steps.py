@@ -1,0 +1,330 @@
+"""The daily pipeline's steps for one ticker, as plain functions the orchestrator wires together."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipeline import journal
+from pipeline.evaluation import forecast_metrics
+from pipeline.forecasters import LstmForecaster, forecasts_on, to_model_input
+from pipeline.plots import forecast_figure
+from pipeline.promotion import FAILED, SKIPPED, decide
+from pipeline.settings import TrainingConfig
+from pipeline.sources import PriceSource
+from pipeline.store import PriceStore, digest, merge_new_rows
+from pipeline.tracking import Tracker
+from pipeline.validation import ValidationReport, validate_prices
+from pipeline.windows import Dataset, build_dataset, min_rows_for
+
+log = logging.getLogger(__name__)
+
+
+class DataContractViolation(RuntimeError):
+    """Prices broke a critical expectation; the store was left as it was."""
+
+    def __init__(self, ticker: str, report: ValidationReport, quarantined: Path | None):
+        self.ticker = ticker
+        self.report = report
+        self.quarantined = quarantined
+        where = f"; batch quarantined in {quarantined}" if quarantined else ""
+        failed = "; ".join(f.describe() for f in report.critical_failures)
+        super().__init__(f"{ticker}: {report.subject} failed the data contract: {failed}{where}")
+
+
+@dataclass
+class Admitted:
+    """Prices that passed the contract and may be stored and trained on."""
+
+    ticker: str
+    history: pd.DataFrame
+    new_rows: int
+    data_digest: str
+    reports: list[ValidationReport] = field(default_factory=list)
+
+    @property
+    def data_start(self) -> str:
+        return self.history["Date"].min().strftime("%Y-%m-%d")
+
+    @property
+    def data_end(self) -> str:
+        return self.history["Date"].max().strftime("%Y-%m-%d")
+
+
+@dataclass
+class Challenger:
+    dataset: Dataset
+    keras_model: Any
+    forecaster: LstmForecaster
+    training_history: dict[str, list[float]]
+    best_epoch: int
+    epochs_run: int
+    train_seconds: float
+    test_forecast: np.ndarray
+    metrics: dict[str, float]
+
+
+@dataclass
+class TickerOutcome:
+    ticker: str
+    decision: str
+    reason: str
+    data_start: str | None = None
+    data_end: str | None = None
+    rows: int = 0
+    new_rows: int = 0
+    data_digest: str | None = None
+    settings_digest: str | None = None
+    run_id: str | None = None
+    model_version: str | None = None
+    champion_version: str | None = None
+    champion_kind: str | None = None
+    challenger_test_rmse: float | None = None
+    champion_test_rmse: float | None = None
+    naive_test_rmse: float | None = None
+    u2: float | None = None
+    finished_at: str = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+
+    @property
+    def succeeded(self) -> bool:
+        return self.decision != FAILED
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def fetch_batch(source: PriceSource, store: PriceStore, ticker: str, as_of: dt.date) -> pd.DataFrame:
+    since = store.last_date(ticker)
+    batch = source.fetch(ticker, since, as_of)
+    log.info("%s: fetched %d new row(s) from %s since %s", ticker, len(batch), source.name, since or "the start")
+    return batch
+
+
+def admit(
+    ticker: str,
+    history: pd.DataFrame,
+    batch: pd.DataFrame,
+    *,
+    suite: dict,
+    as_of: dt.date,
+    config: TrainingConfig,
+    quarantine_dir: Path,
+    reports_dir: Path,
+) -> Admitted:
+    """Validate the new batch, then the merged history; quarantine and raise on a critical failure."""
+    reports = []
+    if not batch.empty:
+        batch_report = validate_prices(batch, subject=f"{ticker} new batch", suite_definition=suite, as_of=as_of)
+        reports.append(batch_report)
+        if not batch_report.passed:
+            _save_reports(reports_dir, ticker, reports)
+            raise DataContractViolation(ticker, batch_report, quarantine(quarantine_dir, ticker, batch, batch_report))
+    merged = merge_new_rows(history, batch)
+    merged_report = validate_prices(
+        merged, subject=f"{ticker} merged history", suite_definition=suite, as_of=as_of, min_rows=min_rows_for(config)
+    )
+    reports.append(merged_report)
+    _save_reports(reports_dir, ticker, reports)
+    if not merged_report.passed:
+        raise DataContractViolation(ticker, merged_report, quarantine(quarantine_dir, ticker, batch, merged_report))
+    for report in reports:
+        log.info("%s", report.summary())
+    new_rows = len(merged) - len(history)
+    return Admitted(ticker, merged, new_rows, digest(merged), reports)
+
+
+def quarantine(root: Path, ticker: str, batch: pd.DataFrame, report: ValidationReport) -> Path | None:
+    """Keep the rejected batch and why, so nothing fetched is lost."""
+    if batch.empty:
+        return None
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    folder = Path(root) / ticker / stamp
+    folder.mkdir(parents=True, exist_ok=True)
+    batch.to_csv(folder / "batch.csv", index=False)
+    (folder / "validation.json").write_text(json.dumps(report.to_json(), indent=2, default=str))
+    log.warning("%s: rejected batch of %d row(s) quarantined in %s", ticker, len(batch), folder)
+    return folder
+
+
+def _save_reports(reports_dir: Path, ticker: str, reports: list[ValidationReport]) -> Path:
+    folder = Path(reports_dir) / ticker
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "validation.json"
+    path.write_text(json.dumps([r.to_json() for r in reports], indent=2, default=str))
+    return path
+
+
+def already_trained(reports_dir: Path, ticker: str, data_digest: str, settings_digest: str) -> bool:
+    """True when the last successful run of this ticker saw the same data with the same settings."""
+    last = journal.read(reports_dir, ticker)
+    return bool(
+        last
+        and last.get("decision") not in (FAILED, None)
+        and last.get("data_digest") == data_digest
+        and last.get("settings_digest") == settings_digest
+    )
+
+
+def skipped(admitted: Admitted, settings_digest: str, previous: dict | None) -> TickerOutcome:
+    carried = {k: (previous or {}).get(k) for k in ("run_id", "model_version", "champion_version", "champion_kind",
+                                                   "challenger_test_rmse", "champion_test_rmse", "naive_test_rmse", "u2")}
+    return TickerOutcome(
+        ticker=admitted.ticker,
+        decision=SKIPPED,
+        reason=f"no new data since {admitted.data_end} and the same settings: model is up to date (use --force to retrain)",
+        data_start=admitted.data_start,
+        data_end=admitted.data_end,
+        rows=len(admitted.history),
+        data_digest=admitted.data_digest,
+        settings_digest=settings_digest,
+        **carried,
+    )
+
+
+def train_challenger(history: pd.DataFrame, config: TrainingConfig, ticker: str) -> Challenger:
+    import time
+
+    from pipeline.model import train_lstm
+
+    dataset = build_dataset(history, config)
+    log.info(
+        "%s: %d train / %d validation / %d test windows (test %s..%s)",
+        ticker, len(dataset.train.y), len(dataset.val.y), len(dataset.test.y),
+        dataset.test.target_date[0].date(), dataset.test.target_date[-1].date(),
+    )
+    started = time.perf_counter()
+    trained = train_lstm(dataset, config, label=ticker)
+    seconds = time.perf_counter() - started
+    forecaster = LstmForecaster(trained.keras_model, dataset.scaler, dataset.window)
+    predictions = forecaster.predict(None, to_model_input(dataset.history))
+    test_forecast = forecasts_on(predictions, dataset.test.as_of)
+    metrics = forecast_metrics(dataset.test.next_close, test_forecast, dataset.test.last_close)
+    log.info(
+        "%s: trained %d epochs in %.1fs (best %d); test RMSE %.4f vs naive %.4f (U2 %.3f)",
+        ticker, trained.epochs_run, seconds, trained.best_epoch, metrics["rmse"], metrics["naive_rmse"], metrics["u2"],
+    )
+    return Challenger(
+        dataset=dataset,
+        keras_model=trained.keras_model,
+        forecaster=forecaster,
+        training_history=trained.history,
+        best_epoch=trained.best_epoch,
+        epochs_run=trained.epochs_run,
+        train_seconds=seconds,
+        test_forecast=test_forecast,
+        metrics=metrics,
+    )
+
+
+def score_on_test_days(model, dataset: Dataset) -> float:
+    """RMSE of any served forecaster on a dataset's test days, from the same raw history."""
+    from sklearn.metrics import root_mean_squared_error
+
+    predictions = model.predict(to_model_input(dataset.history))
+    return float(root_mean_squared_error(dataset.test.next_close, forecasts_on(predictions, dataset.test.as_of)))
+
+
+def track_and_promote(
+    tracker: Tracker,
+    admitted: Admitted,
+    challenger: Challenger,
+    *,
+    config: TrainingConfig,
+    margin: float,
+    source: str,
+    run_tags: dict[str, str],
+) -> TickerOutcome:
+    """Log the challenger's run and model, re-score the champion on its test days, register and decide."""
+    ticker = admitted.ticker
+    settings_digest = config.digest()
+    champion = tracker.ensure_baseline(ticker, admitted.history, run_tags)
+    champion_rmse = score_on_test_days(tracker.load(champion.model_uri), challenger.dataset)
+    decision = decide(challenger.metrics["rmse"], champion_rmse, margin)
+    metrics = challenger.metrics
+    test = challenger.dataset.test
+    tags = {
+        **run_tags,
+        "ticker": ticker,
+        "role": "daily",
+        "source": source,
+        "data_end": admitted.data_end,
+        "data_digest": admitted.data_digest,
+        "settings_digest": settings_digest,
+        "champion_before": f"v{champion.version} ({champion.kind})",
+    }
+    run_id = tracker.start_run(f"{ticker} {admitted.data_end}", tags)
+    try:
+        tracker.log_params(run_id, {
+            **config.model_dump(),
+            "ticker": ticker,
+            "source": source,
+            "data_start": admitted.data_start,
+            "data_end": admitted.data_end,
+            "data_rows": len(admitted.history),
+            "data_digest": admitted.data_digest,
+            "train_start": challenger.dataset.train.as_of[0].date(),
+            "test_start": test.target_date[0].date(),
+            "test_end": test.target_date[-1].date(),
+            "test_days": len(test.y),
+            "promotion_margin": margin,
+        })
+        tracker.log_metrics(run_id, {
+            **{f"test_{k}": v for k, v in metrics.items()},
+            "champion_test_rmse": champion_rmse,
+            "best_epoch": challenger.best_epoch,
+            "epochs_run": challenger.epochs_run,
+            "train_seconds": challenger.train_seconds,
+        }, history=challenger.training_history)
+        tracker.log_dataset(run_id, admitted.history, name=f"{ticker}-prices", source=source, digest=admitted.data_digest)
+        tracker.log_json(run_id, [r.to_json() for r in admitted.reports], "validation/validation.json")
+        tracker.log_figure(run_id, forecast_figure(ticker, test, challenger.test_forecast), "plots/test_forecast.png")
+        preprocessing = LstmForecaster.preprocessing_spec(challenger.dataset.window, challenger.dataset.scaler)
+        model_info = tracker.log_lstm(run_id, challenger.forecaster, challenger.keras_model, preprocessing, admitted.history)
+        summary = {
+            "decision": decision.verdict,
+            "decision_reason": decision.reason,
+            "challenger_test_rmse": f"{metrics['rmse']:.6f}",
+            "champion_test_rmse": f"{champion_rmse:.6f}",
+            "naive_test_rmse": f"{metrics['naive_rmse']:.6f}",
+            "u2": f"{metrics['u2']:.4f}",
+            "data_end": admitted.data_end,
+            "data_digest": admitted.data_digest,
+            "settings_digest": settings_digest,
+        }
+        tracker.log_json(run_id, {**decision.to_dict(), "champion_before": tags["champion_before"]}, "promotion/decision.json")
+        version = tracker.register_challenger(ticker, run_id, model_info.model_uri, summary)
+        if decision.promote:
+            tracker.promote(ticker, version.version)
+        tracker.set_tags(run_id, {**summary, "model_version": version.version})
+        tracker.end_run(run_id, "FINISHED")
+    except BaseException:
+        tracker.end_run(run_id, "FAILED")
+        raise
+    log.info("%s: %s v%s (%s)", ticker, decision.verdict, version.version, decision.reason)
+    current = tracker.champion(ticker)
+    return TickerOutcome(
+        ticker=ticker,
+        decision=decision.verdict,
+        reason=decision.reason,
+        data_start=admitted.data_start,
+        data_end=admitted.data_end,
+        rows=len(admitted.history),
+        new_rows=admitted.new_rows,
+        data_digest=admitted.data_digest,
+        settings_digest=settings_digest,
+        run_id=run_id,
+        model_version=version.version,
+        champion_version=current.version if current else None,
+        champion_kind=current.kind if current else None,
+        challenger_test_rmse=metrics["rmse"],
+        champion_test_rmse=champion_rmse,
+        naive_test_rmse=metrics["naive_rmse"],
+        u2=metrics["u2"],
+    )

@@ -1,0 +1,82 @@
+"""Per-ticker price history in Parquet, merged incrementally and replaced atomically."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import os
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from collections.abc import Iterator
+
+import pandas as pd
+from filelock import FileLock
+
+from pipeline.sources import COLUMNS, normalize
+from pipeline.symbols import validate_ticker
+
+
+def merge_new_rows(history: pd.DataFrame, batch: pd.DataFrame) -> pd.DataFrame:
+    """Append the batch's rows dated after the stored history; re-merging the same batch is a no-op."""
+    if history.empty:
+        return batch.reset_index(drop=True)
+    newer = batch.loc[batch["Date"] > history["Date"].max()]
+    return pd.concat([history, newer], ignore_index=True)
+
+
+def digest(prices: pd.DataFrame) -> str:
+    """A content hash of a price table, stable across processes and file formats."""
+    hashed = pd.util.hash_pandas_object(prices[COLUMNS], index=False)
+    return hashlib.sha256(hashed.to_numpy().tobytes()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class PriceStore:
+    root: Path
+    locks: Path
+
+    def path(self, ticker: str) -> Path:
+        return Path(self.root) / f"{validate_ticker(ticker)}.parquet"
+
+    def tickers(self) -> list[str]:
+        root = Path(self.root)
+        return sorted(p.stem for p in root.glob("*.parquet")) if root.is_dir() else []
+
+    def read(self, ticker: str) -> pd.DataFrame:
+        path = self.path(ticker)
+        if not path.exists():
+            return normalize(pd.DataFrame(columns=COLUMNS))
+        return pd.read_parquet(path)
+
+    def last_date(self, ticker: str) -> dt.date | None:
+        history = self.read(ticker)
+        return None if history.empty else history["Date"].max().date()
+
+    def write(self, ticker: str, prices: pd.DataFrame) -> None:
+        """Replace the ticker's history; readers see the old file or the new one, never a torn one."""
+        path = self.path(ticker)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                prices[COLUMNS].to_parquet(handle, index=False)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+
+    @contextmanager
+    def lock(self, ticker: str, timeout: float = -1) -> Iterator[None]:
+        """Serialise everything that reads, trains on and promotes one ticker, across processes."""
+        Path(self.locks).mkdir(parents=True, exist_ok=True)
+        with FileLock(Path(self.locks) / f"{validate_ticker(ticker)}.lock", timeout=timeout):
+            yield

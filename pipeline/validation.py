@@ -1,0 +1,159 @@
+"""The data contract: a Great Expectations 1.x suite loaded from JSON, and a pure verdict on its result."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+CRITICAL = "critical"
+
+
+@dataclass(frozen=True)
+class FailedExpectation:
+    expectation: str
+    column: str | None
+    severity: str
+    unexpected_count: int | None
+    observed: Any
+    purpose: str
+
+    def describe(self) -> str:
+        where = f"{self.expectation}({self.column})" if self.column else self.expectation
+        if self.unexpected_count:
+            detail = f"{self.unexpected_count} row(s)"
+        elif self.observed is not None:
+            detail = f"observed {self.observed}"
+        else:
+            detail = "failed"
+        return f"{where}: {detail}"
+
+
+@dataclass(frozen=True)
+class ValidationReport:
+    """What the contract said about one table; `raw` is GX's full JSON result."""
+
+    subject: str
+    rows: int
+    failures: list[FailedExpectation] = field(default_factory=list)
+    evaluated: int = 0
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def critical_failures(self) -> list[FailedExpectation]:
+        return [f for f in self.failures if f.severity == CRITICAL]
+
+    @property
+    def warnings(self) -> list[FailedExpectation]:
+        return [f for f in self.failures if f.severity != CRITICAL]
+
+    @property
+    def passed(self) -> bool:
+        return not self.critical_failures
+
+    def summary(self) -> str:
+        if not self.failures:
+            return f"{self.subject}: {self.evaluated} expectations passed on {self.rows} rows"
+        parts = "; ".join(f.describe() for f in self.failures)
+        verdict = "FAILED" if not self.passed else "passed with warnings"
+        return f"{self.subject}: {verdict}: {parts}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "subject": self.subject,
+            "rows": self.rows,
+            "passed": self.passed,
+            "evaluated": self.evaluated,
+            "failures": [f.__dict__ | {"observed": _jsonable(f.observed)} for f in self.failures],
+            "gx_result": self.raw,
+        }
+
+
+def _jsonable(value: Any) -> Any:
+    return value if isinstance(value, (str, int, float, bool, type(None))) else str(value)
+
+
+def load_suite_definition(path: Path) -> dict[str, Any]:
+    definition = json.loads(Path(path).read_text())
+    for expectation in definition.get("expectations", []):
+        if expectation.get("severity") not in {"critical", "warning", "info"}:
+            raise ValueError(f"{path}: every expectation needs severity critical|warning|info: {expectation}")
+    return definition
+
+
+def contract_frame(prices: pd.DataFrame) -> pd.DataFrame:
+    """The table the contract sees: the prices plus the daily log return between consecutive rows."""
+    frame = prices.copy()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        frame["LogReturn"] = np.log(frame["Close"].astype(float)).diff()
+    return frame
+
+
+def verdict(subject: str, rows: int, gx_result: dict[str, Any]) -> ValidationReport:
+    """Turn GX's result JSON into named failures; pure, so it is tested without GX."""
+    failures = []
+    results = gx_result.get("results", [])
+    for result in results:
+        if result.get("success"):
+            continue
+        config = result.get("expectation_config", {})
+        kwargs = config.get("kwargs", {})
+        details = result.get("result") or {}
+        failures.append(
+            FailedExpectation(
+                expectation=config.get("type", "unknown"),
+                column=kwargs.get("column") or _pair(kwargs),
+                severity=config.get("severity", CRITICAL),
+                unexpected_count=details.get("unexpected_count"),
+                observed=details.get("observed_value"),
+                purpose=(config.get("meta") or {}).get("purpose", ""),
+            )
+        )
+    return ValidationReport(subject=subject, rows=rows, failures=failures, evaluated=len(results), raw=gx_result)
+
+
+def _pair(kwargs: dict[str, Any]) -> str | None:
+    if "column_A" in kwargs:
+        return f"{kwargs['column_A']}>={kwargs['column_B']}"
+    if "column_list" in kwargs:
+        return ",".join(kwargs["column_list"])
+    return None
+
+
+def validate_prices(
+    prices: pd.DataFrame,
+    *,
+    subject: str,
+    suite_definition: dict[str, Any],
+    as_of: dt.date,
+    min_rows: int = 1,
+) -> ValidationReport:
+    """Run the suite on a price table with GX; the table's own meaning is in the suite's notes."""
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    import great_expectations as gx
+
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = {"globally": False}
+    source = context.data_sources.add_pandas("prices")
+    batch_definition = source.add_dataframe_asset(subject).add_batch_definition_whole_dataframe("whole")
+    batch = batch_definition.get_batch(batch_parameters={"dataframe": contract_frame(prices)})
+    suite = gx.ExpectationSuite(
+        name=suite_definition.get("name", "prices"),
+        expectations=suite_definition["expectations"],
+        meta=suite_definition.get("meta", {}),
+    )
+    result = batch.validate(
+        suite,
+        expectation_parameters={"as_of": pd.Timestamp(as_of), "min_rows": int(min_rows)},
+        result_format="SUMMARY",
+    )
+    return verdict(subject, len(prices), result.to_json_dict())

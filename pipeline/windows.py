@@ -1,0 +1,93 @@
+"""Chronological train / validation / test windows with scaling fitted on the training part only."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from pipeline.features import Standardizer, next_log_returns, window_features
+from pipeline.settings import TrainingConfig
+
+
+class NotEnoughHistory(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Split:
+    """Windows of one period. `as_of` is each window's last session, `target_date` the one it forecasts."""
+
+    x: np.ndarray
+    y: np.ndarray
+    as_of: pd.DatetimeIndex
+    target_date: pd.DatetimeIndex
+    last_close: np.ndarray
+    next_close: np.ndarray
+
+
+@dataclass(frozen=True)
+class Dataset:
+    history: pd.DataFrame
+    train: Split
+    val: Split
+    test: Split
+    scaler: Standardizer
+    window: int
+
+
+def training_history(prices: pd.DataFrame, history_years: float) -> pd.DataFrame:
+    """The most recent `history_years` of sessions, ending at the last stored date."""
+    end = prices["Date"].max()
+    start = end - pd.DateOffset(days=int(round(history_years * 365.25)))
+    return prices.loc[prices["Date"] > start].reset_index(drop=True)
+
+
+def min_rows_for(config: TrainingConfig) -> int:
+    """Fewest sessions that still give every split at least a handful of windows."""
+    smallest_split = 10
+    return config.window + 1 + int(np.ceil(smallest_split / min(config.val_fraction, config.test_fraction)))
+
+
+def build_dataset(prices: pd.DataFrame, config: TrainingConfig) -> Dataset:
+    history = training_history(prices, config.history_years)
+    if len(history) < min_rows_for(config):
+        raise NotEnoughHistory(
+            f"{len(history)} sessions in the last {config.history_years} years; "
+            f"need at least {min_rows_for(config)} for window={config.window}"
+        )
+    closes = history["Close"].to_numpy(dtype="float64")
+    dates = pd.DatetimeIndex(history["Date"])
+    features = window_features(closes, config.window)[:-1]  # the last window has no target yet
+    targets = next_log_returns(closes, config.window)[:-1]
+    as_of_index = np.arange(config.window, len(closes) - 1)
+
+    n = len(targets)
+    n_test = max(1, int(round(n * config.test_fraction)))
+    n_val = max(1, int(round(n * config.val_fraction)))
+    n_train = n - n_val - n_test
+    bounds = {"train": (0, n_train), "val": (n_train, n_train + n_val), "test": (n_train + n_val, n)}
+
+    train_lo, train_hi = bounds["train"]
+    scaler = Standardizer.fit(features[train_lo:train_hi], targets[train_lo:train_hi])
+
+    def split(lo: int, hi: int) -> Split:
+        idx = as_of_index[lo:hi]
+        return Split(
+            x=scaler.features(features[lo:hi]),
+            y=scaler.target(targets[lo:hi]),
+            as_of=dates[idx],
+            target_date=dates[idx + 1],
+            last_close=closes[idx],
+            next_close=closes[idx + 1],
+        )
+
+    return Dataset(
+        history=history,
+        train=split(*bounds["train"]),
+        val=split(*bounds["val"]),
+        test=split(*bounds["test"]),
+        scaler=scaler,
+        window=config.window,
+    )
