@@ -30,7 +30,6 @@ def prepare_environment(settings: Settings) -> None:
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    os.environ.setdefault("MLFLOW_TRACKING_URI", settings.tracking_uri())
 
 
 def _parse_date(value: Optional[str]) -> Optional[dt.date]:

@@ -85,7 +85,7 @@ class Tracker:
             version = self.client.get_model_version_by_alias(name, CHAMPION_ALIAS)
         except (RestException, MlflowException):
             return None
-        return Champion(version.version, version.tags.get("model_kind", "unknown"), f"models:/{name}@{CHAMPION_ALIAS}")
+        return Champion(str(version.version), version.tags.get("model_kind", "unknown"), f"models:/{name}@{CHAMPION_ALIAS}")
 
     def ensure_baseline(self, ticker: str, history: pd.DataFrame, tags: dict[str, str]) -> Champion:
         """Register the naive persistence forecaster as version 1 and champion of a new ticker."""
@@ -119,7 +119,7 @@ class Tracker:
             self.client.set_terminated(run_id, "FAILED")
             raise
         log.info("%s: registered the naive forecaster as %s v%s (champion)", ticker, name, version.version)
-        return Champion(version.version, NAIVE, f"models:/{name}@{CHAMPION_ALIAS}")
+        return Champion(str(version.version), NAIVE, f"models:/{name}@{CHAMPION_ALIAS}")
 
     def _register(self, ticker: str, model_uri: str, run_id: str, tags: dict[str, str]) -> ModelVersion:
         # Tags go in with the version so there is never a version without its decision.

@@ -1,0 +1,179 @@
+"""The real `daily-pipeline` flow on bundled data: MLflow runs, registered versions, the champion alias."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import mlflow
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from flows.daily import daily_pipeline
+from pipeline import journal
+from pipeline.forecasters import NAIVE
+from pipeline.promotion import CHAMPION_ALIAS, FAILED, KEPT, PROMOTED, SKIPPED
+from pipeline.store import PriceStore
+from pipeline.symbols import registered_model_name
+from pipeline.tracking import Tracker
+
+pytestmark = pytest.mark.integration
+
+AS_OF = dt.date(2017, 11, 10)  # last MSFT session in the snapshot
+
+
+def run_flow(**params) -> list[dict]:
+    state = daily_pipeline(return_state=True, **params)
+    outcomes = state.result(raise_on_failure=False)
+    assert isinstance(outcomes, list), f"flow failed before any ticker ran: {outcomes}"
+    return outcomes
+
+
+def by_ticker(outcomes: list[dict]) -> dict[str, dict]:
+    return {o["ticker"]: o for o in outcomes}
+
+
+def client_for(settings) -> MlflowClient:
+    return MlflowClient(tracking_uri=settings.tracking_uri())
+
+
+class BiasedForecaster(mlflow.pyfunc.PythonModel):
+    """A deliberately bad champion: always 5% above the last close."""
+
+    def predict(self, context, model_input, params=None):
+        frame = pd.DataFrame(model_input)
+        return pd.DataFrame({"as_of": frame["Date"].astype(str), "forecast_close": frame["Close"] * 1.05})
+
+
+class OracleForecaster(mlflow.pyfunc.PythonModel):
+    """A champion no honest model can beat: it memorised the real next closes."""
+
+    def __init__(self, next_close: dict[str, float]):
+        self.next_close = next_close
+
+    def predict(self, context, model_input, params=None):
+        frame = pd.DataFrame(model_input)
+        dates = frame["Date"].astype(str)
+        return pd.DataFrame({"as_of": dates, "forecast_close": [self.next_close.get(d, c) for d, c in zip(dates, frame["Close"])]})
+
+
+def install_champion(settings, ticker: str, python_model, kind: str) -> str:
+    """Register a hand-made model as the ticker's champion, the way an earlier promotion would have."""
+    tracker = Tracker(settings.tracking_uri(), settings.experiment_name, settings.artifacts_dir)
+    history = PriceStore(settings.store_dir, settings.locks_dir).read(ticker)
+    tracker.ensure_baseline(ticker, history, {})
+    run_id = tracker.start_run(f"{ticker} planted {kind}", {"ticker": ticker})
+    with mlflow.start_run(run_id=run_id):
+        info = mlflow.pyfunc.log_model(name="model", python_model=python_model)
+    tracker.end_run(run_id)
+    version = tracker.client.create_model_version(registered_model_name(ticker), info.model_uri, run_id, tags={"model_kind": kind})
+    tracker.client.set_registered_model_alias(registered_model_name(ticker), CHAMPION_ALIAS, version.version)
+    return version.version
+
+
+def test_daily_run_trains_logs_registers_and_decides(settings):
+    outcomes = by_ticker(run_flow(tickers=["MSFT", "GSPC"], as_of=AS_OF))
+    client = client_for(settings)
+    for ticker, outcome in outcomes.items():
+        assert outcome["decision"] in (PROMOTED, KEPT), outcome
+        assert outcome["data_end"] <= AS_OF.isoformat()
+        name = registered_model_name(ticker)
+        versions = sorted(client.search_model_versions(f"name = '{name}'"), key=lambda v: int(v.version))
+        # Version 1 is the naive baseline, version 2 the first LSTM challenger.
+        assert [v.tags["model_kind"] for v in versions] == [NAIVE, "lstm"]
+        assert versions[1].tags["decision"] == outcome["decision"]
+        assert float(versions[1].tags["naive_test_rmse"]) == pytest.approx(outcome["naive_test_rmse"], rel=1e-5)
+        champion = client.get_model_version_by_alias(name, CHAMPION_ALIAS)
+        assert str(champion.version) == ("2" if outcome["decision"] == PROMOTED else "1")
+
+        run = client.get_run(outcome["run_id"])
+        assert run.info.run_name == f"{ticker} {outcome['data_end']}"
+        assert run.data.tags["ticker"] == ticker and run.data.tags["decision"] == outcome["decision"]
+        assert run.data.tags["prefect_flow_run_id"]
+        for metric in ("test_rmse", "test_mae", "test_mape", "test_directional_accuracy", "test_naive_rmse",
+                       "test_u2", "test_dm_stat", "test_dm_pvalue", "champion_test_rmse"):
+            assert metric in run.data.metrics, metric
+        assert len(client.get_metric_history(run.info.run_id, "epoch_loss")) == 1
+        assert run.data.params["data_digest"] == outcome["data_digest"]
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)} | {
+            a.path for folder in ("plots", "validation", "promotion") for a in client.list_artifacts(run.info.run_id, folder)}
+        assert {"plots/test_forecast.png", "validation/validation.json", "promotion/decision.json"} <= artifacts
+        assert run.inputs.dataset_inputs, "the training data should be logged as an MLflow dataset"
+
+    # The champion serves forecasts from raw prices, whatever its kind.
+    model = mlflow.pyfunc.load_model(f"models:/{registered_model_name('MSFT')}@{CHAMPION_ALIAS}")
+    history = PriceStore(settings.store_dir, settings.locks_dir).read("MSFT").tail(80)
+    from pipeline.forecasters import to_model_input
+
+    forecast = model.predict(to_model_input(history))
+    assert forecast["as_of"].iloc[-1] == AS_OF.isoformat()
+    assert forecast["forecast_close"].iloc[-1] == pytest.approx(history["Close"].iloc[-1], rel=0.1)
+
+
+def test_rerun_without_new_data_skips_and_force_retrains(settings):
+    first = by_ticker(run_flow(tickers=["MSFT"], as_of=AS_OF))["MSFT"]
+    again = by_ticker(run_flow(tickers=["MSFT"], as_of=AS_OF))["MSFT"]
+    assert again["decision"] == SKIPPED
+    assert "no new data" in again["reason"]
+    assert again["challenger_test_rmse"] == first["challenger_test_rmse"]
+    versions = client_for(settings).search_model_versions(f"name = '{registered_model_name('MSFT')}'")
+    assert len(versions) == 2, "a skipped run must not register anything"
+
+    forced = by_ticker(run_flow(tickers=["MSFT"], as_of=AS_OF, force=True))["MSFT"]
+    assert forced["decision"] in (PROMOTED, KEPT)
+    assert len(client_for(settings).search_model_versions(f"name = '{registered_model_name('MSFT')}'")) == 3
+
+
+def test_new_data_is_merged_incrementally(settings):
+    run_flow(tickers=["MSFT"], as_of=dt.date(2017, 10, 31))
+    store = PriceStore(settings.store_dir, settings.locks_dir)
+    assert store.last_date("MSFT") == dt.date(2017, 10, 31)
+    later = by_ticker(run_flow(tickers=["MSFT"], as_of=AS_OF))["MSFT"]
+    assert later["new_rows"] == 8  # the sessions from 1 to 10 November 2017
+    assert store.last_date("MSFT") == AS_OF
+    assert store.read("MSFT")["Date"].is_unique
+
+
+def test_better_challenger_is_promoted_and_worse_is_kept(settings):
+    run_flow(tickers=["MSFT"], as_of=AS_OF)
+    client = client_for(settings)
+    name = registered_model_name("MSFT")
+
+    bad = install_champion(settings, "MSFT", BiasedForecaster(), "biased")
+    promoted = by_ticker(run_flow(tickers=["MSFT"], as_of=AS_OF, force=True))["MSFT"]
+    assert promoted["decision"] == PROMOTED
+    assert promoted["challenger_test_rmse"] < promoted["champion_test_rmse"]
+    assert client.get_model_version_by_alias(name, CHAMPION_ALIAS).version == promoted["model_version"]
+    assert client.get_model_version_by_alias(name, "previous").version == bad
+
+    prices = pd.read_csv(settings.snapshot_dir / "MSFT.csv")
+    oracle = install_champion(settings, "MSFT", OracleForecaster(dict(zip(prices["Date"], prices["Close"].shift(-1)))), "oracle")
+    kept = by_ticker(run_flow(tickers=["MSFT"], as_of=AS_OF, force=True))["MSFT"]
+    assert kept["decision"] == KEPT
+    assert kept["champion_test_rmse"] == pytest.approx(0.0, abs=1e-9)
+    assert client.get_model_version_by_alias(name, CHAMPION_ALIAS).version == oracle
+    kept_version = client.get_model_version(name, kept["model_version"])
+    assert kept_version.tags["decision"] == KEPT, "a kept challenger is still registered with its decision"
+
+
+def test_bad_batch_is_quarantined_and_changes_nothing(settings, csv_dir):
+    good = by_ticker(run_flow(tickers=["MSFT", "GSPC"], source="csv", csv_dir=str(csv_dir), as_of=dt.date(2017, 10, 31)))
+    store = PriceStore(settings.store_dir, settings.locks_dir)
+    before = store.path("MSFT").read_bytes()
+    client = client_for(settings)
+    champion_before = client.get_model_version_by_alias(registered_model_name("MSFT"), CHAMPION_ALIAS).version
+
+    prices = pd.read_csv(csv_dir / "MSFT.csv")
+    prices.loc[prices["Date"] == "2017-11-07", "Close"] = -1.0
+    prices.to_csv(csv_dir / "MSFT.csv", index=False)
+
+    outcomes = by_ticker(run_flow(tickers=["MSFT", "GSPC"], source="csv", csv_dir=str(csv_dir), as_of=AS_OF))
+    assert outcomes["MSFT"]["decision"] == FAILED
+    assert "expect_column_values_to_be_between(Close): 1 row(s)" in outcomes["MSFT"]["reason"]
+    assert outcomes["GSPC"]["decision"] != FAILED, "one ticker's bad data must not stop the others"
+    assert store.path("MSFT").read_bytes() == before
+    assert client.get_model_version_by_alias(registered_model_name("MSFT"), CHAMPION_ALIAS).version == champion_before
+    quarantined = list((settings.quarantine_dir / "MSFT").glob("*/batch.csv"))
+    assert len(quarantined) == 1 and len(pd.read_csv(quarantined[0])) == 8
+    assert journal.read(settings.reports_dir, "MSFT")["decision"] == FAILED
+    assert good["MSFT"]["decision"] != FAILED
