@@ -58,6 +58,14 @@ def track_and_promote(ticker: str, admitted, challenger, settings: Settings, run
     )
 
 
+# Creating the tracking store (SQLite schema migrations, the experiment) once, before tickers fan out,
+# keeps parallel tickers from racing to migrate a fresh database; it also fails fast on an unreachable server.
+@task(retries=TRACKING_RETRIES, retry_delay_seconds=exponential_backoff(backoff_factor=3), retry_jitter_factor=0.5,
+      cache_policy=NO_CACHE)
+def connect_tracking(settings: Settings) -> None:
+    Tracker(settings.tracking_uri(), settings.experiment_name, settings.artifacts_dir)
+
+
 @task(cache_policy=NO_CACHE, task_run_name="{ticker}")
 def ticker_pipeline(ticker: str, settings: Settings, as_of: dt.date, force: bool, suite: dict) -> dict:
     """One ticker end to end; any failure is reported as this ticker's outcome and never stops the others."""
@@ -122,6 +130,7 @@ def daily_pipeline(
     settings = resolve_settings(tickers=tickers, source=source, csv_dir=csv_dir, epochs=epochs)
     as_of = as_of or dt.date.today()
     suite = load_suite_definition(settings.suite_path)
+    connect_tracking(settings)
     futures = [ticker_pipeline.submit(t, settings, as_of, force, suite) for t in settings.tickers]
     outcomes = [f.result() for f in futures]
     create_markdown_artifact(key="daily-pipeline-summary", markdown=summary_markdown(outcomes),
@@ -135,7 +144,8 @@ def daily_pipeline(
 def quiet_third_party_logs() -> None:
     """Keep the run log to what a person follows: our steps at INFO, libraries' chatter at WARNING."""
     logging.getLogger("pipeline").setLevel(logging.INFO)
-    for noisy in ("great_expectations", "mlflow", "tensorflow", "absl"):
+    # GX pins one module's logger at INFO itself, so naming its package is not enough.
+    for noisy in ("great_expectations", "great_expectations.data_context.types.base", "mlflow", "tensorflow", "absl"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # Logging our own PythonModel classes is intended; MLflow warns about pickling them on every log.
     logging.getLogger("mlflow.pyfunc").setLevel(logging.ERROR)
