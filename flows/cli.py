@@ -133,6 +133,64 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] =
         typer.echo(f"{'':<7}{r['last_reason']}")
 
 
+def _one_ticker(ticker: str) -> str:
+    try:
+        return validate_ticker(ticker.strip().upper())
+    except InvalidTicker as exc:
+        raise typer.BadParameter(str(exc), param_hint="TICKER") from None
+
+
+@app.command()
+def predict(
+    ticker: Annotated[str, typer.Argument(help="Ticker whose champion forecasts, e.g. MSFT")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
+) -> None:
+    """Forecast the next session's close with the ticker's champion, from the stored prices."""
+    from pipeline.serving import forecast_next
+    from pipeline.store import PriceStore
+    from pipeline.tracking import Tracker
+
+    ticker = _one_ticker(ticker)
+    settings = Settings()
+    prepare_environment(settings)
+    tracker = Tracker(settings.tracking_uri(), settings.experiment_name, settings.artifacts_dir)
+    champion = tracker.champion(ticker)
+    if champion is None:
+        typer.secho(f"{ticker}: no champion yet; run `stockpipe run --tickers {ticker}` first", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1)
+    history = PriceStore(settings.store_dir, settings.locks_dir).read(ticker)
+    try:
+        forecast = forecast_next(ticker, tracker.load(champion.model_uri), history, champion.version, champion.kind)
+    except ValueError as exc:
+        typer.secho(str(exc), fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from None
+    if as_json:
+        typer.echo(json.dumps(forecast.to_dict(), indent=2))
+    else:
+        typer.echo(f"{ticker} {forecast.forecast_date}: {forecast.forecast_close:.4f} (last close {forecast.last_close:.4f} "
+                   f"on {forecast.as_of}; champion v{forecast.model_version}, {forecast.model_kind})")
+
+
+@app.command()
+def rollback(
+    ticker: Annotated[str, typer.Argument(help="Ticker whose champion goes back to the previous version")],
+    reason: Annotated[str, typer.Option(help="Why, recorded on the model versions")] = "manual rollback",
+) -> None:
+    """Move the `champion` alias back to the `previous` version, recording why."""
+    from pipeline.tracking import Tracker
+
+    ticker = _one_ticker(ticker)
+    settings = Settings()
+    prepare_environment(settings)
+    tracker = Tracker(settings.tracking_uri(), settings.experiment_name, settings.artifacts_dir)
+    try:
+        demoted, restored = tracker.rollback(ticker, reason)
+    except LookupError as exc:
+        typer.secho(str(exc), fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"{ticker}: champion v{demoted} -> v{restored} ({reason}); `previous` now points at v{demoted}")
+
+
 @app.command()
 def ui(port: Annotated[int, typer.Option(help="Port on 127.0.0.1")] = 5000) -> None:
     """Start the MLflow UI on 127.0.0.1 over the same tracking store."""

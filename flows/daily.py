@@ -144,7 +144,9 @@ def daily_pipeline(
 def quiet_third_party_logs() -> None:
     """Keep the run log to what a person follows: our steps at INFO, libraries' chatter at WARNING."""
     logging.getLogger("pipeline").setLevel(logging.INFO)
-    # GX pins one module's logger at INFO itself, so naming its package is not enough.
+    # GX pins one module's logger at INFO when it is imported, so import it first and then quiet it.
+    import great_expectations.data_context.types.base  # noqa: F401
+
     for noisy in ("great_expectations", "great_expectations.data_context.types.base", "mlflow", "tensorflow", "absl"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # Logging our own PythonModel classes is intended; MLflow warns about pickling them on every log.

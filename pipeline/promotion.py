@@ -61,3 +61,61 @@ def decide(challenger_rmse: float, champion_rmse: float, margin: float = 0.0) ->
     except MlflowException:
         return verdict(KEPT, f"{comparison}: lower, but by less than the {margin:.1%} margin")
     return verdict(PROMOTED, f"{comparison}: lower by {1 - challenger_rmse / champion_rmse:.2%}")
+
+
+def decision_report(
+    decision: Decision,
+    *,
+    ticker: str,
+    challenger: str,
+    champion: str,
+    naive_rmse: float,
+    test_days: list[str],
+    data_digest: str,
+    dm_stat: float | None = None,
+    dm_pvalue: float | None = None,
+) -> dict:
+    """Everything a reviewer needs to audit one promotion decision, as plain JSON-ready values."""
+    return {
+        "ticker": ticker,
+        "verdict": decision.verdict,
+        "reason": decision.reason,
+        "challenger": challenger,
+        "champion": champion,
+        "challenger_test_rmse": decision.challenger_rmse,
+        "champion_test_rmse": decision.champion_rmse,
+        "naive_test_rmse": float(naive_rmse),
+        "u2": decision.challenger_rmse / naive_rmse if naive_rmse else None,
+        "margin": decision.margin,
+        "compared_metric": COMPARED_METRIC,
+        "test_days": len(test_days),
+        "test_start": test_days[0] if test_days else None,
+        "test_end": test_days[-1] if test_days else None,
+        "data_digest": data_digest,
+        "dm_stat_vs_naive": dm_stat,
+        "dm_pvalue_vs_naive": dm_pvalue,
+    }
+
+
+def report_markdown(report: dict) -> str:
+    def num(value, digits=4):
+        return "n/a" if value is None or (isinstance(value, float) and not math.isfinite(value)) else f"{value:.{digits}f}"
+
+    return "\n".join([
+        f"# {report['ticker']}: {report['verdict']}",
+        "",
+        report["reason"],
+        "",
+        "| model | test RMSE |",
+        "|---|---|",
+        f"| challenger ({report['challenger']}) | {num(report['challenger_test_rmse'])} |",
+        f"| champion ({report['champion']}) | {num(report['champion_test_rmse'])} |",
+        f"| naive persistence | {num(report['naive_test_rmse'])} |",
+        "",
+        f"- U2 (challenger / naive RMSE): {num(report['u2'], 3)}",
+        f"- Diebold-Mariano vs naive: statistic {num(report['dm_stat_vs_naive'], 3)}, p-value {num(report['dm_pvalue_vs_naive'], 3)}",
+        f"- Required relative improvement (margin): {report['margin']:.2%}",
+        f"- Test days: {report['test_days']} ({report['test_start']} to {report['test_end']})",
+        f"- Data digest: `{report['data_digest']}`",
+        "",
+    ])

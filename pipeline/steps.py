@@ -16,7 +16,7 @@ from pipeline import journal
 from pipeline.evaluation import forecast_metrics
 from pipeline.forecasters import LstmForecaster, forecasts_on, to_model_input
 from pipeline.plots import forecast_figure
-from pipeline.promotion import FAILED, SKIPPED, decide
+from pipeline.promotion import FAILED, SKIPPED, decide, decision_report, report_markdown
 from pipeline.settings import TrainingConfig
 from pipeline.sources import PriceSource
 from pipeline.store import PriceStore, digest, merge_new_rows
@@ -297,12 +297,21 @@ def track_and_promote(
             "data_end": admitted.data_end,
             "data_digest": admitted.data_digest,
             "settings_digest": settings_digest,
+            "promotion_margin": f"{margin}",
+            "test_days": f"{test.target_date[0].date()}..{test.target_date[-1].date()} ({len(test.y)})",
+            "champion_before": tags["champion_before"],
         }
-        tracker.log_json(run_id, {**decision.to_dict(), "champion_before": tags["champion_before"]}, "promotion/decision.json")
+        report = decision_report(
+            decision, ticker=ticker, challenger=f"lstm, run {run_id}", champion=tags["champion_before"],
+            naive_rmse=metrics["naive_rmse"], test_days=[d.strftime("%Y-%m-%d") for d in test.target_date],
+            data_digest=admitted.data_digest, dm_stat=metrics.get("dm_stat"), dm_pvalue=metrics.get("dm_pvalue"),
+        )
+        tracker.log_json(run_id, report, "promotion/decision.json")
+        tracker.log_text(run_id, report_markdown(report), "promotion/decision.md")
         version = tracker.register_challenger(ticker, run_id, model_info.model_uri, summary)
         if decision.promote:
             tracker.promote(ticker, version.version)
-        tracker.set_tags(run_id, {**summary, "model_version": version.version})
+        tracker.set_tags(run_id, {**summary, "model_version": str(version.version)})
         tracker.end_run(run_id, "FINISHED")
     except BaseException:
         tracker.end_run(run_id, "FAILED")
@@ -320,7 +329,7 @@ def track_and_promote(
         data_digest=admitted.data_digest,
         settings_digest=settings_digest,
         run_id=run_id,
-        model_version=version.version,
+        model_version=str(version.version),
         champion_version=current.version if current else None,
         champion_kind=current.kind if current else None,
         challenger_test_rmse=metrics["rmse"],

@@ -137,6 +137,28 @@ class Tracker:
             self.client.set_registered_model_alias(name, PREVIOUS_ALIAS, current.version)
         self.client.set_registered_model_alias(name, CHAMPION_ALIAS, version)
 
+    def rollback(self, ticker: str, reason: str) -> tuple[str, str]:
+        """Move `champion` back to the `previous` version; the demoted one becomes `previous` (so it can be undone)."""
+        name = registered_model_name(ticker)
+        current = self.champion(ticker)
+        if current is None:
+            raise LookupError(f"{ticker}: no champion registered under {name}; nothing to roll back")
+        try:
+            target = self.client.get_model_version_by_alias(name, PREVIOUS_ALIAS)
+        except (RestException, MlflowException):
+            raise LookupError(f"{ticker}: {name} has no `{PREVIOUS_ALIAS}` version to roll back to") from None
+        demoted, restored = current.version, str(target.version)
+        self.client.set_registered_model_alias(name, CHAMPION_ALIAS, restored)
+        self.client.set_registered_model_alias(name, PREVIOUS_ALIAS, demoted)
+        self.client.set_model_version_tag(name, demoted, "rolled_back", reason)
+        self.client.set_model_version_tag(name, restored, "restored_by_rollback_from", f"v{demoted}")
+        self.client.set_registered_model_tag(name, "last_rollback", f"v{demoted} -> v{restored}: {reason}")
+        log.info("%s: rolled back %s from v%s to v%s (%s)", ticker, name, demoted, restored, reason)
+        return demoted, restored
+
+    def champion_version(self, ticker: str) -> ModelVersion:
+        return self.client.get_model_version_by_alias(registered_model_name(ticker), CHAMPION_ALIAS)
+
     def load(self, model_uri: str):
         return mlflow.pyfunc.load_model(model_uri)
 
@@ -197,9 +219,11 @@ class Tracker:
                     LSTM,
                     artifacts={KERAS_ARTIFACT: str(keras_path), PREPROCESSING_ARTIFACT: str(spec_path)},
                     example_rows=preprocessing["window"] + 5,
+                    min_input_rows=preprocessing["window"] + 1,
                 )
 
-    def _log_pyfunc(self, python_model, history: pd.DataFrame, kind: str, artifacts, example_rows: int = 5):
+    def _log_pyfunc(self, python_model, history: pd.DataFrame, kind: str, artifacts, example_rows: int = 5,
+                    min_input_rows: int = 1):
         example = to_model_input(history.tail(example_rows))
         output = pd.DataFrame({"as_of": ["2000-01-03"], "forecast_close": [1.0]})
         return mlflow.pyfunc.log_model(
@@ -211,6 +235,8 @@ class Tracker:
             input_example=example,
             pip_requirements=model_requirements(kind),
             tags={"model_kind": kind},
+            # Serving reads this to send enough history; the model itself ignores extra rows.
+            metadata={"model_kind": kind, "min_input_rows": min_input_rows},
         )
 
     # -- queries --------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from pipeline.forecasters import NAIVE
 from pipeline.promotion import CHAMPION_ALIAS, FAILED, KEPT, PROMOTED, SKIPPED
 from pipeline.store import PriceStore
 from pipeline.symbols import registered_model_name
-from pipeline.tracking import Tracker
+from tests.integration.planted import BiasedForecaster, OracleForecaster, install_champion
 
 pytestmark = pytest.mark.integration
 
@@ -35,40 +35,6 @@ def by_ticker(outcomes: list[dict]) -> dict[str, dict]:
 
 def client_for(settings) -> MlflowClient:
     return MlflowClient(tracking_uri=settings.tracking_uri())
-
-
-class BiasedForecaster(mlflow.pyfunc.PythonModel):
-    """A deliberately bad champion: always 5% above the last close."""
-
-    def predict(self, context, model_input, params=None):
-        frame = pd.DataFrame(model_input)
-        return pd.DataFrame({"as_of": frame["Date"].astype(str), "forecast_close": frame["Close"] * 1.05})
-
-
-class OracleForecaster(mlflow.pyfunc.PythonModel):
-    """A champion no honest model can beat: it memorised the real next closes."""
-
-    def __init__(self, next_close: dict[str, float]):
-        self.next_close = next_close
-
-    def predict(self, context, model_input, params=None):
-        frame = pd.DataFrame(model_input)
-        dates = frame["Date"].astype(str)
-        return pd.DataFrame({"as_of": dates, "forecast_close": [self.next_close.get(d, c) for d, c in zip(dates, frame["Close"])]})
-
-
-def install_champion(settings, ticker: str, python_model, kind: str) -> str:
-    """Register a hand-made model as the ticker's champion, the way an earlier promotion would have."""
-    tracker = Tracker(settings.tracking_uri(), settings.experiment_name, settings.artifacts_dir)
-    history = PriceStore(settings.store_dir, settings.locks_dir).read(ticker)
-    tracker.ensure_baseline(ticker, history, {})
-    run_id = tracker.start_run(f"{ticker} planted {kind}", {"ticker": ticker})
-    with mlflow.start_run(run_id=run_id):
-        info = mlflow.pyfunc.log_model(name="model", python_model=python_model)
-    tracker.end_run(run_id)
-    version = tracker.client.create_model_version(registered_model_name(ticker), info.model_uri, run_id, tags={"model_kind": kind})
-    tracker.client.set_registered_model_alias(registered_model_name(ticker), CHAMPION_ALIAS, version.version)
-    return version.version
 
 
 def test_daily_run_trains_logs_registers_and_decides(settings):
@@ -143,15 +109,15 @@ def test_better_challenger_is_promoted_and_worse_is_kept(settings):
     promoted = by_ticker(run_flow(tickers=["MSFT"], as_of=AS_OF, force=True))["MSFT"]
     assert promoted["decision"] == PROMOTED
     assert promoted["challenger_test_rmse"] < promoted["champion_test_rmse"]
-    assert client.get_model_version_by_alias(name, CHAMPION_ALIAS).version == promoted["model_version"]
-    assert client.get_model_version_by_alias(name, "previous").version == bad
+    assert str(client.get_model_version_by_alias(name, CHAMPION_ALIAS).version) == promoted["model_version"]
+    assert str(client.get_model_version_by_alias(name, "previous").version) == bad
 
     prices = pd.read_csv(settings.snapshot_dir / "MSFT.csv")
     oracle = install_champion(settings, "MSFT", OracleForecaster(dict(zip(prices["Date"], prices["Close"].shift(-1)))), "oracle")
     kept = by_ticker(run_flow(tickers=["MSFT"], as_of=AS_OF, force=True))["MSFT"]
     assert kept["decision"] == KEPT
     assert kept["champion_test_rmse"] == pytest.approx(0.0, abs=1e-9)
-    assert client.get_model_version_by_alias(name, CHAMPION_ALIAS).version == oracle
+    assert str(client.get_model_version_by_alias(name, CHAMPION_ALIAS).version) == oracle
     kept_version = client.get_model_version(name, kept["model_version"])
     assert kept_version.tags["decision"] == KEPT, "a kept challenger is still registered with its decision"
 
