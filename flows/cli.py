@@ -58,6 +58,7 @@ def run(
     as_of: Annotated[Optional[str], typer.Option(help="Run as if today were YYYY-MM-DD (hides later rows)")] = None,
     epochs: Annotated[Optional[int], typer.Option(min=1, help="Override the training epochs")] = None,
     force: Annotated[bool, typer.Option(help="Retrain even when data and settings are unchanged")] = False,
+    warm_start: Annotated[bool, typer.Option(help="Start from the champion's weights (warm_start_epochs only)")] = False,
 ) -> None:
     """Run the daily pipeline once through the Prefect flow. Exit 0 only if every ticker succeeded."""
     chosen = _parse_tickers([*(tickers or []), *ctx.args]) or None
@@ -75,7 +76,7 @@ def run(
 
     state = daily_pipeline.with_options(task_runner=_task_runner(settings.max_workers))(
         tickers=chosen, source=source, csv_dir=str(csv_dir) if csv_dir else None,
-        as_of=as_of_date, epochs=epochs, force=force, return_state=True,
+        as_of=as_of_date, epochs=epochs, force=force, warm_start=warm_start, return_state=True,
     )
     outcomes = state.result(raise_on_failure=False)
     if not isinstance(outcomes, list):  # the flow itself failed before any ticker ran

@@ -44,8 +44,12 @@ def validate(ticker: str, history, batch, settings: Settings, as_of: dt.date, su
 
 
 @task(cache_policy=NO_CACHE, task_run_name="train-{ticker}")
-def train(ticker: str, history, settings: Settings):
-    return steps.train_challenger(history, settings.training, ticker)
+def train(ticker: str, history, settings: Settings, warm_start: bool):
+    start = None
+    if warm_start:
+        tracker = Tracker(settings.tracking_uri(), settings.experiment_name, settings.artifacts_dir)
+        start = steps.warm_start_from_champion(tracker, ticker, settings.training)
+    return steps.train_challenger(history, settings.training, ticker, start)
 
 
 @task(retries=TRACKING_RETRIES, retry_delay_seconds=exponential_backoff(backoff_factor=3), retry_jitter_factor=0.5,
@@ -67,7 +71,7 @@ def connect_tracking(settings: Settings) -> None:
 
 
 @task(cache_policy=NO_CACHE, task_run_name="{ticker}")
-def ticker_pipeline(ticker: str, settings: Settings, as_of: dt.date, force: bool, suite: dict) -> dict:
+def ticker_pipeline(ticker: str, settings: Settings, as_of: dt.date, force: bool, warm_start: bool, suite: dict) -> dict:
     """One ticker end to end; any failure is reported as this ticker's outcome and never stops the others."""
     store = PriceStore(settings.store_dir, settings.locks_dir)
     run_tags = {"prefect_flow_run_id": str(flow_run.get_id() or ""), "as_of": as_of.isoformat()}
@@ -86,7 +90,7 @@ def ticker_pipeline(ticker: str, settings: Settings, as_of: dt.date, force: bool
             else:
                 if admitted.new_rows:
                     store.write(ticker, admitted.history)
-                challenger = train(ticker, admitted.history, settings)
+                challenger = train(ticker, admitted.history, settings, warm_start)
                 outcome = track_and_promote(ticker, admitted, challenger, settings, run_tags)
             journal.write(settings.reports_dir, ticker, outcome.to_dict())
     except Exception as exc:  # noqa: BLE001 - reported per ticker, the flow state reflects it below
@@ -124,6 +128,7 @@ def daily_pipeline(
     as_of: dt.date | None = None,
     epochs: int | None = None,
     force: bool = False,
+    warm_start: bool = False,
 ):
     """Fetch, validate, window, retrain, track and promote, for every ticker in parallel."""
     quiet_third_party_logs()
@@ -131,7 +136,7 @@ def daily_pipeline(
     as_of = as_of or dt.date.today()
     suite = load_suite_definition(settings.suite_path)
     connect_tracking(settings)
-    futures = [ticker_pipeline.submit(t, settings, as_of, force, suite) for t in settings.tickers]
+    futures = [ticker_pipeline.submit(t, settings, as_of, force, warm_start, suite) for t in settings.tickers]
     outcomes = [f.result() for f in futures]
     create_markdown_artifact(key="daily-pipeline-summary", markdown=summary_markdown(outcomes),
                              description=f"stockpipe daily run as of {as_of}")

@@ -72,6 +72,14 @@ class LstmForecaster(mlflow.pyfunc.PythonModel):
     def __setstate__(self, state):
         self.__init__()
 
+    @property
+    def keras_model(self):
+        return self._keras_model
+
+    @property
+    def window(self) -> int | None:
+        return self._window
+
     def load_context(self, context) -> None:
         import keras
 

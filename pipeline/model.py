@@ -49,6 +49,12 @@ def build_lstm(window: int, n_features: int, config: TrainingConfig):
     return model
 
 
+def weights_fit(weights: list, window: int, n_features: int, config: TrainingConfig) -> bool:
+    """True when saved weights have exactly the shapes of the network these settings build."""
+    expected = [w.shape for w in build_lstm(window, n_features, config).get_weights()]
+    return [tuple(np.shape(w)) for w in weights] == [tuple(shape) for shape in expected]
+
+
 def _epoch_logger(label: str, epochs: int):
     import keras
 
@@ -63,24 +69,37 @@ def _epoch_logger(label: str, epochs: int):
     return EpochLogger()
 
 
-def train_lstm(dataset: Dataset, config: TrainingConfig, label: str = "model") -> TrainedModel:
+def train_lstm(
+    dataset: Dataset, config: TrainingConfig, label: str = "model", initial_weights: list | None = None
+) -> TrainedModel:
+    """Fit from fresh seeded weights, or, given `initial_weights` (a warm start), for `warm_start_epochs` only."""
     import keras
 
     keras.utils.set_random_seed(config.seed)
     model = build_lstm(dataset.window, dataset.train.x.shape[-1], config)
+    epochs = config.epochs
+    starting_val_loss = np.inf
+    if initial_weights is not None:
+        model.set_weights(initial_weights)
+        epochs = config.warm_start_epochs
+        starting_val_loss = float(model.evaluate(dataset.val.x, dataset.val.y, batch_size=config.batch_size, verbose=0))
     stop = keras.callbacks.EarlyStopping(
-        monitor="val_loss", patience=config.patience, restore_best_weights=True
+        monitor="val_loss", patience=min(config.patience, epochs), restore_best_weights=True
     )
     fit = model.fit(
         dataset.train.x,
         dataset.train.y,
         validation_data=(dataset.val.x, dataset.val.y),
-        epochs=config.epochs,
+        epochs=epochs,
         batch_size=config.batch_size,
-        callbacks=[stop, _epoch_logger(label, config.epochs)],
+        callbacks=[stop, _epoch_logger(label, epochs)],
         verbose=0,
     )
     history = {k: [float(v) for v in values] for k, values in fit.history.items()}
     val_losses = history.get("val_loss", [])
     best = int(np.argmin(val_losses)) + 1 if val_losses else len(history.get("loss", []))
+    if val_losses and min(val_losses) >= starting_val_loss:
+        # Fine-tuning only made validation worse: the champion's own weights are the best start and finish.
+        model.set_weights(initial_weights)
+        best = 0
     return TrainedModel(keras_model=model, history=history, best_epoch=best, epochs_run=len(history.get("loss", [])))

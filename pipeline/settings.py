@@ -38,6 +38,7 @@ class TrainingConfig(BaseModel):
     batch_size: int = Field(64, ge=1)
     learning_rate: float = Field(1e-3, gt=0)
     patience: int = Field(5, ge=1, description="Epochs without validation improvement before early stopping.")
+    warm_start_epochs: int = Field(8, ge=1, description="Epochs when retraining from the champion's weights.")
     val_fraction: float = Field(0.1, gt=0, lt=0.5)
     test_fraction: float = Field(0.1, gt=0, lt=0.5)
     seed: int = 42

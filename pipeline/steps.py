@@ -69,6 +69,7 @@ class Challenger:
     train_seconds: float
     test_forecast: np.ndarray
     metrics: dict[str, float]
+    warm_start_from: str | None = None
 
 
 @dataclass
@@ -188,7 +189,34 @@ def skipped(admitted: Admitted, settings_digest: str, previous: dict | None) -> 
     )
 
 
-def train_challenger(history: pd.DataFrame, config: TrainingConfig, ticker: str) -> Challenger:
+@dataclass(frozen=True)
+class WarmStart:
+    weights: list
+    origin: str  # e.g. "v3", recorded with the run
+
+
+def warm_start_from_champion(tracker: Tracker, ticker: str, config: TrainingConfig) -> WarmStart | None:
+    """The champion's LSTM weights when they fit today's network; None (and why, in the log) otherwise."""
+    from pipeline.features import FEATURE_NAMES
+    from pipeline.model import weights_fit
+
+    champion = tracker.champion(ticker)
+    if champion is None or champion.kind != LstmForecaster.kind:
+        log.info("%s: no LSTM champion to warm-start from (%s); training from scratch", ticker,
+                 "none registered" if champion is None else f"champion is {champion.kind}")
+        return None
+    served = tracker.load(champion.model_uri).unwrap_python_model()
+    weights = served.keras_model.get_weights()
+    if served.window != config.window or not weights_fit(weights, config.window, len(FEATURE_NAMES), config):
+        log.info("%s: champion v%s has another architecture; training from scratch", ticker, champion.version)
+        return None
+    log.info("%s: warm start from champion v%s", ticker, champion.version)
+    return WarmStart(weights, f"v{champion.version}")
+
+
+def train_challenger(
+    history: pd.DataFrame, config: TrainingConfig, ticker: str, warm_start: WarmStart | None = None
+) -> Challenger:
     import time
 
     from pipeline.model import train_lstm
@@ -200,7 +228,7 @@ def train_challenger(history: pd.DataFrame, config: TrainingConfig, ticker: str)
         dataset.test.target_date[0].date(), dataset.test.target_date[-1].date(),
     )
     started = time.perf_counter()
-    trained = train_lstm(dataset, config, label=ticker)
+    trained = train_lstm(dataset, config, label=ticker, initial_weights=warm_start.weights if warm_start else None)
     seconds = time.perf_counter() - started
     forecaster = LstmForecaster(trained.keras_model, dataset.scaler, dataset.window)
     predictions = forecaster.predict(None, to_model_input(dataset.history))
@@ -220,6 +248,7 @@ def train_challenger(history: pd.DataFrame, config: TrainingConfig, ticker: str)
         train_seconds=seconds,
         test_forecast=test_forecast,
         metrics=metrics,
+        warm_start_from=warm_start.origin if warm_start else None,
     )
 
 
@@ -274,6 +303,7 @@ def track_and_promote(
             "test_end": test.target_date[-1].date(),
             "test_days": len(test.y),
             "promotion_margin": margin,
+            "warm_start_from": challenger.warm_start_from or "none",
         })
         tracker.log_metrics(run_id, {
             **{f"test_{k}": v for k, v in metrics.items()},

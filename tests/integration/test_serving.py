@@ -74,3 +74,19 @@ def test_rollback_without_a_previous_version_is_refused(settings):
     assert result.returncode == 1
     assert "no `previous` version" in result.stderr
     assert tracker.champion("GSPC") == baseline
+
+
+def test_warm_start_retrains_from_the_champion_and_records_it(settings):
+    daily_pipeline(tickers=["MSFT"], as_of=dt.date(2017, 10, 31), return_state=True)
+    install_champion(settings, "MSFT", BiasedForecaster(), "biased")
+    from_scratch = daily_pipeline(tickers=["MSFT"], as_of=dt.date(2017, 10, 31), force=True, warm_start=True,
+                                  return_state=True).result()[0]
+    assert from_scratch["decision"] == PROMOTED
+    client = MlflowClient(tracking_uri=settings.tracking_uri())
+    assert client.get_run(from_scratch["run_id"]).data.params["warm_start_from"] == "none", "a biased champion has no weights"
+
+    warm = daily_pipeline(tickers=["MSFT"], as_of=AS_OF, warm_start=True, return_state=True).result()[0]
+    run = client.get_run(warm["run_id"])
+    assert run.data.params["warm_start_from"] == f"v{from_scratch['model_version']}"
+    assert run.data.metrics["epochs_run"] <= settings.training.warm_start_epochs
+    assert warm["new_rows"] == 8
