@@ -32,13 +32,13 @@ def prepare_environment(settings: Settings) -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
-def _parse_date(value: Optional[str]) -> Optional[dt.date]:
+def _parse_date(value: Optional[str], option: str = "--as-of") -> Optional[dt.date]:
     if value is None:
         return None
     try:
         return dt.date.fromisoformat(value)
     except ValueError:
-        raise typer.BadParameter(f"{value!r} is not a date in YYYY-MM-DD form", param_hint="--as-of") from None
+        raise typer.BadParameter(f"{value!r} is not a date in YYYY-MM-DD form", param_hint=option) from None
 
 
 def _parse_tickers(values: list[str]) -> list[str]:
@@ -63,10 +63,7 @@ def run(
     """Run the daily pipeline once through the Prefect flow. Exit 0 only if every ticker succeeded."""
     chosen = _parse_tickers([*(tickers or []), *ctx.args]) or None
     as_of_date = _parse_date(as_of)
-    if source is SourceKind.csv and csv_dir is None:
-        raise typer.BadParameter("--source csv needs --csv-dir", param_hint="--csv-dir")
-    if csv_dir is not None and not csv_dir.is_dir():
-        raise typer.BadParameter(f"{csv_dir} is not a directory", param_hint="--csv-dir")
+    _check_source(source, csv_dir)
     settings = Settings()
     prepare_environment(settings)
     if (source or settings.source) is SourceKind.yahoo:
@@ -84,6 +81,60 @@ def run(
         raise typer.Exit(1)
     _print_outcomes(outcomes)
     raise typer.Exit(0 if all(o["decision"] != "failed" for o in outcomes) else 1)
+
+
+def _check_source(source: Optional[SourceKind], csv_dir: Optional[Path]) -> None:
+    if source is SourceKind.csv and csv_dir is None:
+        raise typer.BadParameter("--source csv needs --csv-dir", param_hint="--csv-dir")
+    if csv_dir is not None and not csv_dir.is_dir():
+        raise typer.BadParameter(f"{csv_dir} is not a directory", param_hint="--csv-dir")
+
+
+@app.command(context_settings={"allow_extra_args": True})
+def replay(
+    ctx: typer.Context,
+    start: Annotated[str, typer.Option(help="First day, YYYY-MM-DD")],
+    end: Annotated[str, typer.Option(help="Last day, YYYY-MM-DD")],
+    tickers: Annotated[Optional[list[str]], typer.Option("--tickers", help="Tickers to run: --tickers MSFT GSPC")] = None,
+    source: Annotated[Optional[SourceKind], typer.Option(help="snapshot or csv")] = None,
+    csv_dir: Annotated[Optional[Path], typer.Option(help="Folder of <TICKER>.csv files for --source csv")] = None,
+    epochs: Annotated[Optional[int], typer.Option(min=1, help="Override the training epochs")] = None,
+    warm_start: Annotated[bool, typer.Option(help="Retrain each day from the champion's weights")] = False,
+) -> None:
+    """Run the daily pipeline once per trading session from START to END, as the schedule would have."""
+    chosen = _parse_tickers([*(tickers or []), *ctx.args]) or None
+    start_date, end_date = _parse_date(start, "--start"), _parse_date(end, "--end")
+    _check_source(source, csv_dir)
+    if source is SourceKind.yahoo:
+        raise typer.BadParameter("replay needs snapshot or csv data: Yahoo cannot be seen as of a past day",
+                                 param_hint="--source")
+    settings = Settings()
+    prepare_environment(settings)
+
+    from flows.daily import resolve_settings
+    from flows.replay import plan_replay, replay_pipeline
+    from pipeline.replay import ReplayRefused
+
+    try:  # refused before the flow starts, so a refusal reads as one line, not a flow failure
+        plan_replay(resolve_settings(tickers=chosen, source=source, csv_dir=str(csv_dir) if csv_dir else None),
+                    start_date, end_date)
+    except ReplayRefused as exc:
+        typer.secho(str(exc), fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+    state = replay_pipeline(start=start_date, end=end_date, tickers=chosen, source=source,
+                            csv_dir=str(csv_dir) if csv_dir else None, epochs=epochs, warm_start=warm_start,
+                            return_state=True)
+    days = state.result(raise_on_failure=False)
+    if not isinstance(days, list):
+        typer.secho(f"replay failed: {days}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1)
+    typer.echo("")
+    for day in days:
+        for o in day["outcomes"]:
+            colour = typer.colors.RED if o["decision"] == "failed" else typer.colors.GREEN
+            typer.secho(f"{day['session']}  {o['ticker']:>6}  {o['decision']:<8}  {o['reason']}", fg=colour)
+    failed = any(o["decision"] == "failed" for day in days for o in day["outcomes"])
+    raise typer.Exit(1 if failed else 0)
 
 
 def _task_runner(max_workers: int):

@@ -20,6 +20,7 @@ from pipeline.sources import build_source
 from pipeline.store import PriceStore
 from pipeline.symbols import validate_ticker
 from pipeline.tracking import Tracker
+from pipeline.trading_calendar import is_session, last_session_on_or_before
 from pipeline.validation import load_suite_definition
 
 log = logging.getLogger("pipeline.flow")
@@ -134,6 +135,9 @@ def daily_pipeline(
     quiet_third_party_logs()
     settings = resolve_settings(tickers=tickers, source=source, csv_dir=csv_dir, epochs=epochs)
     as_of = as_of or dt.date.today()
+    closed = market_closed_outcomes(settings, as_of)
+    if closed is not None:
+        return Completed(message=f"market closed on {as_of}: nothing to do", data=closed)
     suite = load_suite_definition(settings.suite_path)
     connect_tracking(settings)
     futures = [ticker_pipeline.submit(t, settings, as_of, force, warm_start, suite) for t in settings.tickers]
@@ -144,6 +148,23 @@ def daily_pipeline(
     if failed:
         return Failed(message=f"{len(failed)} of {len(outcomes)} ticker(s) failed: {', '.join(failed)}", data=outcomes)
     return Completed(message=f"{len(outcomes)} ticker(s) done", data=outcomes)
+
+
+def market_closed_outcomes(settings: Settings, as_of: dt.date) -> list[dict] | None:
+    """On a weekend or holiday with every store already current, the run is a quick no-op; None otherwise."""
+    if is_session(as_of):
+        return None
+    store = PriceStore(settings.store_dir, settings.locks_dir)
+    last_session = last_session_on_or_before(as_of)
+    if any((store.last_date(t) or dt.date.min) < last_session for t in settings.tickers):
+        return None  # something is behind: catch up even though the exchange is closed today
+    log.info("market closed on %s and every store holds %s: nothing to do", as_of, last_session)
+    outcomes = []
+    for ticker in settings.tickers:
+        outcome = steps.market_closed(ticker, as_of, journal.read(settings.reports_dir, ticker)).to_dict()
+        journal.write(settings.reports_dir, ticker, outcome)
+        outcomes.append(outcome)
+    return outcomes
 
 
 def quiet_third_party_logs() -> None:

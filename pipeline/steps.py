@@ -214,6 +214,15 @@ def warm_start_from_champion(tracker: Tracker, ticker: str, config: TrainingConf
     return WarmStart(weights, f"v{champion.version}")
 
 
+def market_closed(ticker: str, as_of: dt.date, previous: dict | None) -> TickerOutcome:
+    """A run on a day the exchange did not trade, with the store already current: nothing to do."""
+    carried = {k: (previous or {}).get(k) for k in ("data_start", "data_end", "rows", "data_digest", "settings_digest",
+                                                   "run_id", "model_version", "champion_version", "champion_kind",
+                                                   "challenger_test_rmse", "champion_test_rmse", "naive_test_rmse", "u2")}
+    return TickerOutcome(ticker=ticker, decision=SKIPPED,
+                         reason=f"market closed on {as_of}: no new session to fetch", **{k: v for k, v in carried.items() if v is not None})
+
+
 def train_challenger(
     history: pd.DataFrame, config: TrainingConfig, ticker: str, warm_start: WarmStart | None = None
 ) -> Challenger:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import tempfile
@@ -112,7 +113,9 @@ class Tracker:
         try:
             with mlflow.start_run(run_id=run_id):
                 info = self._log_pyfunc(NaiveForecaster(), history, NAIVE, artifacts=None)
-            version = self._register(ticker, info.model_uri, run_id, {"model_kind": NAIVE, "decision": "baseline"})
+            version = self._register(
+                ticker, info.model_uri, run_id, {"model_kind": NAIVE, "decision": "baseline", "data_end": data_end}
+            )
             self.client.set_registered_model_alias(name, CHAMPION_ALIAS, version.version)
             self.client.set_terminated(run_id, "FINISHED")
         except BaseException:
@@ -155,6 +158,14 @@ class Tracker:
         self.client.set_registered_model_tag(name, "last_rollback", f"v{demoted} -> v{restored}: {reason}")
         log.info("%s: rolled back %s from v%s to v%s (%s)", ticker, name, demoted, restored, reason)
         return demoted, restored
+
+    def champion_data_end(self, ticker: str) -> dt.date | None:
+        """The last price date the champion was built on, from its version's tags."""
+        champion = self.champion(ticker)
+        if champion is None:
+            return None
+        tag = self.champion_version(ticker).tags.get("data_end")
+        return dt.date.fromisoformat(tag) if tag else None
 
     def champion_version(self, ticker: str) -> ModelVersion:
         return self.client.get_model_version_by_alias(registered_model_name(ticker), CHAMPION_ALIAS)

@@ -36,6 +36,12 @@ def next_session(day: dt.date, exchange: str = DEFAULT_EXCHANGE) -> dt.date:
     return calendar.date_to_session(stamp, direction="next").date()
 
 
+def last_session_on_or_before(day: dt.date, exchange: str = DEFAULT_EXCHANGE) -> dt.date:
+    calendar = exchange_calendar(exchange)
+    stamp = min(pd.Timestamp(day), calendar.last_session)
+    return calendar.date_to_session(stamp, direction="previous").date()
+
+
 def sessions_between(first: dt.date, last: dt.date, exchange: str = DEFAULT_EXCHANGE) -> pd.DatetimeIndex:
     """Every session from `first` to `last`, both included, as tz-naive midnight timestamps."""
     calendar = exchange_calendar(exchange)

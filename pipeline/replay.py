@@ -1,0 +1,32 @@
+"""Which sessions a replay runs, and when a replay would be unfair and must be refused."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from pipeline.trading_calendar import sessions_between
+
+
+class ReplayRefused(ValueError):
+    pass
+
+
+def replay_sessions(start: dt.date, end: dt.date, data_ends: dict[str, dt.date | None]) -> list[dt.date]:
+    """The trading sessions from `start` to `end`, as the daily schedule would have run them.
+
+    `data_ends` maps each ticker to the last date its store or champion already covers. Replaying into
+    the past of a champion would score it on days it was trained on, so that is refused.
+    """
+    if end < start:
+        raise ReplayRefused(f"replay end {end} is before its start {start}")
+    ahead = {t: d for t, d in data_ends.items() if d is not None and d > start}
+    if ahead:
+        detail = ", ".join(f"{t} through {d}" for t, d in sorted(ahead.items()))
+        raise ReplayRefused(
+            f"cannot replay from {start}: the state already holds data or a champion trained on later days "
+            f"({detail}); start after that date, or use a fresh STOCKPIPE_HOME"
+        )
+    sessions = [stamp.date() for stamp in sessions_between(start, end)]
+    if not sessions:
+        raise ReplayRefused(f"no trading sessions between {start} and {end}")
+    return sessions
