@@ -23,7 +23,9 @@ def prepare_environment(settings: Settings) -> None:
     """Point Prefect and friends at the state directory before they are imported."""
     home = settings.home.resolve()
     home.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("PREFECT_HOME", str(home / "prefect"))
+    if not os.environ.get("PREFECT_API_URL"):
+        # Without a server, Prefect starts a temporary one; its database belongs with the rest of the state.
+        os.environ.setdefault("PREFECT_HOME", str(home / "prefect"))
     # Library code logs through `logging`; this hands those records to Prefect's console and UI handlers.
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "pipeline")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -183,6 +185,25 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] =
         typer.echo(f"{r['ticker']:<7}{span:<25}{champ:<14}{num(r['challenger_test_rmse']):>11}"
                    f"{num(r['champion_test_rmse']):>11}{num(r['naive_test_rmse']):>11}  {r['last_decision']}")
         typer.echo(f"{'':<7}{r['last_reason']}")
+
+
+@app.command(context_settings={"allow_extra_args": True})
+def serve(
+    ctx: typer.Context,
+    tickers: Annotated[Optional[list[str]], typer.Option("--tickers", help="Default tickers of scheduled runs")] = None,
+) -> None:
+    """Serve the `daily` deployment (weekdays 18:00 New York) from this process, against a Prefect server."""
+    chosen = _parse_tickers([*(tickers or []), *ctx.args]) or None
+    if not os.environ.get("PREFECT_API_URL"):
+        typer.secho("serve needs a Prefect server: run `prefect server start`, then "
+                    "export PREFECT_API_URL=http://127.0.0.1:4200/api", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2)
+    settings = Settings()
+    prepare_environment(settings)
+
+    from flows.deployment import serve as serve_deployment
+
+    serve_deployment(settings, parameters={"tickers": chosen} if chosen else None)
 
 
 def _one_ticker(ticker: str) -> str:

@@ -1,6 +1,5 @@
 """The `daily-pipeline` Prefect flow: wires the library's steps per ticker, with retries where failures are transient."""
 
-from __future__ import annotations
 
 import datetime as dt
 import logging
@@ -11,14 +10,15 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed
+from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.tasks import exponential_backoff
 
 from pipeline import journal, steps
 from pipeline.promotion import FAILED
-from pipeline.settings import Settings, SourceKind
+from pipeline.settings import DEFAULT_MAX_WORKERS, Settings, SourceKind
 from pipeline.sources import build_source
 from pipeline.store import PriceStore
-from pipeline.symbols import validate_ticker
+from pipeline.symbols import Ticker, validate_ticker
 from pipeline.tracking import Tracker
 from pipeline.trading_calendar import is_session, last_session_on_or_before
 from pipeline.validation import load_suite_definition
@@ -109,21 +109,25 @@ def summary_markdown(outcomes: list[dict]) -> str:
     def fmt(value, digits=4):
         return "" if value is None else f"{value:.{digits}f}"
 
+    def run_link(outcome: dict) -> str:
+        return f"[{outcome['run_id'][:8]}]({outcome['run_url']})" if outcome.get("run_url") else ""
+
     rows = ["| ticker | data end | challenger RMSE | champion RMSE | naive RMSE | U2 | decision | MLflow run |",
             "|---|---|---|---|---|---|---|---|"]
     for o in outcomes:
         rows.append(
             f"| {o['ticker']} | {o.get('data_end') or ''} | {fmt(o.get('challenger_test_rmse'))} | "
             f"{fmt(o.get('champion_test_rmse'))} | {fmt(o.get('naive_test_rmse'))} | {fmt(o.get('u2'), 3)} | "
-            f"{o['decision']} | {o.get('run_id') or ''} |"
+            f"{o['decision']} | {run_link(o)} |"
         )
     reasons = [f"- **{o['ticker']}**: {o['reason']}" for o in outcomes]
     return "\n".join(["# Daily pipeline", "", *rows, "", *reasons])
 
 
-@flow(name="daily-pipeline", log_prints=True)
+# `stockpipe run` and `serve` apply the configured Settings.max_workers; deployments get its default.
+@flow(name="daily-pipeline", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=DEFAULT_MAX_WORKERS))
 def daily_pipeline(
-    tickers: list[str] | None = None,
+    tickers: list[Ticker] | None = None,
     source: SourceKind | None = None,
     csv_dir: str | None = None,
     as_of: dt.date | None = None,

@@ -21,6 +21,10 @@ BUNDLED_SNAPSHOTS = PROJECT_ROOT / "data" / "snapshots"
 BUNDLED_SUITE = PROJECT_ROOT / "expectations" / "prices.json"
 
 
+# Two small LSTMs train side by side on this kind of 2-core machine; a third only competes for the cores.
+DEFAULT_MAX_WORKERS = 2
+
+
 class SourceKind(StrEnum):
     snapshot = "snapshot"
     csv = "csv"
@@ -73,7 +77,7 @@ class Settings(BaseSettings):
     promotion_margin: float = Field(
         0.0, ge=0, lt=1, description="Relative RMSE improvement a challenger needs over the champion."
     )
-    max_workers: int = Field(2, ge=1, description="Tickers processed at once.")
+    max_workers: int = Field(DEFAULT_MAX_WORKERS, ge=1, description="Tickers processed at once.")
     training: TrainingConfig = TrainingConfig()
 
     @field_validator("tickers")

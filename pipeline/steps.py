@@ -84,6 +84,7 @@ class TickerOutcome:
     data_digest: str | None = None
     settings_digest: str | None = None
     run_id: str | None = None
+    run_url: str | None = None
     model_version: str | None = None
     champion_version: str | None = None
     champion_kind: str | None = None
@@ -174,7 +175,7 @@ def already_trained(reports_dir: Path, ticker: str, data_digest: str, settings_d
 
 
 def skipped(admitted: Admitted, settings_digest: str, previous: dict | None) -> TickerOutcome:
-    carried = {k: (previous or {}).get(k) for k in ("run_id", "model_version", "champion_version", "champion_kind",
+    carried = {k: (previous or {}).get(k) for k in ("run_id", "run_url", "model_version", "champion_version", "champion_kind",
                                                    "challenger_test_rmse", "champion_test_rmse", "naive_test_rmse", "u2")}
     return TickerOutcome(
         ticker=admitted.ticker,
@@ -217,7 +218,7 @@ def warm_start_from_champion(tracker: Tracker, ticker: str, config: TrainingConf
 def market_closed(ticker: str, as_of: dt.date, previous: dict | None) -> TickerOutcome:
     """A run on a day the exchange did not trade, with the store already current: nothing to do."""
     carried = {k: (previous or {}).get(k) for k in ("data_start", "data_end", "rows", "data_digest", "settings_digest",
-                                                   "run_id", "model_version", "champion_version", "champion_kind",
+                                                   "run_id", "run_url", "model_version", "champion_version", "champion_kind",
                                                    "challenger_test_rmse", "champion_test_rmse", "naive_test_rmse", "u2")}
     return TickerOutcome(ticker=ticker, decision=SKIPPED,
                          reason=f"market closed on {as_of}: no new session to fetch", **{k: v for k, v in carried.items() if v is not None})
@@ -368,6 +369,7 @@ def track_and_promote(
         data_digest=admitted.data_digest,
         settings_digest=settings_digest,
         run_id=run_id,
+        run_url=tracker.run_url(run_id),
         model_version=str(version.version),
         champion_version=current.version if current else None,
         champion_kind=current.kind if current else None,

@@ -75,6 +75,11 @@ class Tracker:
         else:
             self.experiment_id = experiment.experiment_id
 
+    def run_url(self, run_id: str, local_ui: str = "http://127.0.0.1:5000") -> str:
+        """Where a person opens the run: the tracking server itself, or `stockpipe ui` for a local store."""
+        base = self.tracking_uri.rstrip("/") if self.tracking_uri.startswith(("http://", "https://")) else local_ui
+        return f"{base}/#/experiments/{self.experiment_id}/runs/{run_id}"
+
     def _is_local(self) -> bool:
         return self.tracking_uri.startswith(("sqlite:", "file:", "/")) or "://" not in self.tracking_uri
 
