@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from enum import Enum
 from typing import Annotated, Optional
 
 import typer
@@ -17,6 +19,11 @@ from pipeline.symbols import InvalidTicker, validate_ticker
 
 app = typer.Typer(help="Scheduled next-day stock price forecasting: Prefect + Great Expectations + Keras + MLflow.",
                   no_args_is_help=True, add_completion=False)
+
+
+class TaskRunnerKind(str, Enum):
+    thread = "thread"
+    dask = "dask"
 
 
 def prepare_environment(settings: Settings) -> None:
@@ -61,6 +68,8 @@ def run(
     epochs: Annotated[Optional[int], typer.Option(min=1, help="Override the training epochs")] = None,
     force: Annotated[bool, typer.Option(help="Retrain even when data and settings are unchanged")] = False,
     warm_start: Annotated[bool, typer.Option(help="Start from the champion's weights (warm_start_epochs only)")] = False,
+    task_runner: Annotated[TaskRunnerKind, typer.Option(help="Where tickers run: local threads or a Dask cluster")] = TaskRunnerKind.thread,
+    dask_address: Annotated[Optional[str], typer.Option(help="Dask scheduler, e.g. tcp://10.0.0.5:8786 (default: a local cluster)")] = None,
 ) -> None:
     """Run the daily pipeline once through the Prefect flow. Exit 0 only if every ticker succeeded."""
     chosen = _parse_tickers([*(tickers or []), *ctx.args]) or None
@@ -73,10 +82,11 @@ def run(
 
     from flows.daily import daily_pipeline
 
-    state = daily_pipeline.with_options(task_runner=_task_runner(settings.max_workers))(
-        tickers=chosen, source=source, csv_dir=str(csv_dir) if csv_dir else None,
-        as_of=as_of_date, epochs=epochs, force=force, warm_start=warm_start, return_state=True,
-    )
+    with _api_visible_to_workers(task_runner):
+        state = daily_pipeline.with_options(task_runner=_task_runner(task_runner, settings.max_workers, dask_address))(
+            tickers=chosen, source=source, csv_dir=str(csv_dir) if csv_dir else None,
+            as_of=as_of_date, epochs=epochs, force=force, warm_start=warm_start, return_state=True,
+        )
     outcomes = state.result(raise_on_failure=False)
     if not isinstance(outcomes, list):  # the flow itself failed before any ticker ran
         typer.secho(f"flow failed: {outcomes}", fg=typer.colors.RED, err=True)
@@ -139,7 +149,41 @@ def replay(
     raise typer.Exit(1 if failed else 0)
 
 
-def _task_runner(max_workers: int):
+@contextlib.contextmanager
+def _api_visible_to_workers(kind: TaskRunnerKind):
+    """Dask workers are other processes: without a server to share, each would start its own temporary one.
+
+    So for Dask without PREFECT_API_URL, start the temporary server here and hand its URL to the workers
+    through the environment they inherit.
+    """
+    if kind != TaskRunnerKind.dask or os.environ.get("PREFECT_API_URL"):
+        yield
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    server = SubprocessASGIServer()
+    server.start()
+    os.environ["PREFECT_API_URL"] = server.api_url
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
+            yield
+    finally:
+        from prefect.logging.handlers import APILogWorker
+
+        APILogWorker.drain_all(timeout=5)  # the last log records must reach the server before it stops
+        del os.environ["PREFECT_API_URL"]
+        server.stop()
+
+
+def _task_runner(kind: TaskRunnerKind, max_workers: int, dask_address: Optional[str]):
+    if kind == TaskRunnerKind.dask:
+        from prefect_dask import DaskTaskRunner
+
+        if dask_address:
+            return DaskTaskRunner(address=dask_address)
+        # One single-threaded worker process per ticker slot: TensorFlow releases the GIL, processes avoid sharing it.
+        return DaskTaskRunner(cluster_kwargs={"n_workers": max_workers, "threads_per_worker": 1, "processes": True})
     from prefect.task_runners import ThreadPoolTaskRunner
 
     return ThreadPoolTaskRunner(max_workers=max_workers)

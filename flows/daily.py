@@ -74,6 +74,7 @@ def connect_tracking(settings: Settings) -> None:
 @task(cache_policy=NO_CACHE, task_run_name="{ticker}")
 def ticker_pipeline(ticker: str, settings: Settings, as_of: dt.date, force: bool, warm_start: bool, suite: dict) -> dict:
     """One ticker end to end; any failure is reported as this ticker's outcome and never stops the others."""
+    quiet_third_party_logs()  # again here: on a Dask worker this is a fresh process
     store = PriceStore(settings.store_dir, settings.locks_dir)
     run_tags = {"prefect_flow_run_id": str(flow_run.get_id() or ""), "as_of": as_of.isoformat()}
     try:
@@ -181,6 +182,8 @@ def quiet_third_party_logs() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # Logging our own PythonModel classes is intended; MLflow warns about pickling them on every log.
     logging.getLogger("mlflow.pyfunc").setLevel(logging.ERROR)
+    # Dask's nanny reports killing workers that TensorFlow's threads keep alive at shutdown: expected, not actionable.
+    logging.getLogger("distributed.nanny").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=UserWarning, module=r"mlflow\..*")
 
 

@@ -27,7 +27,8 @@ def diebold_mariano(actual: np.ndarray, forecast: np.ndarray, benchmark: np.ndar
 
 def directional_accuracy(actual: np.ndarray, forecast: np.ndarray, last_close: np.ndarray) -> float:
     """Share of days where the forecast moved the same way as the price (a flat forecast never scores)."""
-    return float(np.mean(np.sign(forecast - last_close) == np.sign(actual - last_close)))
+    predicted = np.sign(forecast - last_close)
+    return float(np.mean((predicted != 0) & (predicted == np.sign(actual - last_close))))
 
 
 def forecast_metrics(actual: np.ndarray, forecast: np.ndarray, last_close: np.ndarray) -> dict[str, float]:

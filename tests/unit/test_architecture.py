@@ -1,0 +1,193 @@
+"""Import direction and import-time behaviour of the `pipeline` library.
+
+`pipeline/` is a plain library: it never imports Prefect or the `flows` package (flows wrap pipeline,
+not the reverse), and importing any of its modules does nothing but define things (no Settings(),
+no environment reads at module level).
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PIPELINE_DIR = Path(__file__).resolve().parents[2] / "pipeline"
+MODULE_FILES = sorted(PIPELINE_DIR.glob("*.py"))
+MODULES = sorted(f"pipeline.{p.stem}" if p.stem != "__init__" else "pipeline" for p in MODULE_FILES)
+FORBIDDEN_ROOTS = {"prefect", "flows"}
+
+
+def test_the_module_list_is_not_empty():
+    assert len(MODULE_FILES) >= 10
+    assert {"pipeline.features", "pipeline.windows", "pipeline.model", "pipeline.steps"} <= set(MODULES)
+
+
+# -- static check --------------------------------------------------------------------------------
+
+
+def forbidden_imports(source: str, filename: str = "<string>") -> list[str]:
+    """Every import of prefect/flows anywhere in the file (top level, functions, TYPE_CHECKING blocks)."""
+    found = []
+    for node in ast.walk(ast.parse(source, filename)):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level > 1:  # `from .. import x` leaves the pipeline package
+                names = [f"{'.' * node.level}{node.module or ''}"]
+            elif node.level == 0 and node.module:
+                names = [node.module]
+        elif isinstance(node, ast.Call):
+            func = node.func
+            name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+            if name in {"import_module", "__import__"} and node.args and isinstance(node.args[0], ast.Constant):
+                names = [str(node.args[0].value)]
+        for name in names:
+            if name.startswith("..") or name.split(".")[0] in FORBIDDEN_ROOTS:
+                found.append(f"{filename}:{node.lineno}: {name}")
+    return found
+
+
+def test_the_static_checker_catches_forbidden_imports():
+    source = "\n".join([
+        "import prefect",
+        "from prefect.logging import get_run_logger",
+        "from flows.daily import daily_flow",
+        "def f():",
+        "    import prefect.tasks",
+        "    importlib.import_module('prefect')",
+        "from .. import flows",
+        "import prefectlike",  # a different package, allowed
+        "from pipeline import features",
+        "from . import windows",
+    ])
+    found = sorted(hit.split(": ", 1)[1] for hit in forbidden_imports(source))
+    assert found == sorted(["prefect", "prefect.logging", "flows.daily", "prefect.tasks", "prefect", ".."])
+
+
+@pytest.mark.parametrize("path", MODULE_FILES, ids=lambda p: p.name)
+def test_no_pipeline_module_imports_prefect_or_flows(path):
+    assert forbidden_imports(path.read_text(), path.name) == []
+
+
+# -- runtime check -------------------------------------------------------------------------------
+
+PROBE = """
+import importlib, sys
+importlib.import_module({module!r})
+bad = sorted(m for m in sys.modules if m.split('.')[0] in ('prefect', 'flows'))
+assert not bad, 'imported ' + ', '.join(bad[:5])
+"""
+
+
+@pytest.fixture(scope="module")
+def import_results() -> dict[str, subprocess.CompletedProcess]:
+    """Import every module in its own fresh interpreter (run concurrently to keep this quick)."""
+    procs = {
+        module: subprocess.Popen(
+            [sys.executable, "-c", PROBE.format(module=module)],
+            cwd=PIPELINE_DIR.parent,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for module in MODULES
+    }
+    results = {}
+    for module, proc in procs.items():
+        out, err = proc.communicate(timeout=300)
+        results[module] = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    return results
+
+
+def test_the_runtime_probe_detects_prefect():
+    probe = PROBE.format(module="pipeline.features") + "\nimport prefect\n" + PROBE.format(module="pipeline.features")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=PIPELINE_DIR.parent)
+    assert result.returncode != 0
+    assert "imported prefect" in result.stderr
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_importing_a_pipeline_module_does_not_load_prefect(import_results, module):
+    result = import_results[module]
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+# -- import-time side effects --------------------------------------------------------------------
+
+ENV_READS = {"getenv", "putenv", "environ", "load_dotenv"}
+
+
+def import_time_nodes(tree: ast.Module):
+    """Nodes that run when the module is imported: everything except function bodies.
+
+    Class bodies, decorators and default argument values do run at import time, so they are included.
+    """
+    stack = list(tree.body)
+    while stack:
+        node = stack.pop()
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            stack.extend(node.decorator_list)
+            stack.extend(node.args.defaults)
+            stack.extend(d for d in node.args.kw_defaults if d is not None)
+            continue
+        if isinstance(node, ast.Lambda):
+            stack.extend(node.args.defaults)
+            continue
+        yield node
+        stack.extend(ast.iter_child_nodes(node))
+
+
+def import_time_side_effects(source: str, filename: str = "<string>") -> list[str]:
+    found = []
+    for node in import_time_nodes(ast.parse(source, filename)):
+        if isinstance(node, ast.Call):
+            func = node.func
+            name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+            if name == "Settings":
+                found.append(f"{filename}:{node.lineno}: Settings() at import time")
+            if name in ENV_READS:
+                found.append(f"{filename}:{node.lineno}: {name}() at import time")
+        elif isinstance(node, ast.Attribute) and node.attr in ENV_READS:
+            found.append(f"{filename}:{node.lineno}: {node.attr} read at import time")
+        elif isinstance(node, ast.Name) and node.id in ENV_READS and isinstance(node.ctx, ast.Load):
+            found.append(f"{filename}:{node.lineno}: {node.id} read at import time")
+    return found
+
+
+def test_the_side_effect_checker_tells_import_time_from_call_time():
+    flagged = "\n".join([
+        "import os",
+        "from os import environ",
+        "SETTINGS = Settings()",
+        "HOME = os.environ.get('HOME')",
+        "DEBUG = os.getenv('DEBUG')",
+        "def f(home=os.environ['HOME']):",
+        "    pass",
+        "class C:",
+        "    settings = config.Settings()",
+        "PATH = environ['PATH']",
+    ])
+    flagged_lines = {int(hit.split(":")[1]) for hit in import_time_side_effects(flagged)}
+    assert flagged_lines == {3, 4, 5, 6, 9, 10}
+    allowed = "\n".join([
+        "import os",
+        "def settings():",
+        "    return Settings()",
+        "def home(env=None):",
+        "    env = os.environ if env is None else env",
+        "    return env.get('HOME')",
+        "class C:",
+        "    def method(self):",
+        "        return os.getenv('X')",
+        "    training: TrainingConfig = TrainingConfig()",
+    ])
+    assert import_time_side_effects(allowed) == []
+
+
+@pytest.mark.parametrize("path", MODULE_FILES, ids=lambda p: p.name)
+def test_no_pipeline_module_reads_settings_or_environment_at_import_time(path):
+    assert import_time_side_effects(path.read_text(), path.name) == []

@@ -1,0 +1,164 @@
+"""pipeline.model: the LSTM's architecture, seeded reproducible training, early stopping on validation loss.
+
+Trainings are tiny (window 10, 4-8 units, 2-8 epochs on ~230 windows) and take a few seconds each.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline.settings import BUNDLED_SNAPSHOTS, TrainingConfig
+from pipeline.sources import CsvSource
+from pipeline.windows import build_dataset
+
+keras = pytest.importorskip("keras")
+
+from pipeline.model import TrainedModel, build_lstm, train_lstm, weights_fit  # noqa: E402
+
+# Same data, config and seed must give the same network to this tolerance (CPU kernels are deterministic).
+TOLERANCE = 1e-6
+
+
+def tiny(**overrides) -> TrainingConfig:
+    values = {"window": 10, "units": 4, "epochs": 2, "batch_size": 32, "history_years": 5.0, "patience": 2}
+    values.update(overrides)
+    return TrainingConfig(**values)
+
+
+@pytest.fixture(scope="module")
+def prices() -> pd.DataFrame:
+    return CsvSource(BUNDLED_SNAPSHOTS).fetch("MSFT", None, dt.date(2017, 12, 31)).tail(300).reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def dataset(prices):
+    return build_dataset(prices, tiny())
+
+
+@pytest.fixture(scope="module")
+def trained(dataset) -> TrainedModel:
+    return train_lstm(dataset, tiny())
+
+
+def predict(model, x) -> np.ndarray:
+    return np.asarray(model(x, training=False)).reshape(-1)
+
+
+def assert_same_training(a: TrainedModel, b: TrainedModel, x: np.ndarray):
+    assert a.history.keys() == b.history.keys() == {"loss", "val_loss"}
+    for key in a.history:
+        np.testing.assert_allclose(a.history[key], b.history[key], rtol=0, atol=TOLERANCE)
+    assert (a.best_epoch, a.epochs_run) == (b.best_epoch, b.epochs_run)
+    for wa, wb in zip(a.keras_model.get_weights(), b.keras_model.get_weights(), strict=True):
+        np.testing.assert_allclose(wa, wb, rtol=0, atol=TOLERANCE)
+    np.testing.assert_allclose(predict(a.keras_model, x), predict(b.keras_model, x), rtol=0, atol=TOLERANCE)
+
+
+# -- architecture --------------------------------------------------------------------------------
+
+
+def test_build_lstm_is_two_lstm_layers_with_dropout_and_a_dense_head():
+    config = tiny(units=6, dropout=0.3, learning_rate=0.005)
+    model = build_lstm(12, 2, config)
+    layers = model.layers
+    assert [type(layer).__name__ for layer in layers] == ["LSTM", "Dropout", "LSTM", "Dropout", "Dense"]
+    first, drop1, second, drop2, head = layers
+    assert first.units == 6 and first.return_sequences is True
+    assert second.units == 6 and second.return_sequences is False
+    assert drop1.rate == pytest.approx(0.3) and drop2.rate == pytest.approx(0.3)
+    assert head.units == 1
+    assert tuple(model.input_shape) == (None, 12, 2)
+    assert tuple(model.output_shape) == (None, 1)
+    # LSTM parameters: 4 gates x (units x (inputs + units) + units).
+    assert first.count_params() == 4 * (6 * (2 + 6) + 6)
+    assert second.count_params() == 4 * (6 * (6 + 6) + 6)
+    assert head.count_params() == 6 + 1
+    assert model.loss == "mse"
+    assert type(model.optimizer).__name__ == "Adam"
+    assert float(model.optimizer.learning_rate) == pytest.approx(0.005)
+
+
+def test_build_lstm_initial_weights_depend_on_the_seed_only():
+    same = [build_lstm(10, 2, tiny(seed=7)).get_weights() for _ in range(2)]
+    for a, b in zip(*same, strict=True):
+        np.testing.assert_array_equal(a, b)
+    other = build_lstm(10, 2, tiny(seed=8)).get_weights()
+    assert not all(np.array_equal(a, b) for a, b in zip(same[0], other, strict=True))
+
+
+def test_weights_fit_checks_shapes():
+    config = tiny(units=4)
+    weights = build_lstm(10, 2, config).get_weights()
+    assert weights_fit(weights, 10, 2, config)
+    assert not weights_fit(weights, 10, 2, tiny(units=5))
+    assert not weights_fit(weights, 10, 3, config)
+    assert not weights_fit(weights[:-1], 10, 2, config)
+
+
+# -- training ------------------------------------------------------------------------------------
+
+
+def test_train_lstm_records_losses_and_returns_a_working_model(trained, dataset):
+    assert trained.epochs_run == len(trained.history["loss"]) == len(trained.history["val_loss"])
+    assert 1 <= trained.epochs_run <= 2
+    assert trained.best_epoch == int(np.argmin(trained.history["val_loss"])) + 1
+    out = predict(trained.keras_model, dataset.test.x)
+    assert out.shape == (len(dataset.test.y),)
+    assert np.all(np.isfinite(out))
+
+
+def test_train_lstm_is_deterministic(trained, dataset):
+    again = train_lstm(dataset, tiny())
+    assert_same_training(trained, again, dataset.test.x)
+
+
+def test_training_never_reads_the_test_split(trained, dataset):
+    """Early stopping and fitting see train and validation only: garbage in the test split changes nothing."""
+    poisoned_test = dataclasses.replace(
+        dataset.test, x=np.full_like(dataset.test.x, np.nan), y=np.full_like(dataset.test.y, 1e6)
+    )
+    again = train_lstm(dataclasses.replace(dataset, test=poisoned_test), tiny())
+    assert_same_training(trained, again, dataset.val.x)
+
+
+def adversarial(dataset):
+    """Train targets the last input return; validation wants its opposite, so learning hurts validation."""
+    train = dataclasses.replace(dataset.train, y=dataset.train.x[:, -1, 1].copy())
+    val = dataclasses.replace(dataset.val, y=-dataset.val.x[:, -1, 1].copy())
+    return dataclasses.replace(dataset, train=train, val=val)
+
+
+ADVERSARIAL = {"units": 8, "epochs": 8, "patience": 2, "dropout": 0.0, "learning_rate": 0.01}
+
+
+def test_early_stopping_follows_validation_loss_and_restores_the_best_weights(dataset):
+    data = adversarial(dataset)
+    config = tiny(**ADVERSARIAL)
+    result = train_lstm(data, config)
+    loss, val_loss = result.history["loss"], result.history["val_loss"]
+    # The training loss kept falling, yet training stopped: the monitored quantity is the validation loss.
+    assert loss[-1] < loss[0]
+    assert result.epochs_run < config.epochs
+    best = int(np.argmin(val_loss))
+    assert result.epochs_run == best + 1 + config.patience
+    assert result.best_epoch == best + 1
+    # The returned network is the best validation epoch's, not the last one's.
+    restored = float(result.keras_model.evaluate(data.val.x, data.val.y, batch_size=config.batch_size, verbose=0))
+    assert restored == pytest.approx(val_loss[best], rel=1e-5)
+    assert restored < val_loss[-1]
+
+
+def test_warm_start_that_only_hurts_validation_keeps_the_initial_weights(dataset):
+    data = adversarial(dataset)
+    config = tiny(**ADVERSARIAL, warm_start_epochs=3)
+    initial = build_lstm(data.window, 2, config).get_weights()
+    result = train_lstm(data, config, initial_weights=initial)
+    assert result.epochs_run <= 3
+    assert result.best_epoch == 0
+    for got, want in zip(result.keras_model.get_weights(), initial, strict=True):
+        np.testing.assert_array_equal(got, want)
