@@ -3,6 +3,8 @@
 
 import datetime as dt
 import logging
+import time
+from contextlib import contextmanager
 import warnings
 
 from prefect import flow, task
@@ -81,10 +83,13 @@ def ticker_pipeline(ticker: str, settings: Settings, as_of: dt.date, force: bool
         source = build_source(settings.source.value, folder=None if settings.source is SourceKind.yahoo else settings.price_folder(),
                               yahoo_symbols=settings.yahoo_symbols)
         # The lock makes concurrent runs of one ticker take turns: the second sees the first's data and skips.
+        timings: dict[str, float] = {}
         with store.lock(ticker):
             history = store.read(ticker)
-            batch = fetch(source, store, ticker, as_of)
-            admitted = validate(ticker, history, batch, settings, as_of, suite)
+            with stopwatch(timings, "fetch"):
+                batch = fetch(source, store, ticker, as_of)
+            with stopwatch(timings, "validate"):
+                admitted = validate(ticker, history, batch, settings, as_of, suite)
             previous = journal.read(settings.reports_dir, ticker)
             settings_digest = settings.training.digest()
             if not force and steps.already_trained(settings.reports_dir, ticker, admitted.data_digest, settings_digest):
@@ -92,8 +97,12 @@ def ticker_pipeline(ticker: str, settings: Settings, as_of: dt.date, force: bool
             else:
                 if admitted.new_rows:
                     store.write(ticker, admitted.history)
-                challenger = train(ticker, admitted.history, settings, warm_start)
-                outcome = track_and_promote(ticker, admitted, challenger, settings, run_tags)
+                with stopwatch(timings, "window_train_evaluate"):
+                    challenger = train(ticker, admitted.history, settings, warm_start)
+                with stopwatch(timings, "track_and_promote"):
+                    outcome = track_and_promote(ticker, admitted, challenger, settings, run_tags)
+                timings.update(challenger.timings)
+            outcome.timings = timings
             journal.write(settings.reports_dir, ticker, outcome.to_dict())
     except Exception as exc:  # noqa: BLE001 - reported per ticker, the flow state reflects it below
         log.error("%s: failed: %s", ticker, exc)
@@ -104,6 +113,15 @@ def ticker_pipeline(ticker: str, settings: Settings, as_of: dt.date, force: bool
         )
         journal.write(settings.reports_dir, ticker, {**last, **{k: v for k, v in outcome.to_dict().items() if v is not None}})
     return outcome.to_dict()
+
+
+@contextmanager
+def stopwatch(timings: dict[str, float], step: str):
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[step] = round(time.perf_counter() - started, 3)
 
 
 def summary_markdown(outcomes: list[dict]) -> str:

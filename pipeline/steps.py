@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,7 @@ class Challenger:
     test_forecast: np.ndarray
     metrics: dict[str, float]
     warm_start_from: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -92,6 +94,7 @@ class TickerOutcome:
     champion_test_rmse: float | None = None
     naive_test_rmse: float | None = None
     u2: float | None = None
+    timings: dict[str, float] = field(default_factory=dict)
     finished_at: str = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
 
     @property
@@ -227,26 +230,26 @@ def market_closed(ticker: str, as_of: dt.date, previous: dict | None) -> TickerO
 def train_challenger(
     history: pd.DataFrame, config: TrainingConfig, ticker: str, warm_start: WarmStart | None = None
 ) -> Challenger:
-    import time
-
     from pipeline.model import train_lstm
 
+    started = time.perf_counter()
     dataset = build_dataset(history, config)
+    windowed = time.perf_counter()
     log.info(
         "%s: %d train / %d validation / %d test windows (test %s..%s)",
         ticker, len(dataset.train.y), len(dataset.val.y), len(dataset.test.y),
         dataset.test.target_date[0].date(), dataset.test.target_date[-1].date(),
     )
-    started = time.perf_counter()
     trained = train_lstm(dataset, config, label=ticker, initial_weights=warm_start.weights if warm_start else None)
-    seconds = time.perf_counter() - started
+    fitted = time.perf_counter()
     forecaster = LstmForecaster(trained.keras_model, dataset.scaler, dataset.window)
     predictions = forecaster.predict(None, to_model_input(dataset.history))
     test_forecast = forecasts_on(predictions, dataset.test.as_of)
     metrics = forecast_metrics(dataset.test.next_close, test_forecast, dataset.test.last_close)
+    evaluated = time.perf_counter()
     log.info(
         "%s: trained %d epochs in %.1fs (best %d); test RMSE %.4f vs naive %.4f (U2 %.3f)",
-        ticker, trained.epochs_run, seconds, trained.best_epoch, metrics["rmse"], metrics["naive_rmse"], metrics["u2"],
+        ticker, trained.epochs_run, fitted - windowed, trained.best_epoch, metrics["rmse"], metrics["naive_rmse"], metrics["u2"],
     )
     return Challenger(
         dataset=dataset,
@@ -255,10 +258,12 @@ def train_challenger(
         training_history=trained.history,
         best_epoch=trained.best_epoch,
         epochs_run=trained.epochs_run,
-        train_seconds=seconds,
+        train_seconds=fitted - windowed,
         test_forecast=test_forecast,
         metrics=metrics,
         warm_start_from=warm_start.origin if warm_start else None,
+        timings={"window": round(windowed - started, 3), "train": round(fitted - windowed, 3),
+                 "evaluate": round(evaluated - fitted, 3)},
     )
 
 
