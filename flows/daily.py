@@ -95,7 +95,7 @@ def ticker_pipeline(ticker: str, settings: Settings, as_of: dt.date, force: bool
             if not force and steps.already_trained(settings.reports_dir, ticker, admitted.data_digest, settings_digest):
                 outcome = steps.skipped(admitted, settings_digest, previous)
             else:
-                if admitted.new_rows:
+                if admitted.changed:
                     store.write(ticker, admitted.history)
                 with stopwatch(timings, "window_train_evaluate"):
                     challenger = train(ticker, admitted.history, settings, warm_start)
@@ -106,6 +106,8 @@ def ticker_pipeline(ticker: str, settings: Settings, as_of: dt.date, force: bool
             journal.write(settings.reports_dir, ticker, outcome.to_dict())
     except Exception as exc:  # noqa: BLE001 - reported per ticker, the flow state reflects it below
         log.error("%s: failed: %s", ticker, exc)
+        if isinstance(exc, steps.DataContractViolation):
+            record_rejection(settings, exc, as_of, run_tags)
         last = journal.read(settings.reports_dir, ticker) or {}
         outcome = steps.TickerOutcome(
             ticker=ticker, decision=FAILED, reason=f"{type(exc).__name__}: {exc}",
@@ -113,6 +115,15 @@ def ticker_pipeline(ticker: str, settings: Settings, as_of: dt.date, force: bool
         )
         journal.write(settings.reports_dir, ticker, {**last, **{k: v for k, v in outcome.to_dict().items() if v is not None}})
     return outcome.to_dict()
+
+
+def record_rejection(settings: Settings, violation, as_of: dt.date, run_tags: dict[str, str]) -> None:
+    """Best effort: the rejection is already on disk (reports, quarantine) if the tracking server is down."""
+    try:
+        tracker = Tracker(settings.tracking_uri(), settings.experiment_name, settings.artifacts_dir)
+        steps.record_rejection(tracker, violation, as_of=as_of, source=settings.source.value, run_tags=run_tags)
+    except Exception as exc:  # noqa: BLE001 - never mask the ticker's real failure
+        log.warning("%s: could not record the rejection in MLflow: %s", violation.ticker, exc)
 
 
 @contextmanager

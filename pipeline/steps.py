@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ from pipeline.plots import forecast_figure
 from pipeline.promotion import FAILED, SKIPPED, decide, decision_report, report_markdown
 from pipeline.settings import TrainingConfig
 from pipeline.sources import PriceSource
-from pipeline.store import PriceStore, digest, merge_new_rows
+from pipeline.store import PriceStore, digest, merge_new_rows, overlap_disagreement
 from pipeline.tracking import Tracker
 from pipeline.validation import ValidationReport, validate_prices
 from pipeline.windows import Dataset, build_dataset, min_rows_for
@@ -31,10 +32,11 @@ log = logging.getLogger(__name__)
 class DataContractViolation(RuntimeError):
     """Prices broke a critical expectation; the store was left as it was."""
 
-    def __init__(self, ticker: str, report: ValidationReport, quarantined: Path | None):
+    def __init__(self, ticker: str, report: ValidationReport, quarantined: Path | None, docs_dir: Path | None = None):
         self.ticker = ticker
         self.report = report
         self.quarantined = quarantined
+        self.docs_dir = docs_dir
         where = f"; batch quarantined in {quarantined}" if quarantined else ""
         failed = "; ".join(f.describe() for f in report.critical_failures)
         super().__init__(f"{ticker}: {report.subject} failed the data contract: {failed}{where}")
@@ -49,6 +51,14 @@ class Admitted:
     new_rows: int
     data_digest: str
     reports: list[ValidationReport] = field(default_factory=list)
+    replaced_history: bool = False
+    note: str = ""
+    docs_dir: Path | None = None
+
+    @property
+    def changed(self) -> bool:
+        """Whether the store must be rewritten with `history`."""
+        return self.replaced_history or self.new_rows > 0
 
     @property
     def data_start(self) -> str:
@@ -105,17 +115,42 @@ class TickerOutcome:
         return dict(self.__dict__)
 
 
-def fetch_batch(source: PriceSource, store: PriceStore, ticker: str, as_of: dt.date) -> pd.DataFrame:
-    since = store.last_date(ticker)
-    batch = source.fetch(ticker, since, as_of)
-    log.info("%s: fetched %d new row(s) from %s since %s", ticker, len(batch), source.name, since or "the start")
-    return batch
+# Calendar days re-fetched before the stored end, to notice a provider re-adjusting its history.
+OVERLAP_DAYS = 7
+
+
+@dataclass
+class Fetched:
+    """What a source returned: new rows after the stored end, or a full history that replaces the store."""
+
+    rows: pd.DataFrame
+    replaces_history: bool = False
+    note: str = ""
+
+
+def fetch_batch(source: PriceSource, store: PriceStore, ticker: str, as_of: dt.date) -> Fetched:
+    history = store.read(ticker)
+    since = None if history.empty else history["Date"].max().date()
+    if since is None:
+        rows = source.fetch(ticker, None, as_of)
+        log.info("%s: fetched %d row(s) from %s (full history)", ticker, len(rows), source.name)
+        return Fetched(rows)
+    window = source.fetch(ticker, since - dt.timedelta(days=OVERLAP_DAYS), as_of)
+    changed = overlap_disagreement(history, window.loc[window["Date"] <= pd.Timestamp(since)])
+    if changed:
+        rows = source.fetch(ticker, None, as_of)
+        note = f"history re-adjusted by {source.name} ({changed}): re-fetched {len(rows)} row(s) to replace the store"
+        log.warning("%s: %s", ticker, note)
+        return Fetched(rows, replaces_history=True, note=note)
+    rows = window.loc[window["Date"] > pd.Timestamp(since)].reset_index(drop=True)
+    log.info("%s: fetched %d new row(s) from %s since %s", ticker, len(rows), source.name, since)
+    return Fetched(rows)
 
 
 def admit(
     ticker: str,
     history: pd.DataFrame,
-    batch: pd.DataFrame,
+    fetched: Fetched,
     *,
     suite: dict,
     as_of: dt.date,
@@ -124,29 +159,35 @@ def admit(
     reports_dir: Path,
 ) -> Admitted:
     """Validate the new batch, then the merged history; quarantine and raise on a critical failure."""
+    docs_dir = Path(reports_dir) / ticker / "data_docs"
+    shutil.rmtree(docs_dir, ignore_errors=True)  # the docs show this run's results, not an ever-growing list
+    batch = fetched.rows
     reports = []
     if not batch.empty:
-        batch_report = validate_prices(batch, subject=f"{ticker} new batch", suite_definition=suite, as_of=as_of)
+        batch_report = validate_prices(batch, subject=f"{ticker} {'replacement history' if fetched.replaces_history else 'new batch'}",
+                                       suite_definition=suite, as_of=as_of, docs_dir=docs_dir)
         reports.append(batch_report)
         if not batch_report.passed:
             _save_reports(reports_dir, ticker, reports)
-            raise DataContractViolation(ticker, batch_report, quarantine(quarantine_dir, ticker, batch, batch_report))
-    merged = merge_new_rows(history, batch)
+            raise DataContractViolation(ticker, batch_report, quarantine(quarantine_dir, ticker, batch, batch_report, docs_dir), docs_dir)
+    merged = batch.reset_index(drop=True) if fetched.replaces_history else merge_new_rows(history, batch)
     merged_report = validate_prices(
-        merged, subject=f"{ticker} merged history", suite_definition=suite, as_of=as_of, min_rows=min_rows_for(config)
+        merged, subject=f"{ticker} merged history", suite_definition=suite, as_of=as_of, min_rows=min_rows_for(config),
+        docs_dir=docs_dir,
     )
     reports.append(merged_report)
     _save_reports(reports_dir, ticker, reports)
     if not merged_report.passed:
-        raise DataContractViolation(ticker, merged_report, quarantine(quarantine_dir, ticker, batch, merged_report))
+        raise DataContractViolation(ticker, merged_report, quarantine(quarantine_dir, ticker, batch, merged_report, docs_dir), docs_dir)
     for report in reports:
         log.info("%s", report.summary())
-    new_rows = len(merged) - len(history)
-    return Admitted(ticker, merged, new_rows, digest(merged), reports)
+    return Admitted(ticker, merged, len(merged) - len(history), digest(merged), reports,
+                    replaced_history=fetched.replaces_history, note=fetched.note, docs_dir=docs_dir)
 
 
-def quarantine(root: Path, ticker: str, batch: pd.DataFrame, report: ValidationReport) -> Path | None:
-    """Keep the rejected batch and why, so nothing fetched is lost."""
+def quarantine(root: Path, ticker: str, batch: pd.DataFrame, report: ValidationReport,
+               docs_dir: Path | None = None) -> Path | None:
+    """Keep the rejected batch and why (the report and GX's Data Docs), so nothing fetched is lost."""
     if batch.empty:
         return None
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
@@ -154,6 +195,8 @@ def quarantine(root: Path, ticker: str, batch: pd.DataFrame, report: ValidationR
     folder.mkdir(parents=True, exist_ok=True)
     batch.to_csv(folder / "batch.csv", index=False)
     (folder / "validation.json").write_text(json.dumps(report.to_json(), indent=2, default=str))
+    if docs_dir is not None and Path(docs_dir).is_dir():
+        shutil.copytree(docs_dir, folder / "data_docs")
     log.warning("%s: rejected batch of %d row(s) quarantined in %s", ticker, len(batch), folder)
     return folder
 
@@ -164,6 +207,22 @@ def _save_reports(reports_dir: Path, ticker: str, reports: list[ValidationReport
     path = folder / "validation.json"
     path.write_text(json.dumps([r.to_json() for r in reports], indent=2, default=str))
     return path
+
+
+def record_rejection(tracker: Tracker, violation: DataContractViolation, *, as_of: dt.date, source: str,
+                     run_tags: dict[str, str]) -> str:
+    """A failed MLflow run holding the validation reports, so a rejection is visible where runs are compared."""
+    ticker = violation.ticker
+    tags = {**run_tags, "ticker": ticker, "role": "daily", "source": source, "decision": FAILED,
+            "decision_reason": str(violation)[:4000], "as_of": as_of.isoformat()}
+    run_id = tracker.start_run(f"{ticker} {as_of} rejected", tags)
+    try:
+        tracker.log_json(run_id, violation.report.to_json(), "validation/validation.json")
+        if violation.docs_dir is not None and Path(violation.docs_dir).is_dir():
+            tracker.log_artifacts(run_id, violation.docs_dir, "validation/data_docs")
+    finally:
+        tracker.end_run(run_id, "FAILED")
+    return run_id
 
 
 def already_trained(reports_dir: Path, ticker: str, data_digest: str, settings_digest: str) -> bool:
@@ -302,6 +361,7 @@ def track_and_promote(
         "data_digest": admitted.data_digest,
         "settings_digest": settings_digest,
         "champion_before": f"v{champion.version} ({champion.kind})",
+        **({"history_replaced": admitted.note} if admitted.replaced_history else {}),
     }
     run_id = tracker.start_run(f"{ticker} {admitted.data_end}", tags)
     try:
@@ -329,6 +389,8 @@ def track_and_promote(
         }, history=challenger.training_history)
         tracker.log_dataset(run_id, admitted.history, name=f"{ticker}-prices", source=source, digest=admitted.data_digest)
         tracker.log_json(run_id, [r.to_json() for r in admitted.reports], "validation/validation.json")
+        if admitted.docs_dir is not None and admitted.docs_dir.is_dir():
+            tracker.log_artifacts(run_id, admitted.docs_dir, "validation/data_docs")
         tracker.log_figure(run_id, forecast_figure(ticker, test, challenger.test_forecast), "plots/test_forecast.png")
         preprocessing = LstmForecaster.preprocessing_spec(challenger.dataset.window, challenger.dataset.scaler)
         model_info = tracker.log_lstm(run_id, challenger.forecaster, challenger.keras_model, preprocessing, admitted.history)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from collections.abc import Iterator
 
+import numpy as np
 import pandas as pd
 from filelock import FileLock
 
@@ -24,6 +25,25 @@ def merge_new_rows(history: pd.DataFrame, batch: pd.DataFrame) -> pd.DataFrame:
         return batch.reset_index(drop=True)
     newer = batch.loc[batch["Date"] > history["Date"].max()]
     return pd.concat([history, newer], ignore_index=True)
+
+
+def overlap_disagreement(history: pd.DataFrame, fetched: pd.DataFrame, rtol: float = 1e-4) -> str | None:
+    """How re-fetched rows for already-stored dates differ from the store, or None when they agree.
+
+    A provider re-adjusts its whole history after a split or dividend, so a disagreement on the overlap
+    means the stored history is stale as a whole, not that one row changed.
+    """
+    if history.empty or fetched.empty:
+        return None
+    both = history.merge(fetched, on="Date", suffixes=("_stored", "_fetched"))
+    for column in ("Close", "Open", "High", "Low"):
+        stored, fresh = both[f"{column}_stored"].to_numpy(float), both[f"{column}_fetched"].to_numpy(float)
+        differs = ~np.isclose(stored, fresh, rtol=rtol, atol=0.0, equal_nan=True)
+        if differs.any():
+            first = int(np.argmax(differs))
+            day = both["Date"].iloc[first].strftime("%Y-%m-%d")
+            return f"{column} on {day} was {stored[first]:.6g} in the store and is {fresh[first]:.6g} now"
+    return None
 
 
 def digest(prices: pd.DataFrame) -> str:

@@ -208,6 +208,9 @@ class Tracker:
 
         self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
+    def log_artifacts(self, run_id: str, local_dir: Path, artifact_path: str) -> None:
+        self.client.log_artifacts(run_id, str(local_dir), artifact_path)
+
     def log_json(self, run_id: str, payload: dict, artifact_file: str) -> None:
         self.client.log_dict(run_id, payload, artifact_file)
 

@@ -91,10 +91,18 @@ def load_suite_definition(path: Path) -> dict[str, Any]:
 
 
 def contract_frame(prices: pd.DataFrame) -> pd.DataFrame:
-    """The table the contract sees: the prices plus the daily log return between consecutive rows."""
+    """The table the contract sees: the prices, the daily log return between consecutive rows, and how many
+    exchange sessions are missing before each row (real closures are not sessions, so they never count)."""
+    from pipeline.trading_calendar import sessions_missed_before
+
     frame = prices.copy()
     with np.errstate(divide="ignore", invalid="ignore"):
         frame["LogReturn"] = np.log(frame["Close"].astype(float)).diff()
+    dates = pd.to_datetime(frame["Date"], errors="coerce")
+    if dates.notna().all() and len(dates):
+        frame["SessionsMissedBefore"] = sessions_missed_before(dates).to_numpy()
+    else:  # unparseable dates are the Date expectations' to report; the gap check has nothing to measure
+        frame["SessionsMissedBefore"] = 0
     return frame
 
 
@@ -129,6 +137,9 @@ def _pair(kwargs: dict[str, Any]) -> str | None:
     return None
 
 
+DOCS_SITE = "stockpipe"
+
+
 def validate_prices(
     prices: pd.DataFrame,
     *,
@@ -136,24 +147,40 @@ def validate_prices(
     suite_definition: dict[str, Any],
     as_of: dt.date,
     min_rows: int = 1,
+    docs_dir: Path | None = None,
 ) -> ValidationReport:
-    """Run the suite on a price table with GX; the table's own meaning is in the suite's notes."""
+    """Run the suite on a price table with GX; the table's own meaning is in the suite's notes.
+
+    With `docs_dir`, GX also renders its Data Docs HTML there (an ephemeral context would otherwise
+    put them in a temporary folder).
+    """
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     import great_expectations as gx
 
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = {"globally": False}
+    actions = []
+    if docs_dir is not None:
+        context.add_data_docs_site(site_name=DOCS_SITE, site_config={
+            "class_name": "SiteBuilder",
+            "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir)},
+            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+        })
+        actions.append(gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=[DOCS_SITE]))
     source = context.data_sources.add_pandas("prices")
     batch_definition = source.add_dataframe_asset(subject).add_batch_definition_whole_dataframe("whole")
-    batch = batch_definition.get_batch(batch_parameters={"dataframe": contract_frame(prices)})
-    suite = gx.ExpectationSuite(
+    suite = context.suites.add(gx.ExpectationSuite(
         name=suite_definition.get("name", "prices"),
         expectations=suite_definition["expectations"],
         meta=suite_definition.get("meta", {}),
-    )
-    result = batch.validate(
-        suite,
+    ))
+    definition = context.validation_definitions.add(gx.ValidationDefinition(name=subject, data=batch_definition, suite=suite))
+    checkpoint = context.checkpoints.add(gx.Checkpoint(
+        name=f"{subject} checkpoint", validation_definitions=[definition], actions=actions, result_format="SUMMARY",
+    ))
+    outcome = checkpoint.run(
+        batch_parameters={"dataframe": contract_frame(prices)},
         expectation_parameters={"as_of": pd.Timestamp(as_of), "min_rows": int(min_rows)},
-        result_format="SUMMARY",
     )
+    (result,) = outcome.run_results.values()
     return verdict(subject, len(prices), result.to_json_dict())

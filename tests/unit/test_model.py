@@ -117,6 +117,17 @@ def test_train_lstm_is_deterministic(trained, dataset):
     assert_same_training(trained, again, dataset.test.x)
 
 
+def test_training_in_parallel_threads_is_as_reproducible_as_alone(trained, dataset):
+    """The daily flow trains two tickers side by side; per-layer seeds must keep that reproducible."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        runs = [pool.submit(train_lstm, dataset, tiny(), f"thread-{i}") for i in range(2)]
+        results = [run.result(timeout=300) for run in runs]
+    for result in results:
+        assert_same_training(trained, result, dataset.test.x)
+
+
 def test_training_never_reads_the_test_split(trained, dataset):
     """Early stopping and fitting see train and validation only: garbage in the test split changes nothing."""
     poisoned_test = dataclasses.replace(

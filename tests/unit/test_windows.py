@@ -148,7 +148,7 @@ def test_trimming_can_leave_too_little_history(msft):
 # -- leakage -------------------------------------------------------------------------------------
 
 
-def test_period_mask(msft):
+def test_the_test_period_is_the_sessions_the_test_windows_forecast(msft):
     """The test period is the sessions the test windows forecast; this is what the leakage tests change."""
     ds = build_dataset(msft, tiny())
     mask = msft["Date"] >= ds.test.target_date[0]
