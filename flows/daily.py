@@ -18,7 +18,7 @@ from prefect.tasks import exponential_backoff
 from pipeline import journal, steps
 from pipeline.promotion import FAILED
 from pipeline.settings import DEFAULT_MAX_WORKERS, Settings, SourceKind
-from pipeline.sources import build_source
+from pipeline.sources import TransientSourceError, build_source
 from pipeline.store import PriceStore
 from pipeline.symbols import Ticker, validate_ticker
 from pipeline.tracking import Tracker
@@ -31,8 +31,21 @@ FETCH_RETRIES = 3
 TRACKING_RETRIES = 2
 
 
-@task(retries=FETCH_RETRIES, retry_delay_seconds=exponential_backoff(backoff_factor=5), retry_jitter_factor=0.5,
-      cache_policy=NO_CACHE, task_run_name="fetch-{ticker}")
+def retry_transient_fetch(task, task_run, state) -> bool:
+    """Retry rate limits and network errors; an unknown symbol or a broken file will not heal by waiting."""
+    try:
+        state.result()
+    except TransientSourceError:
+        return True
+    except Exception:  # noqa: BLE001 - any other failure is final
+        return False
+    return False
+
+
+# Yahoo's 429s are not retried by yfinance itself; backoff with jitter spreads the retries of many tickers.
+@task(retries=FETCH_RETRIES, retry_delay_seconds=exponential_backoff(backoff_factor=5),
+      retry_jitter_factor=0.5, retry_condition_fn=retry_transient_fetch, cache_policy=NO_CACHE,
+      task_run_name="fetch-{ticker}")
 def fetch(source, store: PriceStore, ticker: str, as_of: dt.date):
     return steps.fetch_batch(source, store, ticker, as_of)
 
@@ -87,7 +100,8 @@ def ticker_pipeline(ticker: str, settings: Settings, as_of: dt.date, force: bool
         with store.lock(ticker):
             history = store.read(ticker)
             with stopwatch(timings, "fetch"):
-                batch = fetch(source, store, ticker, as_of)
+                backoff = exponential_backoff(backoff_factor=settings.fetch_backoff_seconds)
+                batch = fetch.with_options(retry_delay_seconds=backoff)(source, store, ticker, as_of)
             with stopwatch(timings, "validate"):
                 admitted = validate(ticker, history, batch, settings, as_of, suite)
             previous = journal.read(settings.reports_dir, ticker)

@@ -78,6 +78,9 @@ class Settings(BaseSettings):
         0.0, ge=0, lt=1, description="Relative RMSE improvement a challenger needs over the champion."
     )
     max_workers: int = Field(DEFAULT_MAX_WORKERS, ge=1, description="Tickers processed at once.")
+    fetch_backoff_seconds: float = Field(
+        5.0, ge=0, description="First retry delay after a rate limit or network error; doubles per retry, with jitter."
+    )
     training: TrainingConfig = TrainingConfig()
 
     @field_validator("tickers")

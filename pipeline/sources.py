@@ -28,6 +28,14 @@ class SourceError(RuntimeError):
     """A source could not deliver prices for a ticker (unknown symbol, unreadable file, network)."""
 
 
+class TransientSourceError(SourceError):
+    """Worth retrying: rate limits, network and DNS failures."""
+
+
+class UnknownSymbol(SourceError):
+    """The provider does not know the symbol, or it is delisted: retrying cannot help."""
+
+
 class PriceSource(Protocol):
     name: str
 
@@ -87,17 +95,47 @@ HistoryDownloader = Callable[[str, dt.date | None, dt.date], pd.DataFrame]
 
 
 def yfinance_history(symbol: str, start: dt.date | None, end_inclusive: dt.date) -> pd.DataFrame:
-    """Daily bars from Yahoo through yfinance, split- and dividend-adjusted (auto_adjust=True)."""
+    """Daily bars from Yahoo through yfinance, split- and dividend-adjusted (auto_adjust=True).
+
+    yfinance's failures are sorted into ours: rate limits and network errors are transient (the
+    orchestrator retries them), an unknown or delisted symbol is not, and "no prices in this range" for
+    a known symbol is an empty answer (the exchange was closed).
+    """
     # Imported here so TensorFlow can never be imported first (yfinance issue 2528) on this path.
     import yfinance as yf
+    from yfinance.exceptions import YFPricesMissingError, YFRateLimitError, YFTzMissingError
 
-    kwargs = {"interval": "1d", "auto_adjust": True, "actions": False, "raise_errors": True}
+    # Raise instead of logging and returning an empty frame, which would look like a closed market.
+    yf.config.debug.hide_exceptions = False
+    kwargs = {"interval": "1d", "auto_adjust": True, "actions": False}
     end = end_inclusive + dt.timedelta(days=1)  # yfinance's `end` is exclusive
-    if start is None:
-        history = yf.Ticker(symbol).history(period="max", end=end.isoformat(), **kwargs)
-    else:
-        history = yf.Ticker(symbol).history(start=start.isoformat(), end=end.isoformat(), **kwargs)
+    ticker = yf.Ticker(symbol)
+    try:
+        if start is None:
+            history = ticker.history(period="max", end=end.isoformat(), **kwargs)
+        else:
+            history = ticker.history(start=start.isoformat(), end=end.isoformat(), **kwargs)
+    except YFRateLimitError as exc:
+        raise TransientSourceError(f"Yahoo rate limit (HTTP 429) for {symbol}: {exc}") from exc
+    except YFTzMissingError as exc:
+        raise UnknownSymbol(f"Yahoo does not know {symbol!r} (unknown or delisted symbol): {exc}") from exc
+    except YFPricesMissingError as exc:
+        if start is None:  # not even one price in the symbol's whole history
+            raise UnknownSymbol(f"Yahoo has no prices at all for {symbol!r} (unknown or delisted symbol): {exc}") from exc
+        return pd.DataFrame(columns=COLUMNS)
+    except (OSError, ConnectionError) as exc:
+        raise TransientSourceError(f"network error reaching Yahoo for {symbol}: {exc}") from exc
+    except Exception as exc:
+        if _is_network_error(exc):
+            raise TransientSourceError(f"network error reaching Yahoo for {symbol}: {exc}") from exc
+        raise
     return history.reset_index()
+
+
+def _is_network_error(exc: BaseException) -> bool:
+    """curl_cffi's and requests' connection, DNS and timeout errors, without importing either here."""
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    return bool(names & {"ConnectionError", "Timeout", "DNSError", "CurlError", "ProxyError", "SSLError"})
 
 
 @dataclass(frozen=True)
@@ -115,8 +153,10 @@ class YahooSource:
             return normalize(pd.DataFrame(columns=COLUMNS))
         try:
             raw = self.download(symbol, start, as_of)
+        except SourceError as exc:
+            raise type(exc)(f"{ticker}: {exc}") from exc
         except Exception as exc:  # yfinance raises many unrelated types; name the ticker and keep the cause
-            raise SourceError(f"Yahoo download failed for {ticker} ({symbol}): {exc}") from exc
+            raise SourceError(f"{ticker}: Yahoo download failed for {symbol}: {type(exc).__name__}: {exc}") from exc
         if raw.empty:
             return normalize(pd.DataFrame(columns=COLUMNS))
         return _window(normalize(raw), since, as_of)
