@@ -122,24 +122,64 @@ def test_better_challenger_is_promoted_and_worse_is_kept(settings):
     assert kept_version.tags["decision"] == KEPT, "a kept challenger is still registered with its decision"
 
 
-def test_bad_batch_is_quarantined_and_changes_nothing(settings, csv_dir):
+def corrupt(prices: pd.DataFrame, kind: str) -> pd.DataFrame:
+    """One realistic way a CSV export goes wrong, on 7 November 2017 (inside the new batch)."""
+    day = prices["Date"] == "2017-11-07"
+    out = prices.copy()
+    if kind == "duplicate date":
+        return pd.concat([out, out[day]]).sort_values("Date", kind="stable")
+    if kind == "negative price":
+        out.loc[day, "Close"] = -1.0
+    elif kind == "high below low":
+        out.loc[day, "High"] = out.loc[day, "Low"] - 1.0
+    elif kind == "missing close":
+        out.loc[day, "Close"] = float("nan")
+    elif kind == "ten-fold jump":
+        out.loc[day, ["Open", "High", "Low", "Close"]] *= 10
+    return out
+
+
+CORRUPTIONS = {
+    "duplicate date": "expect_column_values_to_be_unique(Date): 2 row(s)",  # GX counts both copies
+    "negative price": "expect_column_values_to_be_between(Close): 1 row(s)",
+    "high below low": "expect_column_pair_values_a_to_be_greater_than_b(High>=Low): 1 row(s)",
+    "missing close": "expect_column_values_to_not_be_null(Close): 1 row(s)",
+    "ten-fold jump": "expect_column_values_to_be_between(LogReturn): 2 row(s)",
+}
+
+
+def test_bad_batches_are_quarantined_and_change_nothing(settings, csv_dir):
     good = by_ticker(run_flow(tickers=["MSFT", "GSPC"], source="csv", csv_dir=str(csv_dir), as_of=dt.date(2017, 10, 31)))
+    assert good["MSFT"]["decision"] != FAILED
     store = PriceStore(settings.store_dir, settings.locks_dir)
     before = store.path("MSFT").read_bytes()
     client = client_for(settings)
-    champion_before = client.get_model_version_by_alias(registered_model_name("MSFT"), CHAMPION_ALIAS).version
+    name = registered_model_name("MSFT")
+    champion_before = client.get_model_version_by_alias(name, CHAMPION_ALIAS).version
+    versions_before = len(client.search_model_versions(f"name = '{name}'"))
+    clean = pd.read_csv(csv_dir / "MSFT.csv")
 
-    prices = pd.read_csv(csv_dir / "MSFT.csv")
-    prices.loc[prices["Date"] == "2017-11-07", "Close"] = -1.0
-    prices.to_csv(csv_dir / "MSFT.csv", index=False)
+    for kind, named in CORRUPTIONS.items():
+        corrupt(clean, kind).to_csv(csv_dir / "MSFT.csv", index=False)
+        state = daily_pipeline(tickers=["MSFT"], source="csv", csv_dir=str(csv_dir), as_of=AS_OF, return_state=True)
+        (outcome,) = state.result(raise_on_failure=False)
+        assert state.is_failed(), kind
+        assert outcome["decision"] == FAILED and named in outcome["reason"], (kind, outcome["reason"])
+        assert store.path("MSFT").read_bytes() == before, f"{kind}: the store must stay byte-for-byte unchanged"
+        assert client.get_model_version_by_alias(name, CHAMPION_ALIAS).version == champion_before, kind
+        assert len(client.search_model_versions(f"name = '{name}'")) == versions_before, kind
 
-    outcomes = by_ticker(run_flow(tickers=["MSFT", "GSPC"], source="csv", csv_dir=str(csv_dir), as_of=AS_OF))
-    assert outcomes["MSFT"]["decision"] == FAILED
-    assert "expect_column_values_to_be_between(Close): 1 row(s)" in outcomes["MSFT"]["reason"]
-    assert outcomes["GSPC"]["decision"] != FAILED, "one ticker's bad data must not stop the others"
-    assert store.path("MSFT").read_bytes() == before
-    assert client.get_model_version_by_alias(registered_model_name("MSFT"), CHAMPION_ALIAS).version == champion_before
-    quarantined = list((settings.quarantine_dir / "MSFT").glob("*/batch.csv"))
-    assert len(quarantined) == 1 and len(pd.read_csv(quarantined[0])) == 8
+    quarantined = sorted((settings.quarantine_dir / "MSFT").glob("*/batch.csv"))
+    assert len(quarantined) == len(CORRUPTIONS)
+    assert all((q.parent / "validation.json").exists() and (q.parent / "data_docs" / "index.html").exists()
+               for q in quarantined)
     assert journal.read(settings.reports_dir, "MSFT")["decision"] == FAILED
-    assert good["MSFT"]["decision"] != FAILED
+    rejected = client.search_runs([client.get_experiment_by_name(settings.experiment_name).experiment_id],
+                                  filter_string="tags.ticker = 'MSFT' and tags.decision = 'failed'")
+    assert len(rejected) == len(CORRUPTIONS), "each rejection is visible in MLflow as a failed run"
+    assert {a.path for a in client.list_artifacts(rejected[0].info.run_id, "validation")} >= {
+        "validation/validation.json", "validation/data_docs"}
+
+    clean.to_csv(csv_dir / "MSFT.csv", index=False)
+    repaired = by_ticker(run_flow(tickers=["MSFT"], source="csv", csv_dir=str(csv_dir), as_of=AS_OF))["MSFT"]
+    assert repaired["decision"] != FAILED and repaired["new_rows"] == 8, "a repaired export is merged as usual"
