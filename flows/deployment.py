@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 from prefect.schedules import Cron
 from prefect.task_runners import ThreadPoolTaskRunner
 
@@ -29,5 +30,7 @@ def serve(settings: Settings, parameters: dict | None = None) -> None:
         description="stockpipe: fetch, validate, retrain, track and promote after each US close",
         tags=["stockpipe"],
         pause_on_shutdown=False,
+        # One run at a time for the deployment (a late run queues), and this process never runs two at once.
+        global_limit=ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE),
         limit=1,
     )

@@ -6,6 +6,7 @@ import datetime as dt
 import json
 import logging
 import tempfile
+from contextlib import nullcontext
 from dataclasses import dataclass
 from importlib.metadata import version as installed_version
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any
 
 import mlflow
 import pandas as pd
+from filelock import FileLock
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException, RestException
@@ -50,6 +52,18 @@ def model_requirements(kind: str) -> list[str]:
     return pins
 
 
+def _sqlite_init_lock(tracking_uri: str):
+    """Two processes creating one fresh SQLite store race through MLflow's schema migrations; take turns.
+
+    A tracking server serialises this itself, so only a local SQLite file needs the lock.
+    """
+    if not tracking_uri.startswith("sqlite:///"):
+        return nullcontext()
+    database = Path(tracking_uri.removeprefix("sqlite:///"))
+    database.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(database) + ".init.lock")
+
+
 @dataclass(frozen=True)
 class Champion:
     version: str
@@ -65,15 +79,16 @@ class Tracker:
         # The fluent API (log_model) reads the process-wide URI; every Tracker in a process shares one store.
         mlflow.set_tracking_uri(tracking_uri)
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-        experiment = self.client.get_experiment_by_name(experiment_name)
-        if experiment is None:
-            location = artifact_root.resolve().as_uri() if artifact_root and self._is_local() else None
-            try:
-                self.experiment_id = self.client.create_experiment(experiment_name, artifact_location=location)
-            except MlflowException:  # created by a concurrent run in the meantime
-                self.experiment_id = self.client.get_experiment_by_name(experiment_name).experiment_id
-        else:
-            self.experiment_id = experiment.experiment_id
+        with _sqlite_init_lock(tracking_uri):
+            experiment = self.client.get_experiment_by_name(experiment_name)
+            if experiment is None:
+                location = artifact_root.resolve().as_uri() if artifact_root and self._is_local() else None
+                try:
+                    self.experiment_id = self.client.create_experiment(experiment_name, artifact_location=location)
+                except MlflowException:  # created by a concurrent run on a server in the meantime
+                    self.experiment_id = self.client.get_experiment_by_name(experiment_name).experiment_id
+            else:
+                self.experiment_id = experiment.experiment_id
 
     def run_url(self, run_id: str, local_ui: str = "http://127.0.0.1:5000") -> str:
         """Where a person opens the run: the tracking server itself, or `stockpipe ui` for a local store."""
