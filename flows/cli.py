@@ -33,6 +33,8 @@ def prepare_environment(settings: Settings) -> None:
     if not os.environ.get("PREFECT_API_URL"):
         # Without a server, Prefect starts a temporary one; its database belongs with the rest of the state.
         os.environ.setdefault("PREFECT_HOME", str(home / "prefect"))
+        # Its first start creates the database; 20 s (Prefect's default) is too short for a busy 2-core machine.
+        os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     # Library code logs through `logging`; this hands those records to Prefect's console and UI handlers.
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "pipeline")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")

@@ -46,3 +46,17 @@ def forecast_metrics(actual: np.ndarray, forecast: np.ndarray, last_close: np.nd
         "dm_stat": dm_stat,
         "dm_pvalue": dm_p,
     }
+
+
+def shrinkage_toward_persistence(predicted_returns: np.ndarray, actual_returns: np.ndarray) -> float:
+    """The factor in [0, 1] that scales predicted returns to fit actual ones best (least squares through 0).
+
+    Estimated on the validation days, it keeps only as much of the network's signal as held up there: a
+    network with no skill shrinks to 0, which is the persistence forecast "tomorrow = today".
+    """
+    predicted = np.asarray(predicted_returns, dtype="float64")
+    actual = np.asarray(actual_returns, dtype="float64")
+    energy = float(np.dot(predicted, predicted))
+    if energy == 0.0 or not np.isfinite(energy):
+        return 0.0
+    return float(np.clip(np.dot(predicted, actual) / energy, 0.0, 1.0))

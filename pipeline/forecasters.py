@@ -60,10 +60,13 @@ class LstmForecaster(mlflow.pyfunc.PythonModel):
 
     kind = LSTM
 
-    def __init__(self, keras_model=None, scaler: Standardizer | None = None, window: int | None = None):
+    def __init__(self, keras_model=None, scaler: Standardizer | None = None, window: int | None = None,
+                 shrinkage: float = 1.0):
         self._keras_model = keras_model
         self._scaler = scaler
         self._window = window
+        # Fraction of the network's predicted return kept (estimated on validation): 0 is "tomorrow = today".
+        self._shrinkage = shrinkage
 
     def __getstate__(self):
         # The network travels as a .keras artifact, not inside the pickle.
@@ -86,6 +89,7 @@ class LstmForecaster(mlflow.pyfunc.PythonModel):
         spec = json.loads(Path(context.artifacts[PREPROCESSING_ARTIFACT]).read_text())
         self._window = int(spec["window"])
         self._scaler = Standardizer(**spec["scaler"])
+        self._shrinkage = float(spec.get("shrinkage", 1.0))
         self._keras_model = keras.models.load_model(context.artifacts[KERAS_ARTIFACT], compile=False)
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
@@ -94,15 +98,23 @@ class LstmForecaster(mlflow.pyfunc.PythonModel):
         features = window_features(closes, window)
         if len(features) == 0:
             raise ValueError(f"the LSTM needs at least {window + 1} sessions of prices, got {len(closes)}")
-        # One direct forward pass: `predict` would retrace a tf.function for every new input length.
-        scaled = np.asarray(self._keras_model(self._scaler.features(features), training=False))
-        returns = self._scaler.inverse_target(scaled.reshape(-1))
+        returns = self._shrinkage * self.network_returns(features)
         last_close = closes[window:]
         return _output(dates.iloc[window:], last_close * np.exp(returns))
 
+    def network_returns(self, features: np.ndarray) -> np.ndarray:
+        """The network's next log returns for windows of features, before any shrinkage."""
+        # One direct forward pass: `predict` would retrace a tf.function for every new input length.
+        scaled = np.asarray(self._keras_model(self._scaler.features(features), training=False))
+        return self._scaler.inverse_target(scaled.reshape(-1))
+
     @staticmethod
-    def preprocessing_spec(window: int, scaler: Standardizer) -> dict:
-        return {"window": window, "scaler": scaler.to_dict(), "features": list(FEATURE_NAMES)}
+    def preprocessing_spec(window: int, scaler: Standardizer, shrinkage: float = 1.0) -> dict:
+        return {"window": window, "scaler": scaler.to_dict(), "features": list(FEATURE_NAMES), "shrinkage": shrinkage}
+
+    @property
+    def shrinkage(self) -> float:
+        return self._shrinkage
 
 
 def forecasts_on(predictions: pd.DataFrame, as_of_dates: pd.DatetimeIndex) -> np.ndarray:

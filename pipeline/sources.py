@@ -54,7 +54,11 @@ def normalize(frame: pd.DataFrame) -> pd.DataFrame:
     if missing:
         raise SourceError(f"price table lacks column(s) {missing}; got {list(frame.columns)}")
     out = frame[COLUMNS].copy()
-    dates = pd.to_datetime(out["Date"], errors="coerce")
+    try:
+        dates = pd.to_datetime(out["Date"], errors="coerce")
+    except ValueError:
+        # Mixed UTC offsets (a yfinance CSV export spanning a DST change): keep each row's local date.
+        dates = pd.to_datetime(out["Date"].map(_local_wall_time), errors="coerce")
     if getattr(dates.dt, "tz", None) is not None:
         # Yahoo stamps sessions at exchange-local midnight; the session date is what we keep.
         dates = dates.dt.tz_localize(None)
@@ -64,6 +68,14 @@ def normalize(frame: pd.DataFrame) -> pd.DataFrame:
     volume = pd.to_numeric(out["Volume"], errors="coerce")
     out["Volume"] = volume.round().astype("Int64") if volume.isna().any() else volume.round().astype("int64")
     return out.sort_values("Date", kind="stable").reset_index(drop=True)
+
+
+def _local_wall_time(value: object) -> pd.Timestamp:
+    try:
+        stamp = pd.Timestamp(value)
+    except (ValueError, TypeError):
+        return pd.NaT
+    return stamp.tz_localize(None) if stamp.tzinfo is not None else stamp
 
 
 def _window(frame: pd.DataFrame, since: dt.date | None, as_of: dt.date) -> pd.DataFrame:
@@ -86,7 +98,7 @@ class CsvSource:
             raise SourceError(f"no price file for {ticker}: {path} does not exist")
         try:
             raw = pd.read_csv(path)
-        except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
             raise SourceError(f"cannot parse {path}: {exc}") from exc
         return _window(normalize(raw), since, as_of)
 

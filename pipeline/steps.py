@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline import journal
-from pipeline.evaluation import forecast_metrics
+from pipeline.evaluation import forecast_metrics, shrinkage_toward_persistence
 from pipeline.forecasters import LstmForecaster, forecasts_on, to_model_input
 from pipeline.plots import forecast_figure
 from pipeline.promotion import FAILED, SKIPPED, decide, decision_report, report_markdown
@@ -301,14 +301,16 @@ def train_challenger(
     )
     trained = train_lstm(dataset, config, label=ticker, initial_weights=warm_start.weights if warm_start else None)
     fitted = time.perf_counter()
-    forecaster = LstmForecaster(trained.keras_model, dataset.scaler, dataset.window)
+    shrinkage = validation_shrinkage(trained.keras_model, dataset)
+    forecaster = LstmForecaster(trained.keras_model, dataset.scaler, dataset.window, shrinkage)
     predictions = forecaster.predict(None, to_model_input(dataset.history))
     test_forecast = forecasts_on(predictions, dataset.test.as_of)
     metrics = forecast_metrics(dataset.test.next_close, test_forecast, dataset.test.last_close)
     evaluated = time.perf_counter()
     log.info(
-        "%s: trained %d epochs in %.1fs (best %d); test RMSE %.4f vs naive %.4f (U2 %.3f)",
-        ticker, trained.epochs_run, fitted - windowed, trained.best_epoch, metrics["rmse"], metrics["naive_rmse"], metrics["u2"],
+        "%s: trained %d epochs in %.1fs (best %d, shrinkage %.2f); test RMSE %.4f vs naive %.4f (U2 %.3f)",
+        ticker, trained.epochs_run, fitted - windowed, trained.best_epoch, shrinkage, metrics["rmse"],
+        metrics["naive_rmse"], metrics["u2"],
     )
     return Challenger(
         dataset=dataset,
@@ -324,6 +326,14 @@ def train_challenger(
         timings={"window": round(windowed - started, 3), "train": round(fitted - windowed, 3),
                  "evaluate": round(evaluated - fitted, 3)},
     )
+
+
+def validation_shrinkage(keras_model, dataset: Dataset) -> float:
+    """How much of the network's predicted return held up on the validation days (never the test days)."""
+    scaled = np.asarray(keras_model(dataset.val.x, training=False)).reshape(-1)
+    predicted = dataset.scaler.inverse_target(scaled)
+    actual = np.log(dataset.val.next_close / dataset.val.last_close)
+    return shrinkage_toward_persistence(predicted, actual)
 
 
 def score_on_test_days(model, dataset: Dataset) -> float:
@@ -384,6 +394,7 @@ def track_and_promote(
             **{f"test_{k}": v for k, v in metrics.items()},
             "champion_test_rmse": champion_rmse,
             "best_epoch": challenger.best_epoch,
+            "validation_shrinkage": challenger.forecaster.shrinkage,
             "epochs_run": challenger.epochs_run,
             "train_seconds": challenger.train_seconds,
         }, history=challenger.training_history)
@@ -392,7 +403,9 @@ def track_and_promote(
         if admitted.docs_dir is not None and admitted.docs_dir.is_dir():
             tracker.log_artifacts(run_id, admitted.docs_dir, "validation/data_docs")
         tracker.log_figure(run_id, forecast_figure(ticker, test, challenger.test_forecast), "plots/test_forecast.png")
-        preprocessing = LstmForecaster.preprocessing_spec(challenger.dataset.window, challenger.dataset.scaler)
+        preprocessing = LstmForecaster.preprocessing_spec(
+            challenger.dataset.window, challenger.dataset.scaler, challenger.forecaster.shrinkage
+        )
         model_info = tracker.log_lstm(run_id, challenger.forecaster, challenger.keras_model, preprocessing, admitted.history)
         summary = {
             "decision": decision.verdict,

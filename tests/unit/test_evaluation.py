@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy.special import stdtr
 
-from pipeline.evaluation import diebold_mariano, directional_accuracy, forecast_metrics
+from pipeline.evaluation import diebold_mariano, directional_accuracy, forecast_metrics, shrinkage_toward_persistence
 
 # Four days worked by hand:
 #   actual - forecast   = [-1, 1, -2, 1]   -> MSE 7/4, MAE 5/4
@@ -143,3 +143,20 @@ def test_dm_hand_computed_small_sample():
     expected = -0.75 / math.sqrt(6.1875 / 4) * math.sqrt(3 / 4)
     assert stat == pytest.approx(expected, rel=1e-12)
     assert p == pytest.approx(2 * (1 - stdtr(3, abs(expected))), rel=1e-10)
+
+
+class TestShrinkageTowardPersistence:
+    def test_a_forecast_that_held_up_is_kept_whole(self):
+        actual = np.array([0.01, -0.02, 0.015, -0.005])
+        assert shrinkage_toward_persistence(actual, actual) == pytest.approx(1.0)
+
+    def test_an_overconfident_forecast_is_scaled_down_to_the_least_squares_factor(self):
+        actual = np.array([0.01, -0.02, 0.015, -0.005])
+        assert shrinkage_toward_persistence(4 * actual, actual) == pytest.approx(0.25)
+
+    def test_a_forecast_pointing_the_wrong_way_becomes_persistence(self):
+        actual = np.array([0.01, -0.02, 0.015, -0.005])
+        assert shrinkage_toward_persistence(-actual, actual) == 0.0
+
+    def test_a_flat_forecast_has_nothing_to_scale(self):
+        assert shrinkage_toward_persistence(np.zeros(5), np.ones(5)) == 0.0
