@@ -73,3 +73,14 @@ def test_bad_csv_exits_non_zero_naming_the_expectation_and_others_go_on(tmp_path
     assert rows["GSPC"]["last_decision"] in ("promoted", "kept")
     assert rows["GSPC"]["champion_version"] in ("1", "2")
     assert rows["GSPC"]["challenger_test_rmse"] > 0 and rows["GSPC"]["naive_test_rmse"] > 0
+
+
+def test_tickers_run_on_a_local_dask_cluster(tmp_path):
+    home = tmp_path / "state"
+    result = stockpipe("run", "--tickers", "MSFT", "--as-of", "2017-11-10", "--task-runner", "dask",
+                       home=home, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "distributed.scheduler" in result.stdout + result.stderr, "the work went through a Dask scheduler"
+    assert "Error logging to API" not in result.stdout + result.stderr, "workers log to the run's Prefect server"
+    (row,) = json.loads(stockpipe("status", "--json", home=home, cwd=tmp_path).stdout)
+    assert row["last_decision"] in ("promoted", "kept") and row["challenger_test_rmse"] > 0
