@@ -79,10 +79,11 @@ def _local_wall_time(value: object) -> pd.Timestamp:
 
 
 def _window(frame: pd.DataFrame, since: dt.date | None, as_of: dt.date) -> pd.DataFrame:
+    """Rows in (since, as_of]; rows whose date could not be read are kept for the contract to name."""
     keep = frame["Date"] <= pd.Timestamp(as_of)
     if since is not None:
         keep &= frame["Date"] > pd.Timestamp(since)
-    return frame.loc[keep].reset_index(drop=True)
+    return frame.loc[keep | frame["Date"].isna()].reset_index(drop=True)
 
 
 @dataclass(frozen=True)

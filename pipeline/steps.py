@@ -142,7 +142,7 @@ def fetch_batch(source: PriceSource, store: PriceStore, ticker: str, as_of: dt.d
         note = f"history re-adjusted by {source.name} ({changed}): re-fetched {len(rows)} row(s) to replace the store"
         log.warning("%s: %s", ticker, note)
         return Fetched(rows, replaces_history=True, note=note)
-    rows = window.loc[window["Date"] > pd.Timestamp(since)].reset_index(drop=True)
+    rows = window.loc[(window["Date"] > pd.Timestamp(since)) | window["Date"].isna()].reset_index(drop=True)
     log.info("%s: fetched %d new row(s) from %s since %s", ticker, len(rows), source.name, since)
     return Fetched(rows)
 

@@ -52,6 +52,12 @@ def digest(prices: pd.DataFrame) -> str:
     return hashlib.sha256(hashed.to_numpy().tobytes()).hexdigest()[:16]
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @dataclass(frozen=True)
 class PriceStore:
     root: Path
@@ -84,6 +90,8 @@ class PriceStore:
                 prices[COLUMNS].to_parquet(handle, index=False)
                 handle.flush()
                 os.fsync(handle.fileno())
+            # mkstemp makes owner-only files; the store should read like any other file the user writes.
+            os.chmod(tmp, 0o666 & ~_current_umask())
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

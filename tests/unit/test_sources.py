@@ -427,3 +427,13 @@ def test_yfinance_history_full_history_request(yahoo_http):
     assert len(raw) == len(CHART_BARS)
     (params,) = chart_requests(yahoo_http, "/v8/finance/chart/MSFT")
     assert int(params["period1"]) < int(pd.Timestamp("1990-01-01").timestamp()), "period=max reaches back"
+
+
+def test_rows_with_an_unreadable_date_reach_the_contract_instead_of_vanishing(tmp_path):
+    prices = pd.read_csv(BUNDLED_SNAPSHOTS / "MSFT.csv").tail(5)
+    prices.iloc[2, prices.columns.get_loc("Date")] = "2017-11-3x"
+    prices.to_csv(tmp_path / "MSFT.csv", index=False)
+    from pipeline.sources import CsvSource
+
+    fetched = CsvSource(tmp_path).fetch("MSFT", dt.date(2017, 11, 1), dt.date(2017, 11, 10))
+    assert len(fetched) == 5 and fetched["Date"].isna().sum() == 1
