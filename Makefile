@@ -40,6 +40,14 @@ test-unit: $(STAMP) ## Run only the fast unit tests
 test-integration: $(STAMP) ## Run only the integration tests (real Prefect and MLflow)
 	$(BIN)/python -m pytest tests/integration $(PYTEST_ARGS)
 
+.PHONY: bench
+bench: $(STAMP) ## Measure quality, cost, scaling and memory on the bundled data (about 15 min); writes bench/results.*
+	$(BIN)/python bench/run.py
+
+.PHONY: bench-quick
+bench-quick: $(STAMP) ## The benchmark in one ticker, one epoch (CI keeps it from rotting)
+	$(BIN)/python bench/run.py --quick --out bench/out
+
 .PHONY: status
 status: $(STAMP) ## Show champions and last decisions as JSON
 	$(BIN)/stockpipe status --json
