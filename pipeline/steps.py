@@ -428,7 +428,7 @@ def track_and_promote(
         )
         tracker.log_json(run_id, report, "promotion/decision.json")
         tracker.log_text(run_id, report_markdown(report), "promotion/decision.md")
-        version = tracker.register_challenger(ticker, run_id, model_info.model_uri, summary)
+        version = tracker.register_challenger(ticker, run_id, model_info.model_uri, summary, model_info.model_id)
         if decision.promote:
             tracker.promote(ticker, version.version)
         tracker.set_tags(run_id, {**summary, "model_version": str(version.version)})

@@ -134,7 +134,8 @@ class Tracker:
             with mlflow.start_run(run_id=run_id):
                 info = self._log_pyfunc(NaiveForecaster(), history, NAIVE, artifacts=None)
             version = self._register(
-                ticker, info.model_uri, run_id, {"model_kind": NAIVE, "decision": "baseline", "data_end": data_end}
+                ticker, info.model_uri, run_id, {"model_kind": NAIVE, "decision": "baseline", "data_end": data_end},
+                info.model_id,
             )
             self.client.set_registered_model_alias(name, CHAMPION_ALIAS, version.version)
             self.client.set_terminated(run_id, "FINISHED")
@@ -144,14 +145,18 @@ class Tracker:
         log.info("%s: registered the naive forecaster as %s v%s (champion)", ticker, name, version.version)
         return Champion(str(version.version), NAIVE, f"models:/{name}@{CHAMPION_ALIAS}")
 
-    def _register(self, ticker: str, model_uri: str, run_id: str, tags: dict[str, str]) -> ModelVersion:
-        # Tags go in with the version so there is never a version without its decision.
+    def _register(self, ticker: str, model_uri: str, run_id: str, tags: dict[str, str],
+                  model_id: str | None = None) -> ModelVersion:
+        # Tags go in with the version so there is never a version without its decision. A tracking server
+        # refuses a `models:/m-...` source unless the logged model's id comes with it.
         return self.client.create_model_version(
-            registered_model_name(ticker), source=model_uri, run_id=run_id, tags={k: str(v) for k, v in tags.items()}
+            registered_model_name(ticker), source=model_uri, run_id=run_id, tags={k: str(v) for k, v in tags.items()},
+            model_id=model_id,
         )
 
-    def register_challenger(self, ticker: str, run_id: str, model_uri: str, tags: dict[str, Any]) -> ModelVersion:
-        return self._register(ticker, model_uri, run_id, {**tags, "model_kind": LSTM})
+    def register_challenger(self, ticker: str, run_id: str, model_uri: str, tags: dict[str, Any],
+                            model_id: str | None = None) -> ModelVersion:
+        return self._register(ticker, model_uri, run_id, {**tags, "model_kind": LSTM}, model_id)
 
     def promote(self, ticker: str, version: str) -> None:
         name = registered_model_name(ticker)
