@@ -6,6 +6,7 @@ import datetime as dt
 import json
 import logging
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -154,6 +155,18 @@ def validate_prices(
     With `docs_dir`, GX also renders its Data Docs HTML there (an ephemeral context would otherwise
     put them in a temporary folder).
     """
+    with _GX_LOCK:
+        return _validate(prices, subject=subject, suite_definition=suite_definition, as_of=as_of,
+                         min_rows=min_rows, docs_dir=docs_dir)
+
+
+# GX parses suite parameters with pyparsing, whose parse actions are not thread-safe on first use
+# ("push_first() missing 1 required positional argument"): tickers validating in parallel threads take turns.
+_GX_LOCK = threading.Lock()
+
+
+def _validate(prices: pd.DataFrame, *, subject: str, suite_definition: dict[str, Any], as_of: dt.date,
+              min_rows: int, docs_dir: Path | None) -> ValidationReport:
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     import great_expectations as gx
 
