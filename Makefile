@@ -40,6 +40,10 @@ test-unit: $(STAMP) ## Run only the fast unit tests
 test-integration: $(STAMP) ## Run only the integration tests (real Prefect and MLflow)
 	$(BIN)/python -m pytest tests/integration $(PYTEST_ARGS)
 
+.PHONY: postgres
+postgres: ## Install PostgreSQL from Debian's packages if missing (the production-stack integration test needs it)
+	bash scripts/install-postgres.sh
+
 .PHONY: bench
 bench: $(STAMP) ## Measure quality, cost, scaling and memory on the bundled data (about 15 min); writes bench/results.*
 	$(BIN)/python bench/run.py

@@ -1,0 +1,473 @@
+"""The production stack of docker/compose.yaml, without Docker: the same services run natively.
+
+PostgreSQL (databases created by docker/postgres/init-databases.sh), `mlflow server` on it with served artifacts,
+`prefect server` on it; the daily pipeline runs against both as a client would (`MLFLOW_TRACKING_URI`,
+`PREFECT_API_URL`), and everything is checked through the servers' own APIs and in the databases. The compose
+file's worker and deploy commands run against the same servers; a tracking-server restart loses nothing.
+docker/compose.yaml itself is checked by `docker compose config` where the client has the plugin, and always by a
+structural check of its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.promotion import CHAMPION_ALIAS, KEPT, PROMOTED
+from pipeline.symbols import registered_model_name
+from tests.integration.conftest import TINY_TRAINING
+from tests import servers
+from tests.servers import (
+    VENV_BIN,
+    HttpServer,
+    Postgres,
+    clean_env,
+    free_port,
+    log_tail,
+    mlflow_server,
+    postgres_bindir,
+    postgres_server,
+    postgres_version,
+    started,
+    wait_for_http,
+    wait_until,
+)
+
+pytestmark = pytest.mark.integration
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+DOCKER = PROJECT_ROOT / "docker"
+COMPOSE_FILE = DOCKER / "compose.yaml"
+PREFECT = str(VENV_BIN / "prefect")
+TICKER, AS_OF = "MSFT", "2017-11-10"
+MODEL = registered_model_name(TICKER)
+TEST_METRICS = {"test_rmse", "test_naive_rmse", "test_u2", "test_mae", "test_mape", "test_directional_accuracy",
+                "champion_test_rmse"}
+
+
+def compose() -> dict:
+    return yaml.safe_load(COMPOSE_FILE.read_text())
+
+
+# -- the native stack -----------------------------------------------------------------------------
+
+
+@dataclass
+class Stack:
+    root: Path
+    pg: Postgres
+    passwords: dict[str, str]
+    prefect: HttpServer
+    mlflow: HttpServer | None = None
+    mlflow_port: int = 0
+    _mlflow_context: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
+
+    @property
+    def artifacts(self) -> Path:
+        return self.root / "mlflow-artifacts"
+
+    @property
+    def home(self) -> Path:
+        """The pipeline client's STOCKPIPE_HOME (price store, journal); runs and models live on the servers."""
+        return self.root / "client-state"
+
+    @property
+    def mlflow_db(self) -> str:
+        return self.pg.url("mlflow", "mlflow", self.passwords["MLFLOW_DB_PASSWORD"])
+
+    def start_mlflow(self, wait: bool = True) -> HttpServer:
+        """The compose file's `mlflow server` options, with this machine's address, port and artifacts directory."""
+        self.mlflow_port = self.mlflow_port or free_port()
+        self.mlflow = self._mlflow_context.enter_context(mlflow_server(
+            self.mlflow_db, self.artifacts, self.root / "logs" / "mlflow.log", port=self.mlflow_port,
+            extra_args=compose_mlflow_options(self.mlflow_port), wait=wait))
+        return self.mlflow
+
+    def stop_mlflow(self) -> None:
+        self._mlflow_context.close()
+        self.mlflow = None
+
+    def client_env(self, **extra: str) -> dict[str, str]:
+        """What a pipeline process on another machine would be given: the two servers' URLs."""
+        return clean_env(**TINY_TRAINING, STOCKPIPE_HOME=str(self.home), MLFLOW_TRACKING_URI=self.mlflow.url,
+                         PREFECT_API_URL=self.prefect.url, PREFECT_HOME=str(self.root / "client-prefect"),
+                         PYTHONPATH=str(PROJECT_ROOT), COLUMNS="300", **extra)
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {log.name}\n{log_tail(log, 3000)}" for log in sorted((self.root / "logs").glob("*.log")))
+
+
+def compose_mlflow_options(port: int) -> list[str]:
+    """docker/compose.yaml's `mlflow server` options, minus where it listens and stores artifacts; the allowed hosts
+    gain this server's loopback address (the compose file names its published port, 5000)."""
+    command = compose()["services"]["mlflow"]["command"]
+    assert command[:2] == ["mlflow", "server"], command
+    local = ("--host", "--port", "--artifacts-destination")
+    options = [a for a in command[2:] if not a.startswith(local)]
+    return [f"{a},127.0.0.1:{port}" if a.startswith("--allowed-hosts=") else a for a in options]
+
+
+def require_postgres() -> Path:
+    bindir = postgres_bindir()
+    if bindir is not None:
+        return bindir
+    message = "PostgreSQL server binaries (initdb, postgres) not found: run `make postgres`"
+    if os.environ.get("CI") or os.environ.get("STOCKPIPE_REQUIRE_POSTGRES"):
+        pytest.fail(message)  # CI installs PostgreSQL first (.ci/run): missing there is a failure, never a skip
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def prefect_server():
+    """Overrides the integration suite's in-process Prefect test server: every test here runs its own real servers
+    (or none), in subprocesses given their URLs explicitly, so that one need not start for them."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    yield
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    bindir = require_postgres()
+    root = tmp_path_factory.mktemp("production-stack")
+    passwords = {"MLFLOW_DB_PASSWORD": secrets.token_hex(12), "PREFECT_DB_PASSWORD": secrets.token_hex(12)}
+    with contextlib.ExitStack() as cleanup:
+        began = time.monotonic()
+        pg = cleanup.enter_context(postgres_server(root / "logs", bindir=bindir))
+        print(f"\n{postgres_version(bindir)} on 127.0.0.1:{pg.port} ({time.monotonic() - began:.1f} s)")
+        # The very script the postgres container runs on its first start.
+        init = subprocess.run(["bash", str(DOCKER / "postgres" / "init-databases.sh")], capture_output=True, text=True,
+                              env=pg.client_env(POSTGRES_USER=pg.superuser, **passwords), timeout=60)
+        assert init.returncode == 0, init.stdout + init.stderr
+
+        began = time.monotonic()
+        prefect = cleanup.enter_context(servers.prefect_server(
+            root / "prefect-home", root / "logs" / "prefect-server.log", wait=False,
+            database_url=pg.url("prefect", "prefect", passwords["PREFECT_DB_PASSWORD"], driver="postgresql+asyncpg")))
+        stack = Stack(root, pg, passwords, prefect)
+        cleanup.callback(stack.stop_mlflow)
+        stack.start_mlflow(wait=False)
+        stack.mlflow.wait_ready()  # both start at once
+        prefect.wait_ready()
+        print(f"mlflow server and prefect server on PostgreSQL ready in {time.monotonic() - began:.1f} s")
+        yield stack
+
+
+def stockpipe(stack: Stack, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=stack.root, env=stack.client_env(),
+                          capture_output=True, text=True, timeout=600)
+
+
+def api_post(api: str, path: str, body: dict) -> list | dict:
+    request = urllib.request.Request(f"{api}{path}", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def mlflow_status(url: str, host: str) -> int:
+    request = urllib.request.Request(f"{url}/api/2.0/mlflow/experiments/get-by-name?experiment_name=stockpipe",
+                                     headers={"Host": host})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def registry_snapshot(tracking_uri: str, dst: Path) -> dict:
+    """Everything a restart must not lose: versions and their tags, aliases, the runs' metrics, artifacts' bytes."""
+    from mlflow import MlflowClient
+    from mlflow.artifacts import download_artifacts
+
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    versions = sorted(client.search_model_versions(f"name = '{MODEL}'"), key=lambda v: int(v.version))
+    model = client.get_registered_model(MODEL)
+    runs = {v.run_id: client.get_run(v.run_id) for v in versions}
+    lstm_run = next(runs[v.run_id] for v in versions if v.tags.get("model_kind") == "lstm")
+    dst.mkdir(parents=True, exist_ok=True)
+    decision = Path(download_artifacts(run_id=lstm_run.info.run_id, artifact_path="promotion/decision.json",
+                                       dst_path=str(dst), tracking_uri=tracking_uri))
+    champion = model.aliases[CHAMPION_ALIAS]
+    champion_dir = Path(download_artifacts(artifact_uri=client.get_model_version_download_uri(MODEL, champion),
+                                           dst_path=str(dst / "champion"), tracking_uri=tracking_uri))
+    return {
+        "versions": [(str(v.version), v.tags.get("model_kind"), v.tags.get("decision"), v.run_id, v.source)
+                     for v in versions],
+        "aliases": dict(model.aliases),
+        "metrics": {run_id: run.data.metrics for run_id, run in runs.items()},
+        "artifact_uris": {run_id: run.info.artifact_uri for run_id, run in runs.items()},
+        "decision": json.loads(decision.read_text()),
+        "champion_files": sorted(str(p.relative_to(champion_dir)) for p in champion_dir.rglob("*") if p.is_file()),
+        "lstm_run_id": lstm_run.info.run_id,
+        "lstm_tags": lstm_run.data.tags,
+    }
+
+
+# -- tests ----------------------------------------------------------------------------------------
+
+
+def test_daily_pipeline_against_postgres_backed_mlflow_and_prefect_servers(stack, tmp_path):
+    home = stack.home
+    began = time.monotonic()
+    result = stockpipe(stack, "run", "--tickers", TICKER, "--as-of", AS_OF)
+    print(f"stockpipe run against the servers: {time.monotonic() - began:.1f} s")
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:] + stack.logs()
+    (line,) = [l for l in result.stdout.splitlines() if l.strip().startswith(f"{TICKER} ")]
+    decision = line.split()[1]
+    assert decision in (PROMOTED, KEPT), line
+
+    # MLflow, through the tracking server's REST API: naive v1, LSTM v2, the champion alias, metrics, artifacts.
+    state = registry_snapshot(stack.mlflow.url, tmp_path / "downloads")
+    assert [(v[0], v[1]) for v in state["versions"]] == [("1", "naive"), ("2", "lstm")]
+    assert state["aliases"][CHAMPION_ALIAS] == ("2" if decision == PROMOTED else "1")
+    lstm_metrics = state["metrics"][state["lstm_run_id"]]
+    assert TEST_METRICS <= set(lstm_metrics), TEST_METRICS - set(lstm_metrics)
+    assert lstm_metrics["test_rmse"] > 0 and lstm_metrics["test_naive_rmse"] > 0
+    assert state["lstm_tags"]["ticker"] == TICKER and state["lstm_tags"]["data_end"] == AS_OF
+    assert (state["decision"]["ticker"], state["decision"]["verdict"]) == (TICKER, decision), state["decision"]
+    assert "MLmodel" in state["champion_files"]
+    # Artifacts went through the server (mlflow-artifacts:/) into its artifacts destination, not to a local path.
+    assert all(uri.startswith("mlflow-artifacts:/") for uri in state["artifact_uris"].values()), state["artifact_uris"]
+    assert list(stack.artifacts.rglob("promotion/decision.json")), "the server stored the uploaded artifacts"
+    assert not (home / "mlflow.db").exists() and not (home / "artifacts").exists(), "nothing went to a local store"
+    # The compose file's --allowed-hosts: the worker's `mlflow:5000` is served, a foreign Host header is refused.
+    assert mlflow_status(stack.mlflow.url, "mlflow:5000") == 200
+    assert mlflow_status(stack.mlflow.url, "attacker.example:5000") == 403
+
+    # Prefect, through the server's REST API: one completed `daily-pipeline` flow run, the one the MLflow run names.
+    runs = api_post(stack.prefect.url, "/flow_runs/filter", {"flows": {"name": {"any_": ["daily-pipeline"]}}})
+    assert [r["state"]["type"] for r in runs] == ["COMPLETED"], runs
+    assert state["lstm_tags"]["prefect_flow_run_id"] == runs[0]["id"]
+    tasks = api_post(stack.prefect.url, "/task_runs/filter", {"flow_runs": {"id": {"any_": [runs[0]["id"]]}}})
+    assert {t["name"] for t in tasks} >= {f"fetch-{TICKER}", f"train-{TICKER}", f"track-and-promote-{TICKER}"}
+
+    # And it all lives in PostgreSQL, in the databases the init script created for each service.
+    assert stack.pg.psql(f"SELECT count(*) FROM model_versions WHERE name = '{MODEL}'", database="mlflow") == "2"
+    assert stack.pg.psql("SELECT count(*) FROM flow_run", database="prefect") == "1"
+    owners = stack.pg.psql("SELECT datname || '=' || pg_get_userbyid(datdba) FROM pg_database "
+                           "WHERE datname IN ('mlflow', 'prefect') ORDER BY 1")
+    assert owners.split() == ["mlflow=mlflow", "prefect=prefect"]
+
+
+def test_compose_deploy_and_worker_commands_against_the_servers(stack):
+    """The compose file's deploy and prefect-worker commands, verbatim, against the native servers.
+
+    Deploy first, as `docker compose run --rm deploy` would on a fresh server: it must make the work pool itself
+    (`prefect deploy` refuses a missing one); the worker then finds the pool and reports healthy.
+    """
+    services = compose()["services"]
+    health_port = free_port()
+    env = stack.client_env(PATH=f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", STOCKPIPE_PROJECT_DIR=str(PROJECT_ROOT),
+                           PREFECT_WORKER_WEBSERVER_HOST="127.0.0.1", PREFECT_WORKER_WEBSERVER_PORT=str(health_port))
+    deploy = subprocess.run(services["deploy"]["command"], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True,
+                            timeout=180)
+    assert deploy.returncode == 0, deploy.stdout[-3000:] + deploy.stderr[-3000:]
+    pool = json.loads(urllib.request.urlopen(f"{stack.prefect.url}/work_pools/stockpipe", timeout=10).read())
+    assert pool["type"] == "process"
+
+    log = stack.root / "logs" / "prefect-worker.log"
+    with started(services["prefect-worker"]["command"], log=log, env=env) as worker:
+        # The compose health check's URL, on the port given to this worker.
+        wait_for_http(f"http://127.0.0.1:{health_port}/health", worker, log, timeout=120)
+        # And the server sees it polling the pool (its first heartbeat may follow the health server by a moment).
+        wait_until(lambda: bool(api_post(stack.prefect.url, "/work_pools/stockpipe/workers/filter", {})), worker, log,
+                   timeout=60, what="registered with the server")
+        workers = api_post(stack.prefect.url, "/work_pools/stockpipe/workers/filter", {})
+        assert [w["name"] for w in workers] == ["stockpipe-worker"]
+    assert worker.returncode is not None, "the worker was stopped"
+
+    (deployment,) = api_post(stack.prefect.url, "/deployments/filter", {"deployments": {"name": {"any_": ["daily"]}}})
+    assert deployment["work_pool_name"] == "stockpipe"
+    assert deployment["entrypoint"] == "flows/daily.py:daily_pipeline"
+    (schedule,) = deployment["schedules"]
+    assert (schedule["schedule"]["cron"], schedule["schedule"]["timezone"]) == ("0 18 * * 1-5", "America/New_York")
+    (step,) = deployment["pull_steps"]
+    assert step["prefect.deployments.steps.set_working_directory"]["directory"] == str(PROJECT_ROOT)
+
+
+def test_restarting_the_tracking_server_loses_nothing(stack, tmp_path):
+    before = registry_snapshot(stack.mlflow.url, tmp_path / "before")
+    old = stack.mlflow.process
+    began = time.monotonic()
+    stack.stop_mlflow()
+    assert old.poll() is not None, "stopped by its process id"
+    with pytest.raises(ProcessLookupError):
+        os.killpg(old.pid, 0)  # nothing it spawned is left either
+    stack.start_mlflow()  # same port, same database, same artifacts directory
+    print(f"mlflow server restarted in {time.monotonic() - began:.1f} s")
+
+    after = registry_snapshot(stack.mlflow.url, tmp_path / "after")
+    assert after == before
+
+    # The pipeline's own client sees the same champion through the restarted server.
+    status = stockpipe(stack, "status", "--json")
+    assert status.returncode == 0, status.stderr[-3000:]
+    (row,) = json.loads(status.stdout)
+    assert (row["ticker"], str(row["champion_version"])) == (TICKER, before["aliases"][CHAMPION_ALIAS])
+
+
+# -- docker/compose.yaml --------------------------------------------------------------------------
+
+PYTHON_SERVICES = ("mlflow", "prefect-server", "prefect-worker", "deploy")
+LONG_RUNNING = ("postgres", "mlflow", "prefect-server", "prefect-worker")
+DEPENDS_ON_CONDITIONS = {"service_started", "service_healthy", "service_completed_successfully"}
+
+
+def as_list(value) -> list:
+    if value is None:
+        return []
+    return [value] if isinstance(value, (str, dict)) else list(value)
+
+
+def env_files(service: dict) -> list[str]:
+    return [entry if isinstance(entry, str) else entry["path"] for entry in as_list(service.get("env_file"))]
+
+
+def test_compose_file_structure():
+    """What `docker compose config` would refuse, and what the stack promises (loopback ports, health checks)."""
+    spec = compose()
+    assert set(spec) <= {"name", "services", "volumes", "networks", "secrets", "configs"} | {
+        k for k in spec if k.startswith("x-")}
+    services = spec["services"]
+    assert set(services) == {"postgres", "mlflow", "prefect-server", "prefect-worker", "deploy"}
+    declared_volumes = set(spec.get("volumes") or {})
+    used_volumes = set()
+
+    for name, service in services.items():
+        assert "image" in service or "build" in service, f"{name}: neither image nor build"
+        if "build" in service:
+            context = (DOCKER / service["build"]["context"]).resolve()
+            assert (context / service["build"]["dockerfile"]).is_file(), f"{name}: no Dockerfile"
+        for port in as_list(service.get("ports")):
+            host_ip = port["host_ip"] if isinstance(port, dict) else str(port).rsplit(":", 2)[0]
+            assert host_ip == "127.0.0.1" and (isinstance(port, dict) or str(port).count(":") == 2), (
+                f"{name}: port {port} must be published on 127.0.0.1 only")
+        depends = service.get("depends_on") or {}
+        assert isinstance(depends, dict), f"{name}: depends_on needs conditions"
+        for target, condition in depends.items():
+            assert target in services, f"{name} depends on unknown service {target}"
+            assert condition["condition"] in DEPENDS_ON_CONDITIONS, (name, condition)
+            if condition["condition"] == "service_healthy":
+                assert "healthcheck" in services[target], f"{name} waits for {target} to be healthy: no healthcheck"
+        for volume in as_list(service.get("volumes")):
+            source = volume["source"] if isinstance(volume, dict) else volume.split(":")[0]
+            if source.startswith((".", "/")):
+                assert (DOCKER / source).exists(), f"{name}: bind mount {source} does not exist"
+            else:
+                used_volumes.add(source)
+                assert source in declared_volumes, f"{name}: volume {source} is not declared"
+        for env_file in env_files(service):
+            assert (DOCKER / f"{env_file}.example").is_file(), f"{name}: {env_file} has no committed .example"
+        if "healthcheck" in service:
+            test = service["healthcheck"]["test"]
+            assert test[0] in ("CMD", "CMD-SHELL"), (name, test)
+    assert used_volumes == declared_volumes, "every named volume is used"
+
+    for name in LONG_RUNNING:
+        assert "healthcheck" in services[name], f"{name}: no healthcheck"
+        assert services[name]["restart"] == "unless-stopped"
+    assert services["deploy"]["restart"] == "no"
+    for name in PYTHON_SERVICES:
+        assert services[name]["image"] == "stockpipe:local" and services[name]["build"]["dockerfile"] == "docker/Dockerfile"
+
+
+def test_compose_services_match_what_the_native_test_runs():
+    services = compose()["services"]
+    text = COMPOSE_FILE.read_text()
+
+    postgres = services["postgres"]
+    assert "./postgres/init-databases.sh:/docker-entrypoint-initdb.d/10-init-databases.sh:ro" in postgres["volumes"]
+    assert any(v.endswith(":/var/lib/postgresql/data") for v in postgres["volumes"])
+
+    mlflow = services["mlflow"]
+    assert mlflow["environment"]["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql://mlflow:")
+    assert mlflow["environment"]["MLFLOW_BACKEND_STORE_URI"].endswith("@postgres:5432/mlflow")
+    assert mlflow["command"][:2] == ["mlflow", "server"] and "--serve-artifacts" in mlflow["command"]
+    destination = next(a.split("=", 1)[1] for a in mlflow["command"] if a.startswith("--artifacts-destination="))
+    assert f"mlflow-artifacts:{destination}" in mlflow["volumes"], "served artifacts live in a named volume"
+    allowed = next(a.split("=", 1)[1] for a in mlflow["command"] if a.startswith("--allowed-hosts=")).split(",")
+    assert {"mlflow:5000", "127.0.0.1:5000", "localhost:5000"} <= set(allowed)
+    assert mlflow["ports"] == ["127.0.0.1:5000:5000"]
+
+    prefect = services["prefect-server"]
+    url = prefect["environment"]["PREFECT_API_DATABASE_CONNECTION_URL"]
+    assert url.startswith("postgresql+asyncpg://prefect:") and url.endswith("@postgres:5432/prefect")
+    assert prefect["ports"] == ["127.0.0.1:4200:4200"]
+    assert prefect["environment"]["PREFECT_UI_API_URL"] == "http://127.0.0.1:4200/api"
+
+    worker = services["prefect-worker"]
+    pool = yaml.safe_load((PROJECT_ROOT / "prefect.yaml").read_text())["deployments"][0]["work_pool"]["name"]
+    assert worker["command"][:3] == ["prefect", "worker", "start"]
+    assert f"--pool={pool}" in worker["command"] and "--type=process" in worker["command"]
+    assert worker["environment"]["PREFECT_API_URL"] == "http://prefect-server:4200/api"
+    assert worker["environment"]["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    deploy = " ".join(services["deploy"]["command"])
+    assert f"prefect work-pool create {pool} --type process" in deploy
+    assert deploy.endswith("exec prefect deploy --no-prompt --name daily")
+
+    # Every variable the file interpolates is in the committed example, so `cp .env.example .env` is complete.
+    example = dict(line.split("=", 1) for line in (DOCKER / ".env.example").read_text().splitlines()
+                   if line.strip() and not line.startswith("#"))
+    interpolated = set(re.findall(r"(?<!\$)\$\{([A-Z_][A-Z0-9_]*)", text))
+    assert interpolated and interpolated <= set(example), interpolated - set(example)
+    init_script = (DOCKER / "postgres" / "init-databases.sh").read_text()
+    assert set(re.findall(r"\$\{?([A-Z_]+_PASSWORD)", init_script)) <= set(example)
+
+
+def test_dockerfile_builds_a_slim_non_root_image_from_the_lock():
+    dockerfile = (DOCKER / "Dockerfile").read_text()
+    (base,) = re.findall(r"^FROM\s+(\S+)", dockerfile, flags=re.M)
+    assert re.fullmatch(r"python:3\.11\.\d+-slim(-\w+)?", base), base
+    users = re.findall(r"^USER\s+(\S+)", dockerfile, flags=re.M)
+    assert users and users[-1] not in ("root", "0"), "the image runs as an unprivileged user"
+    assert "--constraint requirements.lock" in dockerfile
+    copied = set(re.findall(r"^COPY\s+(?:--\S+\s+)*(.+?)\s+\S+$", dockerfile, flags=re.M))
+    sources = {s for line in copied for s in line.split()}
+    assert {"pyproject.toml", "requirements.lock", "pipeline", "flows", "data", "expectations", "prefect.yaml"} <= sources
+    for source in sources:
+        assert (PROJECT_ROOT / source).exists(), source
+    ignore = (DOCKER / "Dockerfile.dockerignore").read_text().split()
+    assert all(f"!{source}" in ignore for source in sources), "the build context lets every copied path through"
+
+
+def test_production_docs_match_the_compose_file():
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    section = DOCKER / "README-section.md"
+    docs = readme if "docker compose -f docker/compose.yaml up -d" in readme or not section.exists() else section.read_text()
+    assert "docker compose -f docker/compose.yaml up -d" in docs
+    assert "cp docker/.env.example docker/.env" in docs
+    services = compose()["services"]
+    for service, path in (("prefect-server", ""), ("mlflow", "")):
+        (port,) = services[service]["ports"]
+        host_ip, host_port, _ = port.split(":")
+        assert f"http://{host_ip}:{host_port}{path}" in docs, f"{service}'s UI address"
+    assert "prefect deployment run 'daily-pipeline/daily'" in docs
+    for mentioned in re.findall(r"docker compose -f docker/compose\.yaml (?:exec|run --rm|logs(?: -f)?) ([\w-]+)", docs):
+        assert mentioned in services, f"the docs name a service the compose file does not have: {mentioned}"
+
+
+def test_docker_compose_config_accepts_the_file(tmp_path):
+    """`docker compose config`, where the docker client has the compose plugin (this machine's may not)."""
+    docker = shutil.which("docker")
+    if docker is None or subprocess.run([docker, "compose", "version"], capture_output=True).returncode != 0:
+        pytest.skip("no `docker compose` plugin here: test_compose_file_structure checks the file instead")
+    copy = tmp_path / "docker"
+    shutil.copytree(DOCKER, copy)
+    shutil.copy(DOCKER / ".env.example", copy / ".env")
+    result = subprocess.run([docker, "compose", "-f", str(copy / "compose.yaml"), "config", "--quiet"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr

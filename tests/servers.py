@@ -1,0 +1,366 @@
+"""Real server processes for tests: PostgreSQL, an MLflow tracking server, a Prefect server.
+
+The building blocks are generic: a free loopback port, a child process whose output goes to a log file, waiting
+until it answers (an HTTP health URL or any check), and stopping it by process id, TERM (or the signal it prefers)
+then KILL, whatever happened in between. Each child runs in its own session, so its process group id is its pid:
+after the child is gone, anything it spawned and left behind (uvicorn workers, postgres backends) is stopped
+through that same id. Nothing is ever stopped by name.
+
+    port = free_port()
+    with started([..., "--port", str(port)], log=tmp / "x.log", env=clean_env(...)) as child:   # any command
+        wait_for_http(f"http://127.0.0.1:{port}/health", child, tmp / "x.log")
+
+    with prefect_server(tmp / "home", tmp / "prefect.log") as prefect:       # on SQLite in tmp / "home"
+        env = clean_env(PREFECT_API_URL=prefect.url)                           # http://127.0.0.1:<port>/api
+
+    with postgres_server(tmp / "logs") as pg:       # initdb + postgres on a free port, as an unprivileged user if root
+        pg.create_database("prefect", owner="prefect", password="secret")
+        url = pg.url("prefect", "prefect", "secret", driver="postgresql+asyncpg")
+        with prefect_server(tmp / "home", tmp / "prefect.log", database_url=url) as prefect:
+            ...
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+# Settings a test's own process may carry (a test harness, a developer's shell) that must not leak into servers.
+FOREIGN_PREFIXES = ("PREFECT_", "MLFLOW_", "STOCKPIPE_")
+# Health checks go straight to loopback, never through an HTTP proxy from the environment.
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+class ServerFailed(RuntimeError):
+    """A server exited or never became ready; the message ends with the tail of its log."""
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def clean_env(**overrides: str) -> dict[str, str]:
+    """This process's environment without Prefect/MLflow/stockpipe settings, plus `overrides`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(FOREIGN_PREFIXES)}
+    env.update(overrides)
+    return env
+
+
+def log_tail(log: Path, chars: int = 4000) -> str:
+    try:
+        return log.read_text(errors="replace")[-chars:]
+    except OSError:
+        return "(no log)"
+
+
+# -- processes ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunAs:
+    """An unprivileged account to run a child as (only possible, and only needed, when we are root)."""
+
+    name: str
+    uid: int
+    gid: int
+
+    @classmethod
+    def lookup(cls, *names: str) -> "RunAs":
+        for name in names:
+            try:
+                entry = pwd.getpwnam(name)
+            except KeyError:
+                continue
+            return cls(name, entry.pw_uid, entry.pw_gid)
+        raise LookupError(f"none of the users {names} exists")
+
+    def popen_kwargs(self) -> dict:
+        return {"user": self.uid, "group": self.gid, "extra_groups": []}
+
+
+def _signal_group(pgid: int, sig: int) -> bool:
+    """Signal a process group; False when no process is left in it."""
+    try:
+        os.killpg(pgid, sig)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # only zombies or someone else's processes left: nothing we can or should stop
+        return False
+
+
+def _group_alive(pgid: int) -> bool:
+    return _signal_group(pgid, 0)
+
+
+def stop(child: subprocess.Popen, *, sig: int = signal.SIGTERM, timeout: float = 20) -> None:
+    """Stop a child started by `started`: `sig` to its pid, KILL after `timeout`, then whatever is left of its group."""
+    if child.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            child.send_signal(sig)
+        try:
+            child.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                child.kill()
+            child.wait(10)
+    # The child is gone; processes it spawned in its session may not be (e.g. uvicorn workers of a killed parent).
+    pgid = child.pid
+    if _signal_group(pgid, signal.SIGTERM):
+        deadline = time.monotonic() + 10
+        while _group_alive(pgid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        _signal_group(pgid, signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def started(
+    command: Sequence[str],
+    *,
+    log: Path,
+    env: dict[str, str] | None = None,
+    cwd: Path = PROJECT_ROOT,
+    run_as: RunAs | None = None,
+    stop_signal: int = signal.SIGTERM,
+    stop_timeout: float = 20,
+) -> Iterator[subprocess.Popen]:
+    """Run `command` in its own session with stdout and stderr in `log`; stopped by pid on the way out, always."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as out:
+        child = subprocess.Popen(
+            list(command), env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True, **(run_as.popen_kwargs() if run_as else {}),
+        )
+    try:
+        yield child
+    finally:
+        stop(child, sig=stop_signal, timeout=stop_timeout)
+
+
+def wait_until(
+    check: Callable[[], bool], child: subprocess.Popen, log: Path, *, timeout: float = 120, what: str = "ready"
+) -> float:
+    """Poll `check` until it is true; fail at once if the child exits. Returns the seconds waited."""
+    begun = time.monotonic()
+    while True:
+        if child.poll() is not None:
+            raise ServerFailed(f"{child.args[0]} exited with {child.returncode} before {what}:\n{log_tail(log)}")
+        if check():
+            return time.monotonic() - begun
+        if time.monotonic() - begun > timeout:
+            raise ServerFailed(f"{child.args[0]} not {what} within {timeout:.0f}s:\n{log_tail(log)}")
+        time.sleep(0.25)
+
+
+def http_ok(url: str, timeout: float = 3) -> bool:
+    try:
+        with _DIRECT.open(url, timeout=timeout) as response:
+            return 200 <= response.status < 300
+    except (OSError, urllib.error.URLError):
+        return False
+
+
+def wait_for_http(url: str, child: subprocess.Popen, log: Path, *, timeout: float = 120) -> float:
+    """Wait until `url` answers 2xx (a health endpoint); returns the seconds waited."""
+    return wait_until(lambda: http_ok(url), child, log, timeout=timeout, what=f"answering {url}")
+
+
+# -- PostgreSQL ---------------------------------------------------------------------------------
+
+POSTGRES_PROGRAMS = ("initdb", "postgres", "pg_isready", "psql")
+
+
+def _version_key(bindir: Path) -> tuple[int, ...]:
+    return tuple(int(n) for n in re.findall(r"\d+", bindir.parent.name)) or (0,)
+
+
+def postgres_bindir() -> Path | None:
+    """The newest PostgreSQL server binaries: Debian's /usr/lib/postgresql/<ver>/bin, else `pg_ctl` on PATH."""
+    debian = sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=_version_key, reverse=True)
+    on_path = [Path(p).resolve().parent for p in [shutil.which("pg_ctl")] if p]
+    for bindir in [*debian, *on_path]:
+        if all((bindir / program).is_file() for program in POSTGRES_PROGRAMS):
+            return bindir
+    return None
+
+
+def postgres_version(bindir: Path) -> str:
+    """E.g. 'postgres (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)'."""
+    return subprocess.run([bindir / "postgres", "--version"], capture_output=True, text=True, check=True).stdout.strip()
+
+
+@dataclass
+class Postgres:
+    bindir: Path
+    root: Path
+    port: int
+    superuser: str
+    password: str
+    process: subprocess.Popen
+    log: Path
+    host: str = "127.0.0.1"
+
+    def url(self, database: str, user: str | None = None, password: str | None = None,
+            driver: str = "postgresql") -> str:
+        """A SQLAlchemy URL, e.g. driver 'postgresql' (psycopg2, MLflow) or 'postgresql+asyncpg' (Prefect)."""
+        user = user or self.superuser
+        password = self.password if password is None else password
+        return f"{driver}://{user}:{password}@{self.host}:{self.port}/{database}"
+
+    def client_env(self, **extra: str) -> dict[str, str]:
+        """Environment for libpq clients (psql, shell scripts) to reach this server as the superuser."""
+        return {**os.environ, "PATH": f"{self.bindir}{os.pathsep}{os.environ.get('PATH', '')}",
+                "PGHOST": self.host, "PGPORT": str(self.port), "PGUSER": self.superuser,
+                "PGPASSWORD": self.password, "PGDATABASE": "postgres", **extra}
+
+    def psql(self, sql: str, database: str = "postgres") -> str:
+        result = subprocess.run([self.bindir / "psql", "-v", "ON_ERROR_STOP=1", "-X", "-At", "-d", database, "-c", sql],
+                                env=self.client_env(), capture_output=True, text=True, timeout=60)
+        if result.returncode != 0:
+            raise RuntimeError(f"psql failed: {result.stderr}")
+        return result.stdout.strip()
+
+    def create_database(self, name: str, owner: str | None = None, password: str | None = None) -> None:
+        """A database owned by `owner` (a login role created with `password` when it does not exist)."""
+        owner = owner or self.superuser
+        if owner != self.superuser:
+            self.psql(f"CREATE ROLE \"{owner}\" LOGIN PASSWORD '{password or ''}'")
+        self.psql(f'CREATE DATABASE "{name}" OWNER "{owner}"')
+
+    def ready(self) -> bool:
+        return subprocess.run([self.bindir / "pg_isready", "-q", "-h", self.host, "-p", str(self.port)],
+                              capture_output=True, timeout=10).returncode == 0
+
+
+@contextlib.contextmanager
+def postgres_server(logs: Path, *, port: int | None = None, superuser: str = "stockpipe",
+                    bindir: Path | None = None) -> Iterator[Postgres]:
+    """A throwaway PostgreSQL cluster on a free loopback port, removed afterwards; its log is copied into `logs`.
+
+    PostgreSQL refuses to run as root, so as root the cluster belongs to the `postgres` account (or `nobody`), in a
+    directory of its own under the system temp dir (pytest's tmp_path is private to root). Its unix socket is there
+    too, never in /var/run/postgresql.
+    """
+    bindir = bindir or postgres_bindir()
+    if bindir is None:
+        raise FileNotFoundError("PostgreSQL server binaries not found: run `make postgres`")
+    run_as = RunAs.lookup("postgres", "nobody") if os.geteuid() == 0 else None
+    root = Path(tempfile.mkdtemp(prefix="stockpipe-pg-"))
+    logs.mkdir(parents=True, exist_ok=True)
+    password = secrets.token_hex(16)
+    try:
+        pwfile = root / "superuser-password"
+        pwfile.write_text(password + "\n")
+        if run_as:
+            os.chown(root, run_as.uid, run_as.gid)
+            os.chown(pwfile, run_as.uid, run_as.gid)
+        initdb = subprocess.run(
+            [bindir / "initdb", "-D", root / "data", "-U", superuser, f"--pwfile={pwfile}", "--auth=scram-sha-256",
+             "--encoding=UTF8", "--locale=C", "--no-sync"],
+            cwd=root, capture_output=True, text=True, timeout=120, **(run_as.popen_kwargs() if run_as else {}),
+        )
+        pwfile.unlink()
+        if initdb.returncode != 0:
+            raise ServerFailed(f"initdb failed ({initdb.returncode}):\n{initdb.stdout}\n{initdb.stderr}")
+        port = port or free_port()
+        log = root / "postgres.log"
+        command = [bindir / "postgres", "-D", root / "data", "-p", str(port), "-k", root,
+                   "-c", "listen_addresses=127.0.0.1",
+                   # A test cluster: durability across power loss is not what is being tested, speed is welcome.
+                   "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
+        try:
+            # SIGINT is PostgreSQL's fast shutdown: it does not wait for connected clients to leave.
+            with started([str(c) for c in command], log=log, cwd=root, run_as=run_as,
+                         stop_signal=signal.SIGINT, stop_timeout=30) as child:
+                server = Postgres(bindir, root, port, superuser, password, child, log)
+                wait_until(server.ready, child, log, timeout=60, what="accepting connections")
+                yield server
+        finally:
+            if log.exists():
+                shutil.copy(log, logs / "postgres.log")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+# -- MLflow and Prefect servers -----------------------------------------------------------------
+
+
+@dataclass
+class HttpServer:
+    """A started server: `url` is what clients use (for Prefect, the API URL ending in /api)."""
+
+    url: str
+    health_url: str
+    process: subprocess.Popen
+    log: Path
+    timeout: float
+
+    def wait_ready(self) -> float:
+        """Block until the health URL answers; returns the seconds waited."""
+        return wait_for_http(self.health_url, self.process, self.log, timeout=self.timeout)
+
+
+@contextlib.contextmanager
+def mlflow_server(backend_store_uri: str, artifacts: Path, log: Path, *, port: int | None = None,
+                  workers: int = 1, extra_args: Sequence[str] = (), wait: bool = True,
+                  timeout: float = 120) -> Iterator[HttpServer]:
+    """`mlflow server` on 127.0.0.1 with served artifacts (`mlflow-artifacts:/`, stored under `artifacts`).
+
+    `extra_args` come last, so they override the defaults (click keeps an option's last value).
+    With wait=False it yields as soon as the process is started: call `.wait_ready()` (e.g. after starting
+    another server, so both start up at once).
+    """
+    port = port or free_port()
+    # The store URI goes through the environment, as in docker/compose.yaml: its password stays out of `ps`.
+    # No GenAI job runner (a pool of huey consumer processes): the pipeline never submits server-side jobs.
+    env = clean_env(MLFLOW_BACKEND_STORE_URI=backend_store_uri, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+    command = [str(VENV_BIN / "mlflow"), "server", "--serve-artifacts", "--artifacts-destination", str(artifacts),
+               "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers), *extra_args]
+    with started(command, log=log, env=env) as child:
+        url = f"http://127.0.0.1:{port}"
+        server = HttpServer(url, f"{url}/health", child, log, timeout)
+        if wait:
+            server.wait_ready()
+        yield server
+
+
+@contextlib.contextmanager
+def prefect_server(home: Path, log: Path, *, database_url: str | None = None, port: int | None = None,
+                   ui: bool = False, wait: bool = True, timeout: float = 180) -> Iterator[HttpServer]:
+    """`prefect server start` on 127.0.0.1 with PREFECT_HOME `home`: on PostgreSQL when `database_url` is given
+    (postgresql+asyncpg://...), else on a SQLite file in `home`. `.url` is the API URL (http://127.0.0.1:<port>/api).
+
+    With wait=False it yields as soon as the process is started: call `.wait_ready()`.
+    """
+    port = port or free_port()
+    env = clean_env(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false",
+                    PREFECT_UI_ENABLED=str(ui).lower())
+    if database_url:
+        env["PREFECT_API_DATABASE_CONNECTION_URL"] = database_url
+    command = [str(VENV_BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    with started(command, log=log, env=env) as child:
+        api = f"http://127.0.0.1:{port}/api"
+        server = HttpServer(api, f"{api}/health", child, log, timeout)
+        if wait:
+            server.wait_ready()
+        yield server
