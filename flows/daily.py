@@ -21,7 +21,7 @@ from pipeline.settings import DEFAULT_MAX_WORKERS, Settings, SourceKind
 from pipeline.sources import TransientSourceError, build_source
 from pipeline.store import PriceStore
 from pipeline.symbols import Ticker, validate_ticker
-from pipeline.tracking import Tracker
+from pipeline.tracking import Tracker, TrackingUnavailable, tracking_errors
 from pipeline.trading_calendar import is_session, last_session_on_or_before
 from pipeline.validation import load_suite_definition
 
@@ -31,15 +31,23 @@ FETCH_RETRIES = 3
 TRACKING_RETRIES = 2
 
 
-def retry_transient_fetch(task, task_run, state) -> bool:
-    """Retry rate limits and network errors; an unknown symbol or a broken file will not heal by waiting."""
-    try:
-        state.result()
-    except TransientSourceError:
-        return True
-    except Exception:  # noqa: BLE001 - any other failure is final
+def _retry_on(*transient: type[BaseException]):
+    def should_retry(task, task_run, state) -> bool:
+        try:
+            state.result()
+        except transient:
+            return True
+        except Exception:  # noqa: BLE001 - any other failure is final
+            return False
         return False
-    return False
+
+    return should_retry
+
+
+# Rate limits and network errors heal by waiting; an unknown symbol or a broken file will not.
+retry_transient_fetch = _retry_on(TransientSourceError)
+# A tracking server that went away may come back (a restart); a refused request or a bug will not.
+retry_unreachable_tracking = _retry_on(TrackingUnavailable)
 
 
 # Yahoo's 429s are not retried by yfinance itself; backoff with jitter spreads the retries of many tickers.
@@ -63,27 +71,34 @@ def validate(ticker: str, history, batch, settings: Settings, as_of: dt.date, su
 def train(ticker: str, history, settings: Settings, warm_start: bool):
     start = None
     if warm_start:
-        tracker = Tracker(settings.tracking_uri(), settings.experiment_name, settings.artifacts_dir)
-        start = steps.warm_start_from_champion(tracker, ticker, settings.training)
+        with tracking_errors(settings.tracking_uri(), f"loading {ticker}'s champion to warm-start from"):
+            tracker = Tracker(settings.tracking_uri(), settings.experiment_name, settings.artifacts_dir)
+            start = steps.warm_start_from_champion(tracker, ticker, settings.training)
     return steps.train_challenger(history, settings.training, ticker, start)
 
 
+# Retries resume the challenger's MLflow run (steps.track_and_promote), so a retry never tracks it twice.
 @task(retries=TRACKING_RETRIES, retry_delay_seconds=exponential_backoff(backoff_factor=3), retry_jitter_factor=0.5,
-      cache_policy=NO_CACHE, task_run_name="track-and-promote-{ticker}")
-def track_and_promote(ticker: str, admitted, challenger, settings: Settings, run_tags: dict[str, str]):
-    tracker = Tracker(settings.tracking_uri(), settings.experiment_name, settings.artifacts_dir)
-    return steps.track_and_promote(
-        tracker, admitted, challenger, config=settings.training, margin=settings.promotion_margin,
-        source=settings.source.value, run_tags=run_tags,
-    )
+      retry_condition_fn=retry_unreachable_tracking, cache_policy=NO_CACHE, task_run_name="track-and-promote-{ticker}")
+def track_and_promote(ticker: str, admitted, challenger, settings: Settings, run_tags: dict[str, str],
+                      unsettled: str | None = None):
+    with tracking_errors(settings.tracking_uri(), f"tracking {ticker}"):
+        tracker = Tracker(settings.tracking_uri(), settings.experiment_name, settings.artifacts_dir)
+        if unsettled:
+            steps.close_interrupted(tracker, ticker, unsettled)
+        return steps.track_and_promote(
+            tracker, admitted, challenger, config=settings.training, margin=settings.promotion_margin,
+            source=settings.source.value, run_tags=run_tags,
+        )
 
 
 # Creating the tracking store (SQLite schema migrations, the experiment) once, before tickers fan out,
 # keeps parallel tickers from racing to migrate a fresh database; it also fails fast on an unreachable server.
 @task(retries=TRACKING_RETRIES, retry_delay_seconds=exponential_backoff(backoff_factor=3), retry_jitter_factor=0.5,
-      cache_policy=NO_CACHE)
+      retry_condition_fn=retry_unreachable_tracking, cache_policy=NO_CACHE)
 def connect_tracking(settings: Settings) -> None:
-    Tracker(settings.tracking_uri(), settings.experiment_name, settings.artifacts_dir)
+    with tracking_errors(settings.tracking_uri(), "connecting"):
+        Tracker(settings.tracking_uri(), settings.experiment_name, settings.artifacts_dir)
 
 
 @task(cache_policy=NO_CACHE, task_run_name="{ticker}")
@@ -92,6 +107,7 @@ def ticker_pipeline(ticker: str, settings: Settings, as_of: dt.date, force: bool
     quiet_third_party_logs()  # again here: on a Dask worker this is a fresh process
     store = PriceStore(settings.store_dir, settings.locks_dir)
     run_tags = {"prefect_flow_run_id": str(flow_run.get_id() or ""), "as_of": as_of.isoformat()}
+    challenger = None
     try:
         source = build_source(settings.source.value, folder=None if settings.source is SourceKind.yahoo else settings.price_folder(),
                               yahoo_symbols=settings.yahoo_symbols)
@@ -114,7 +130,8 @@ def ticker_pipeline(ticker: str, settings: Settings, as_of: dt.date, force: bool
                 with stopwatch(timings, "window_train_evaluate"):
                     challenger = train(ticker, admitted.history, settings, warm_start)
                 with stopwatch(timings, "track_and_promote"):
-                    outcome = track_and_promote(ticker, admitted, challenger, settings, run_tags)
+                    outcome = track_and_promote(ticker, admitted, challenger, settings, run_tags,
+                                                challenger_left_unsettled(previous))
                 timings.update(challenger.timings)
             outcome.timings = timings
             journal.write(settings.reports_dir, ticker, outcome.to_dict())
@@ -123,12 +140,23 @@ def ticker_pipeline(ticker: str, settings: Settings, as_of: dt.date, force: bool
         if isinstance(exc, steps.DataContractViolation):
             record_rejection(settings, exc, as_of, run_tags)
         last = journal.read(settings.reports_dir, ticker) or {}
+        reason = f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, TrackingUnavailable) and challenger is not None:  # raised by the retried tracking task
+            reason += f" (gave up after {TRACKING_RETRIES + 1} attempts; the next run settles the run left unfinished)"
         outcome = steps.TickerOutcome(
-            ticker=ticker, decision=FAILED, reason=f"{type(exc).__name__}: {exc}",
+            ticker=ticker, decision=FAILED, reason=reason,
             champion_version=last.get("champion_version"), champion_kind=last.get("champion_kind"),
+            challenger_id=challenger.challenger_id if challenger is not None else None,
         )
         journal.write(settings.reports_dir, ticker, {**last, **{k: v for k, v in outcome.to_dict().items() if v is not None}})
     return outcome.to_dict()
+
+
+def challenger_left_unsettled(previous: dict | None) -> str | None:
+    """The challenger whose tracking the last run gave up on, for this run to settle first."""
+    if previous and previous.get("decision") == FAILED:
+        return previous.get("challenger_id")
+    return None
 
 
 def record_rejection(settings: Settings, violation, as_of: dt.date, run_tags: dict[str, str]) -> None:

@@ -7,6 +7,8 @@ import json
 import logging
 import shutil
 import time
+import uuid
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,7 @@ from pipeline import journal
 from pipeline.evaluation import forecast_metrics, shrinkage_toward_persistence
 from pipeline.forecasters import LstmForecaster, forecasts_on, to_model_input
 from pipeline.plots import forecast_figure
-from pipeline.promotion import FAILED, SKIPPED, decide, decision_report, report_markdown
+from pipeline.promotion import FAILED, SKIPPED, Decision, decide, decision_report, report_markdown
 from pipeline.settings import TrainingConfig
 from pipeline.sources import PriceSource
 from pipeline.store import PriceStore, digest, merge_new_rows, overlap_disagreement
@@ -82,6 +84,8 @@ class Challenger:
     metrics: dict[str, float]
     warm_start_from: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    # Tags its MLflow run, so a retry after a lost connection resumes that run instead of tracking it twice.
+    challenger_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
 
 @dataclass
@@ -104,6 +108,7 @@ class TickerOutcome:
     champion_test_rmse: float | None = None
     naive_test_rmse: float | None = None
     u2: float | None = None
+    challenger_id: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
     finished_at: str = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
 
@@ -354,13 +359,26 @@ def track_and_promote(
     source: str,
     run_tags: dict[str, str],
 ) -> TickerOutcome:
-    """Log the challenger's run and model, re-score the champion on its test days, register and decide."""
+    """Log the challenger's run and model, re-score the champion on its test days, register and decide.
+
+    A version is created only after its run holds the metrics and the decision report, with the decision in its
+    tags from the start. Calling this again for the same challenger (a retry after the tracking server went away)
+    resumes its run: nothing is logged or registered twice, and a decision already registered is applied, never
+    re-taken against a champion it may itself have become.
+    """
     ticker = admitted.ticker
     settings_digest = config.digest()
     champion = tracker.ensure_baseline(ticker, admitted.history, run_tags)
-    champion_rmse = score_on_test_days(tracker.load(champion.model_uri), challenger.dataset)
-    decision = decide(challenger.metrics["rmse"], champion_rmse, margin)
+    resumed = tracker.challenger_run(ticker, challenger.challenger_id)
+    version = tracker.version_of_run(ticker, resumed.info.run_id) if resumed else None
     metrics = challenger.metrics
+    if version is not None:
+        decision = registered_decision(version.tags, resumed.data.metrics)
+        champion_before = resumed.data.tags["champion_before"]
+    else:
+        champion_rmse = score_on_test_days(tracker.load(champion.model_uri), challenger.dataset)
+        decision = decide(metrics["rmse"], champion_rmse, margin)
+        champion_before = f"v{champion.version} ({champion.kind})"
     test = challenger.dataset.test
     tags = {
         **run_tags,
@@ -370,71 +388,55 @@ def track_and_promote(
         "data_end": admitted.data_end,
         "data_digest": admitted.data_digest,
         "settings_digest": settings_digest,
-        "champion_before": f"v{champion.version} ({champion.kind})",
+        "champion_before": champion_before,
+        "challenger_id": challenger.challenger_id,
         **({"history_replaced": admitted.note} if admitted.replaced_history else {}),
     }
-    run_id = tracker.start_run(f"{ticker} {admitted.data_end}", tags)
+    summary = {
+        "decision": decision.verdict,
+        "decision_reason": decision.reason,
+        "challenger_test_rmse": f"{metrics['rmse']:.6f}",
+        "champion_test_rmse": f"{decision.champion_rmse:.6f}",
+        "naive_test_rmse": f"{metrics['naive_rmse']:.6f}",
+        "u2": f"{metrics['u2']:.4f}",
+        "data_end": admitted.data_end,
+        "data_digest": admitted.data_digest,
+        "settings_digest": settings_digest,
+        "promotion_margin": f"{decision.margin}",
+        "test_days": f"{test.target_date[0].date()}..{test.target_date[-1].date()} ({len(test.y)})",
+        "champion_before": champion_before,
+    }
+    if resumed is not None:
+        run_id = resumed.info.run_id
+        log.warning("%s: resuming MLflow run %s after an interrupted attempt", ticker, run_id)
+    else:
+        run_id = tracker.start_run(f"{ticker} {admitted.data_end}", tags)
     try:
-        tracker.log_params(run_id, {
-            **config.model_dump(),
-            "ticker": ticker,
-            "source": source,
-            "data_start": admitted.data_start,
-            "data_end": admitted.data_end,
-            "data_rows": len(admitted.history),
-            "data_digest": admitted.data_digest,
-            "train_start": challenger.dataset.train.as_of[0].date(),
-            "test_start": test.target_date[0].date(),
-            "test_end": test.target_date[-1].date(),
-            "test_days": len(test.y),
-            "promotion_margin": margin,
-            "warm_start_from": challenger.warm_start_from or "none",
-        })
-        tracker.log_metrics(run_id, {
-            **{f"test_{k}": v for k, v in metrics.items()},
-            "champion_test_rmse": champion_rmse,
-            "best_epoch": challenger.best_epoch,
-            "validation_shrinkage": challenger.forecaster.shrinkage,
-            "epochs_run": challenger.epochs_run,
-            "train_seconds": challenger.train_seconds,
-        }, history=challenger.training_history)
-        tracker.log_dataset(run_id, admitted.history, name=f"{ticker}-prices", source=source, digest=admitted.data_digest)
-        tracker.log_json(run_id, [r.to_json() for r in admitted.reports], "validation/validation.json")
-        if admitted.docs_dir is not None and admitted.docs_dir.is_dir():
-            tracker.log_artifacts(run_id, admitted.docs_dir, "validation/data_docs")
-        tracker.log_figure(run_id, forecast_figure(ticker, test, challenger.test_forecast), "plots/test_forecast.png")
-        preprocessing = LstmForecaster.preprocessing_spec(
-            challenger.dataset.window, challenger.dataset.scaler, challenger.forecaster.shrinkage
-        )
-        model_info = tracker.log_lstm(run_id, challenger.forecaster, challenger.keras_model, preprocessing, admitted.history)
-        summary = {
-            "decision": decision.verdict,
-            "decision_reason": decision.reason,
-            "challenger_test_rmse": f"{metrics['rmse']:.6f}",
-            "champion_test_rmse": f"{champion_rmse:.6f}",
-            "naive_test_rmse": f"{metrics['naive_rmse']:.6f}",
-            "u2": f"{metrics['u2']:.4f}",
-            "data_end": admitted.data_end,
-            "data_digest": admitted.data_digest,
-            "settings_digest": settings_digest,
-            "promotion_margin": f"{margin}",
-            "test_days": f"{test.target_date[0].date()}..{test.target_date[-1].date()} ({len(test.y)})",
-            "champion_before": tags["champion_before"],
-        }
-        report = decision_report(
-            decision, ticker=ticker, challenger=f"lstm, run {run_id}", champion=tags["champion_before"],
-            naive_rmse=metrics["naive_rmse"], test_days=[d.strftime("%Y-%m-%d") for d in test.target_date],
-            data_digest=admitted.data_digest, dm_stat=metrics.get("dm_stat"), dm_pvalue=metrics.get("dm_pvalue"),
-        )
-        tracker.log_json(run_id, report, "promotion/decision.json")
-        tracker.log_text(run_id, report_markdown(report), "promotion/decision.md")
-        version = tracker.register_challenger(ticker, run_id, model_info.model_uri, summary, model_info.model_id)
-        if decision.promote:
+        if version is None:
+            log_challenger(tracker, run_id, resumed, admitted, challenger, config=config, margin=margin, source=source,
+                           champion_rmse=decision.champion_rmse)
+            model_info = tracker.log_lstm(run_id, challenger.forecaster, challenger.keras_model,
+                                          LstmForecaster.preprocessing_spec(challenger.dataset.window,
+                                                                            challenger.dataset.scaler,
+                                                                            challenger.forecaster.shrinkage),
+                                          admitted.history)
+            report = decision_report(
+                decision, ticker=ticker, challenger=f"lstm, run {run_id}", champion=champion_before,
+                naive_rmse=metrics["naive_rmse"], test_days=[d.strftime("%Y-%m-%d") for d in test.target_date],
+                data_digest=admitted.data_digest, dm_stat=metrics.get("dm_stat"), dm_pvalue=metrics.get("dm_pvalue"),
+            )
+            tracker.log_json(run_id, report, "promotion/decision.json")
+            tracker.log_text(run_id, report_markdown(report), "promotion/decision.md")
+            version = tracker.register_challenger(ticker, run_id, model_info.model_uri, summary, model_info.model_id)
+        current = tracker.champion(ticker)
+        if decision.promote and (current is None or current.version != str(version.version)):
             tracker.promote(ticker, version.version)
         tracker.set_tags(run_id, {**summary, "model_version": str(version.version)})
         tracker.end_run(run_id, "FINISHED")
     except BaseException:
-        tracker.end_run(run_id, "FAILED")
+        # Best effort: with the server gone this fails too, and must not hide why the step failed.
+        with suppress(Exception):
+            tracker.end_run(run_id, "FAILED")
         raise
     log.info("%s: %s v%s (%s)", ticker, decision.verdict, version.version, decision.reason)
     current = tracker.champion(ticker)
@@ -454,7 +456,98 @@ def track_and_promote(
         champion_version=current.version if current else None,
         champion_kind=current.kind if current else None,
         challenger_test_rmse=metrics["rmse"],
-        champion_test_rmse=champion_rmse,
+        champion_test_rmse=decision.champion_rmse,
         naive_test_rmse=metrics["naive_rmse"],
         u2=metrics["u2"],
+        challenger_id=challenger.challenger_id,
     )
+
+
+def log_challenger(tracker: Tracker, run_id: str, resumed, admitted: Admitted, challenger: Challenger, *,
+                   config: TrainingConfig, margin: float, source: str, champion_rmse: float) -> None:
+    """The run's parameters, metrics, dataset and reports; on a resumed run, only what is not there yet."""
+    test = challenger.dataset.test
+    params = {
+        **config.model_dump(),
+        "ticker": admitted.ticker,
+        "source": source,
+        "data_start": admitted.data_start,
+        "data_end": admitted.data_end,
+        "data_rows": len(admitted.history),
+        "data_digest": admitted.data_digest,
+        "train_start": challenger.dataset.train.as_of[0].date(),
+        "test_start": test.target_date[0].date(),
+        "test_end": test.target_date[-1].date(),
+        "test_days": len(test.y),
+        "promotion_margin": margin,
+        "warm_start_from": challenger.warm_start_from or "none",
+    }
+    logged = resumed.data if resumed is not None else None
+    missing = {k: v for k, v in params.items() if logged is None or k not in logged.params}
+    if missing:
+        tracker.log_params(run_id, missing)
+    # One batch (well under the server's limit), so the metrics are either all there or not at all.
+    if logged is None or "test_rmse" not in logged.metrics:
+        tracker.log_metrics(run_id, {
+            **{f"test_{k}": v for k, v in challenger.metrics.items()},
+            "champion_test_rmse": champion_rmse,
+            "best_epoch": challenger.best_epoch,
+            "validation_shrinkage": challenger.forecaster.shrinkage,
+            "epochs_run": challenger.epochs_run,
+            "train_seconds": challenger.train_seconds,
+        }, history=challenger.training_history)
+    if resumed is None or not resumed.inputs.dataset_inputs:
+        tracker.log_dataset(run_id, admitted.history, name=f"{admitted.ticker}-prices", source=source,
+                            digest=admitted.data_digest)
+    tracker.log_json(run_id, [r.to_json() for r in admitted.reports], "validation/validation.json")
+    if admitted.docs_dir is not None and admitted.docs_dir.is_dir():
+        tracker.log_artifacts(run_id, admitted.docs_dir, "validation/data_docs")
+    tracker.log_figure(run_id, forecast_figure(admitted.ticker, test, challenger.test_forecast), "plots/test_forecast.png")
+
+
+def registered_decision(version_tags: dict[str, str], run_metrics: dict[str, float]) -> Decision:
+    """The decision a registered version carries, as it was taken before any alias moved."""
+    return Decision(
+        verdict=version_tags["decision"],
+        reason=version_tags["decision_reason"],
+        challenger_rmse=float(run_metrics["test_rmse"]),
+        champion_rmse=float(run_metrics["champion_test_rmse"]),
+        margin=float(version_tags.get("promotion_margin", "0")),
+    )
+
+
+INTERRUPTED_REASON = "interrupted: the tracking server became unreachable before this run finished"
+
+
+def close_interrupted(tracker: Tracker, ticker: str, challenger_id: str) -> str | None:
+    """Settle the run of a challenger whose tracking was cut off for good (every retry failed).
+
+    If its version became champion, only the bookkeeping was lost: the run is finished. Otherwise the run is marked
+    FAILED and a version it registered says it was never applied, so no version claims a promotion that did not
+    happen. Returns what was done, or None when there was nothing to settle.
+    """
+    run = tracker.challenger_run(ticker, challenger_id)
+    if run is None or run.info.status == "FINISHED" or run.data.tags.get("interrupted"):
+        return None
+    run_id = run.info.run_id
+    version = tracker.version_of_run(ticker, run_id)
+    champion = tracker.champion(ticker)
+    if version is not None and champion is not None and champion.version == str(version.version):
+        # The version's tags hold the run's summary (decision, RMSEs, digests) that never reached the run.
+        tracker.set_tags(run_id, {**version.tags, "interrupted": "after the promotion: only the run's tags were lost",
+                                  "model_version": str(version.version)})
+        tracker.end_run(run_id, "FINISHED")
+        done = f"run {run_id} finished: v{version.version} had become champion before tracking was cut off"
+    else:
+        if version is not None:
+            tracker.client.set_model_version_tag(version.name, version.version, "decision", FAILED)
+            tracker.client.set_model_version_tag(
+                version.name, version.version, "decision_reason",
+                f"{INTERRUPTED_REASON}; its decision ({version.tags.get('decision')}) was never applied and the "
+                f"champion stayed {f'v{champion.version}' if champion else 'unset'}")
+        tracker.set_tags(run_id, {"interrupted": INTERRUPTED_REASON, "decision": FAILED,
+                                  "decision_reason": INTERRUPTED_REASON})
+        tracker.end_run(run_id, "FAILED")
+        done = f"run {run_id} marked FAILED" + (f", v{version.version} marked never applied" if version else "")
+    log.warning("%s: settled an interrupted tracking attempt: %s", ticker, done)
+    return done

@@ -5,8 +5,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import re
 import tempfile
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from importlib.metadata import version as installed_version
 from pathlib import Path
@@ -16,6 +17,7 @@ import mlflow
 import pandas as pd
 from filelock import FileLock
 from mlflow import MlflowClient
+from mlflow.entities import Run
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException, RestException
 from mlflow.models import infer_signature
@@ -62,6 +64,50 @@ def _sqlite_init_lock(tracking_uri: str):
     database = Path(tracking_uri.removeprefix("sqlite:///"))
     database.parent.mkdir(parents=True, exist_ok=True)
     return FileLock(str(database) + ".init.lock")
+
+
+class TrackingUnavailable(RuntimeError):
+    """The tracking server could not be reached (refused, reset, timed out, or 5xx after MLflow's own retries).
+
+    Waiting may help, so the flow retries on this and on nothing else from tracking.
+    """
+
+
+def unreachable_reason(exc: BaseException) -> str | None:
+    """A short reason when `exc`, or anything in its chain, says the server could not be reached; None otherwise.
+
+    MLflow re-raises transport errors as MlflowException with the original only in `__context__`.
+    """
+    import requests
+
+    transport = (ConnectionError, TimeoutError, requests.ConnectionError, requests.Timeout, requests.exceptions.RetryError,
+                 requests.exceptions.ChunkedEncodingError)
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, transport):
+            text = str(current)
+            errno = re.search(r"\[Errno -?\d+\] ([^'\")]+)", text)
+            statuses = re.search(r"too many \d{3} error responses", text)
+            found = errno or statuses
+            return found.group(1 if errno else 0).strip() if found else type(current).__name__
+        current = current.__cause__ or current.__context__
+    return None
+
+
+@contextmanager
+def tracking_errors(tracking_uri: str, doing: str):
+    """Turn a lost tracking server, however MLflow reports it, into one clear TrackingUnavailable."""
+    try:
+        yield
+    except TrackingUnavailable:
+        raise
+    except Exception as exc:
+        reason = unreachable_reason(exc)
+        if reason is None:
+            raise
+        raise TrackingUnavailable(f"MLflow tracking server {tracking_uri} unreachable while {doing}: {reason}") from exc
 
 
 @dataclass(frozen=True)
@@ -195,6 +241,11 @@ class Tracker:
     def champion_version(self, ticker: str) -> ModelVersion:
         return self.client.get_model_version_by_alias(registered_model_name(ticker), CHAMPION_ALIAS)
 
+    def version_of_run(self, ticker: str, run_id: str) -> ModelVersion | None:
+        """The version registered from a run, if any (a run registers at most one)."""
+        found = self.client.search_model_versions(f"name = '{registered_model_name(ticker)}' and run_id = '{run_id}'")
+        return min(found, key=lambda v: int(v.version)) if found else None
+
     def load(self, model_uri: str):
         return mlflow.pyfunc.load_model(model_uri)
 
@@ -279,6 +330,15 @@ class Tracker:
         )
 
     # -- queries --------------------------------------------------------------------------------
+
+    def challenger_run(self, ticker: str, challenger_id: str) -> Run | None:
+        """The run that tracks one trained challenger, whatever its status: the key that makes tracking resumable."""
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.ticker = '{ticker}' and tags.challenger_id = '{challenger_id}'",
+            order_by=["attributes.start_time ASC"],
+        )
+        return runs[0] if runs else None
 
     def last_run(self, ticker: str):
         runs = self.client.search_runs(

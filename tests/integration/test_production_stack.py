@@ -3,9 +3,9 @@
 PostgreSQL (databases created by docker/postgres/init-databases.sh), `mlflow server` on it with served artifacts,
 `prefect server` on it; the daily pipeline runs against both as a client would (`MLFLOW_TRACKING_URI`,
 `PREFECT_API_URL`), and everything is checked through the servers' own APIs and in the databases. The compose
-file's worker and deploy commands run against the same servers; a tracking-server restart loses nothing.
-docker/compose.yaml itself is checked by `docker compose config` where the client has the plugin, and always by a
-structural check of its own.
+file's deploy and worker commands run against the same servers, and the worker runs the deployment. A
+tracking-server restart loses nothing; the tracking server killed mid-run fails the ticker after retries with the
+champion unchanged and nothing half-registered. The compose file itself is checked in tests/unit/test_docker_stack.py.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import json
 import os
 import re
 import secrets
-import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -267,12 +267,14 @@ def test_compose_deploy_and_worker_commands_against_the_servers(stack):
     """The compose file's deploy and prefect-worker commands, verbatim, against the native servers.
 
     Deploy first, as `docker compose run --rm deploy` would on a fresh server: it must make the work pool itself
-    (`prefect deploy` refuses a missing one); the worker then finds the pool and reports healthy.
+    (`prefect deploy` refuses a missing one); the worker then finds the pool, reports healthy, and runs the
+    deployment when it is triggered by hand.
     """
     services = compose()["services"]
     health_port = free_port()
     env = stack.client_env(PATH=f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", STOCKPIPE_PROJECT_DIR=str(PROJECT_ROOT),
-                           PREFECT_WORKER_WEBSERVER_HOST="127.0.0.1", PREFECT_WORKER_WEBSERVER_PORT=str(health_port))
+                           PREFECT_WORKER_WEBSERVER_HOST="127.0.0.1", PREFECT_WORKER_WEBSERVER_PORT=str(health_port),
+                           PREFECT_WORKER_QUERY_SECONDS="2")  # the compose worker polls every 10 s
     deploy = subprocess.run(services["deploy"]["command"], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True,
                             timeout=180)
     assert deploy.returncode == 0, deploy.stdout[-3000:] + deploy.stderr[-3000:]
@@ -288,7 +290,33 @@ def test_compose_deploy_and_worker_commands_against_the_servers(stack):
                    timeout=60, what="registered with the server")
         workers = api_post(stack.prefect.url, "/work_pools/stockpipe/workers/filter", {})
         assert [w["name"] for w in workers] == ["stockpipe-worker"]
+
+        # Triggered by hand as the README says, the deployment runs as a subprocess of this worker, from the
+        # directory of prefect.yaml's pull step, and tracks into the MLflow server.
+        trigger = subprocess.run([PREFECT, "deployment", "run", "daily-pipeline/daily", "--param", f'tickers=["{TICKER}"]',
+                                  "--param", f'as_of="{AS_OF}"', "--param", "force=true"],
+                                 env=env, capture_output=True, text=True, timeout=120)
+        assert trigger.returncode == 0, trigger.stdout + trigger.stderr
+        flow_run_id = re.search(r"UUID: ([0-9a-f-]{36})", trigger.stdout).group(1)
+        flow_run = {}
+
+        def finished() -> bool:
+            flow_run.update(json.loads(urllib.request.urlopen(f"{stack.prefect.url}/flow_runs/{flow_run_id}",
+                                                              timeout=10).read()))
+            return flow_run["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
+
+        wait_until(finished, worker, log, timeout=400, what=f"running flow run {flow_run_id}")
+        assert flow_run["state"]["type"] == "COMPLETED", log_tail(log)
+        assert flow_run["work_pool_name"] == "stockpipe" and flow_run["deployment_id"]
     assert worker.returncode is not None, "the worker was stopped"
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=stack.mlflow.url, registry_uri=stack.mlflow.url)
+    (run,) = client.search_runs([client.get_experiment_by_name("stockpipe").experiment_id],
+                                filter_string=f"tags.prefect_flow_run_id = '{flow_run_id}'")
+    assert run.info.status == "FINISHED" and run.data.tags["decision"] in (PROMOTED, KEPT)
+    assert client.search_model_versions(f"name = '{MODEL}' and run_id = '{run.info.run_id}'"), "registered"
 
     (deployment,) = api_post(stack.prefect.url, "/deployments/filter", {"deployments": {"name": {"any_": ["daily"]}}})
     assert deployment["work_pool_name"] == "stockpipe"
@@ -320,154 +348,80 @@ def test_restarting_the_tracking_server_loses_nothing(stack, tmp_path):
     assert (row["ticker"], str(row["champion_version"])) == (TICKER, before["aliases"][CHAMPION_ALIAS])
 
 
-# -- docker/compose.yaml --------------------------------------------------------------------------
-
-PYTHON_SERVICES = ("mlflow", "prefect-server", "prefect-worker", "deploy")
-LONG_RUNNING = ("postgres", "mlflow", "prefect-server", "prefect-worker")
-DEPENDS_ON_CONDITIONS = {"service_started", "service_healthy", "service_completed_successfully"}
-
-
-def as_list(value) -> list:
-    if value is None:
-        return []
-    return [value] if isinstance(value, (str, dict)) else list(value)
+# A run that has logged its metrics but not yet registered a version: the moment to pull the server away.
+MID_RUN = ("SELECT count(*) FROM runs r JOIN latest_metrics m ON m.run_uuid = r.run_uuid "
+           "WHERE r.status = 'RUNNING' AND m.key = 'test_rmse'")
+# The MLflow client's own retries, short here (its default waits about 4 minutes per request); the flow still
+# retries the tracking task twice with backoff on top of them.
+QUICK_CLIENT_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
 
 
-def env_files(service: dict) -> list[str]:
-    return [entry if isinstance(entry, str) else entry["path"] for entry in as_list(service.get("env_file"))]
+def registry_consistent(tracking_uri: str) -> list[str]:
+    """Every version's run holds its test metrics and the version carries a decision: what `half-registered` is not."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    problems = []
+    for version in client.search_model_versions(f"name = '{MODEL}'"):
+        metrics = client.get_run(version.run_id).data.metrics
+        if version.tags.get("model_kind") == "lstm" and "test_rmse" not in metrics:
+            problems.append(f"v{version.version} has no test metrics on its run")
+        if not version.tags.get("decision"):
+            problems.append(f"v{version.version} has no decision")
+    return problems
 
 
-def test_compose_file_structure():
-    """What `docker compose config` would refuse, and what the stack promises (loopback ports, health checks)."""
-    spec = compose()
-    assert set(spec) <= {"name", "services", "volumes", "networks", "secrets", "configs"} | {
-        k for k in spec if k.startswith("x-")}
-    services = spec["services"]
-    assert set(services) == {"postgres", "mlflow", "prefect-server", "prefect-worker", "deploy"}
-    declared_volumes = set(spec.get("volumes") or {})
-    used_volumes = set()
+def test_the_tracking_server_going_away_mid_run_fails_the_ticker_and_changes_nothing(stack, tmp_path):
+    before = registry_snapshot(stack.mlflow.url, tmp_path / "before")
+    server = stack.mlflow.process
+    log = stack.root / "logs" / "cut-off-run.log"
+    with log.open("w") as out:
+        run = subprocess.Popen([sys.executable, "-m", "flows.cli", "run", "--tickers", TICKER, "--as-of", AS_OF, "--force"],
+                               cwd=stack.root, env=stack.client_env(**QUICK_CLIENT_RETRIES), stdout=out,
+                               stderr=subprocess.STDOUT)
+        try:
+            wait_until(lambda: stack.pg.psql(MID_RUN, database="mlflow") != "0", run, log, timeout=300,
+                       what="logging a challenger's metrics")
+            os.killpg(server.pid, signal.SIGKILL)  # the server and its workers, at once, with no goodbye
+            began = time.monotonic()
+            assert run.wait(timeout=300) == 1
+            print(f"the ticker failed {time.monotonic() - began:.1f} s after the server went away")
+        finally:
+            if run.poll() is None:
+                run.kill()
+    stack.stop_mlflow()
+    output = log.read_text()
+    (line,) = [l for l in output.splitlines() if l.strip().startswith(f"{TICKER} ")]
+    assert re.search(rf"{TICKER}\s+failed\s+TrackingUnavailable: MLflow tracking server "
+                     rf"http://127\.0\.0\.1:{stack.mlflow_port} unreachable while tracking {TICKER}: "
+                     rf"Connection refused \(gave up after 3 attempts", line), line
+    # The Prefect server saw the tracking task tried three times (two retries) before the ticker failed.
+    (flow_run,) = api_post(stack.prefect.url, "/flow_runs/filter", {"sort": "START_TIME_DESC", "limit": 1})
+    assert flow_run["state"]["type"] == "FAILED"
+    tasks = api_post(stack.prefect.url, "/task_runs/filter", {"flow_runs": {"id": {"any_": [flow_run["id"]]}}})
+    (tracking,) = [t for t in tasks if t["name"] == f"track-and-promote-{TICKER}"]
+    assert (tracking["run_count"], tracking["state"]["type"]) == (3, "FAILED")
+    journal = json.loads((stack.home / "reports" / TICKER / "last_run.json").read_text())
+    assert journal["decision"] == "failed" and journal["challenger_id"]
 
-    for name, service in services.items():
-        assert "image" in service or "build" in service, f"{name}: neither image nor build"
-        if "build" in service:
-            context = (DOCKER / service["build"]["context"]).resolve()
-            assert (context / service["build"]["dockerfile"]).is_file(), f"{name}: no Dockerfile"
-        for port in as_list(service.get("ports")):
-            host_ip = port["host_ip"] if isinstance(port, dict) else str(port).rsplit(":", 2)[0]
-            assert host_ip == "127.0.0.1" and (isinstance(port, dict) or str(port).count(":") == 2), (
-                f"{name}: port {port} must be published on 127.0.0.1 only")
-        depends = service.get("depends_on") or {}
-        assert isinstance(depends, dict), f"{name}: depends_on needs conditions"
-        for target, condition in depends.items():
-            assert target in services, f"{name} depends on unknown service {target}"
-            assert condition["condition"] in DEPENDS_ON_CONDITIONS, (name, condition)
-            if condition["condition"] == "service_healthy":
-                assert "healthcheck" in services[target], f"{name} waits for {target} to be healthy: no healthcheck"
-        for volume in as_list(service.get("volumes")):
-            source = volume["source"] if isinstance(volume, dict) else volume.split(":")[0]
-            if source.startswith((".", "/")):
-                assert (DOCKER / source).exists(), f"{name}: bind mount {source} does not exist"
-            else:
-                used_volumes.add(source)
-                assert source in declared_volumes, f"{name}: volume {source} is not declared"
-        for env_file in env_files(service):
-            assert (DOCKER / f"{env_file}.example").is_file(), f"{name}: {env_file} has no committed .example"
-        if "healthcheck" in service:
-            test = service["healthcheck"]["test"]
-            assert test[0] in ("CMD", "CMD-SHELL"), (name, test)
-    assert used_volumes == declared_volumes, "every named volume is used"
+    stack.start_mlflow()
+    after = registry_snapshot(stack.mlflow.url, tmp_path / "after")
+    assert after["aliases"] == before["aliases"], "the champion alias is unchanged"
+    assert after["versions"] == before["versions"], "no version was registered"
+    assert registry_consistent(stack.mlflow.url) == []
+    from mlflow import MlflowClient
 
-    for name in LONG_RUNNING:
-        assert "healthcheck" in services[name], f"{name}: no healthcheck"
-        assert services[name]["restart"] == "unless-stopped"
-    assert services["deploy"]["restart"] == "no"
-    for name in PYTHON_SERVICES:
-        assert services[name]["image"] == "stockpipe:local" and services[name]["build"]["dockerfile"] == "docker/Dockerfile"
+    client = MlflowClient(tracking_uri=stack.mlflow.url)
+    (cut,) = client.search_runs([client.get_experiment_by_name("stockpipe").experiment_id],
+                                filter_string=f"tags.challenger_id = '{journal['challenger_id']}'")
+    assert cut.info.status in ("RUNNING", "FAILED") and "test_rmse" in cut.data.metrics
 
-
-def test_compose_services_match_what_the_native_test_runs():
-    services = compose()["services"]
-    text = COMPOSE_FILE.read_text()
-
-    postgres = services["postgres"]
-    assert "./postgres/init-databases.sh:/docker-entrypoint-initdb.d/10-init-databases.sh:ro" in postgres["volumes"]
-    assert any(v.endswith(":/var/lib/postgresql/data") for v in postgres["volumes"])
-
-    mlflow = services["mlflow"]
-    assert mlflow["environment"]["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql://mlflow:")
-    assert mlflow["environment"]["MLFLOW_BACKEND_STORE_URI"].endswith("@postgres:5432/mlflow")
-    assert mlflow["command"][:2] == ["mlflow", "server"] and "--serve-artifacts" in mlflow["command"]
-    destination = next(a.split("=", 1)[1] for a in mlflow["command"] if a.startswith("--artifacts-destination="))
-    assert f"mlflow-artifacts:{destination}" in mlflow["volumes"], "served artifacts live in a named volume"
-    allowed = next(a.split("=", 1)[1] for a in mlflow["command"] if a.startswith("--allowed-hosts=")).split(",")
-    assert {"mlflow:5000", "127.0.0.1:5000", "localhost:5000"} <= set(allowed)
-    assert mlflow["ports"] == ["127.0.0.1:5000:5000"]
-
-    prefect = services["prefect-server"]
-    url = prefect["environment"]["PREFECT_API_DATABASE_CONNECTION_URL"]
-    assert url.startswith("postgresql+asyncpg://prefect:") and url.endswith("@postgres:5432/prefect")
-    assert prefect["ports"] == ["127.0.0.1:4200:4200"]
-    assert prefect["environment"]["PREFECT_UI_API_URL"] == "http://127.0.0.1:4200/api"
-
-    worker = services["prefect-worker"]
-    pool = yaml.safe_load((PROJECT_ROOT / "prefect.yaml").read_text())["deployments"][0]["work_pool"]["name"]
-    assert worker["command"][:3] == ["prefect", "worker", "start"]
-    assert f"--pool={pool}" in worker["command"] and "--type=process" in worker["command"]
-    assert worker["environment"]["PREFECT_API_URL"] == "http://prefect-server:4200/api"
-    assert worker["environment"]["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
-    deploy = " ".join(services["deploy"]["command"])
-    assert f"prefect work-pool create {pool} --type process" in deploy
-    assert deploy.endswith("exec prefect deploy --no-prompt --name daily")
-
-    # Every variable the file interpolates is in the committed example, so `cp .env.example .env` is complete.
-    example = dict(line.split("=", 1) for line in (DOCKER / ".env.example").read_text().splitlines()
-                   if line.strip() and not line.startswith("#"))
-    interpolated = set(re.findall(r"(?<!\$)\$\{([A-Z_][A-Z0-9_]*)", text))
-    assert interpolated and interpolated <= set(example), interpolated - set(example)
-    init_script = (DOCKER / "postgres" / "init-databases.sh").read_text()
-    assert set(re.findall(r"\$\{?([A-Z_]+_PASSWORD)", init_script)) <= set(example)
-
-
-def test_dockerfile_builds_a_slim_non_root_image_from_the_lock():
-    dockerfile = (DOCKER / "Dockerfile").read_text()
-    (base,) = re.findall(r"^FROM\s+(\S+)", dockerfile, flags=re.M)
-    assert re.fullmatch(r"python:3\.11\.\d+-slim(-\w+)?", base), base
-    users = re.findall(r"^USER\s+(\S+)", dockerfile, flags=re.M)
-    assert users and users[-1] not in ("root", "0"), "the image runs as an unprivileged user"
-    assert "--constraint requirements.lock" in dockerfile
-    copied = set(re.findall(r"^COPY\s+(?:--\S+\s+)*(.+?)\s+\S+$", dockerfile, flags=re.M))
-    sources = {s for line in copied for s in line.split()}
-    assert {"pyproject.toml", "requirements.lock", "pipeline", "flows", "data", "expectations", "prefect.yaml"} <= sources
-    for source in sources:
-        assert (PROJECT_ROOT / source).exists(), source
-    ignore = (DOCKER / "Dockerfile.dockerignore").read_text().split()
-    assert all(f"!{source}" in ignore for source in sources), "the build context lets every copied path through"
-
-
-def test_production_docs_match_the_compose_file():
-    readme = (PROJECT_ROOT / "README.md").read_text()
-    section = DOCKER / "README-section.md"
-    docs = readme if "docker compose -f docker/compose.yaml up -d" in readme or not section.exists() else section.read_text()
-    assert "docker compose -f docker/compose.yaml up -d" in docs
-    assert "cp docker/.env.example docker/.env" in docs
-    services = compose()["services"]
-    for service, path in (("prefect-server", ""), ("mlflow", "")):
-        (port,) = services[service]["ports"]
-        host_ip, host_port, _ = port.split(":")
-        assert f"http://{host_ip}:{host_port}{path}" in docs, f"{service}'s UI address"
-    assert "prefect deployment run 'daily-pipeline/daily'" in docs
-    for mentioned in re.findall(r"docker compose -f docker/compose\.yaml (?:exec|run --rm|logs(?: -f)?) ([\w-]+)", docs):
-        assert mentioned in services, f"the docs name a service the compose file does not have: {mentioned}"
-
-
-def test_docker_compose_config_accepts_the_file(tmp_path):
-    """`docker compose config`, where the docker client has the compose plugin (this machine's may not)."""
-    docker = shutil.which("docker")
-    if docker is None or subprocess.run([docker, "compose", "version"], capture_output=True).returncode != 0:
-        pytest.skip("no `docker compose` plugin here: test_compose_file_structure checks the file instead")
-    copy = tmp_path / "docker"
-    shutil.copytree(DOCKER, copy)
-    shutil.copy(DOCKER / ".env.example", copy / ".env")
-    result = subprocess.run([docker, "compose", "-f", str(copy / "compose.yaml"), "config", "--quiet"],
-                            capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
+    # The next run, with the server back, settles the cut-off run first and then tracks its own challenger.
+    again = stockpipe(stack, "run", "--tickers", TICKER, "--as-of", AS_OF, "--force")
+    assert again.returncode == 0, again.stdout[-4000:] + again.stderr[-4000:]
+    settled = client.get_run(cut.info.run_id)
+    assert (settled.info.status, settled.data.tags["decision"]) == ("FAILED", "failed")
+    assert "tracking server became unreachable" in settled.data.tags["interrupted"]
+    final = registry_snapshot(stack.mlflow.url, tmp_path / "final")
+    assert len(final["versions"]) == len(before["versions"]) + 1
+    assert registry_consistent(stack.mlflow.url) == []
