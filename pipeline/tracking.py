@@ -124,8 +124,9 @@ class Tracker:
         self.tracking_uri = tracking_uri
         # The fluent API (log_model) reads the process-wide URI; every Tracker in a process shares one store.
         mlflow.set_tracking_uri(tracking_uri)
-        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
         with _sqlite_init_lock(tracking_uri):
+            # Creating the client opens the store, which is when a fresh SQLite file gets its schema.
+            self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
             experiment = self.client.get_experiment_by_name(experiment_name)
             if experiment is None:
                 location = artifact_root.resolve().as_uri() if artifact_root and self._is_local() else None

@@ -87,3 +87,18 @@ def test_run_links_point_at_the_ui(tracker):
     server = Tracker.__new__(Tracker)
     server.tracking_uri, server.experiment_id = "http://mlflow:5000/", "7"
     assert server.run_url("abc") == "http://mlflow:5000/#/experiments/7/runs/abc"
+
+
+def test_processes_opening_one_fresh_sqlite_store_at_once_all_succeed(tmp_path):
+    """Opening the store migrates a fresh schema; without the init lock, a second process trips over the first's
+    half-done migration (seen: "alembic_version ... 0 found")."""
+    import subprocess
+    import sys
+
+    script = ("import sys, pathlib; from pipeline.tracking import Tracker; "
+              "Tracker(f'sqlite:///{sys.argv[1]}', 'stockpipe', pathlib.Path(sys.argv[1]).parent / 'artifacts')")
+    database = tmp_path / "mlflow.db"
+    openers = [subprocess.Popen([sys.executable, "-c", script, str(database)], cwd=Path(__file__).resolve().parents[2],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(3)]
+    outputs = [p.communicate(timeout=300)[0] for p in openers]
+    assert [p.returncode for p in openers] == [0, 0, 0], "\n".join(o[-2000:] for o in outputs)
