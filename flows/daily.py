@@ -31,6 +31,14 @@ FETCH_RETRIES = 3
 TRACKING_RETRIES = 2
 
 
+@contextmanager
+def tracking(settings: Settings, doing: str):
+    """A Tracker on the configured store, with a lost tracking server reported as TrackingUnavailable."""
+    uri = settings.tracking_uri()
+    with tracking_errors(uri, doing):
+        yield Tracker(uri, settings.experiment_name, settings.artifacts_dir)
+
+
 def _retry_on(*transient: type[BaseException]):
     def should_retry(task, task_run, state) -> bool:
         try:
@@ -71,8 +79,7 @@ def validate(ticker: str, history, batch, settings: Settings, as_of: dt.date, su
 def train(ticker: str, history, settings: Settings, warm_start: bool):
     start = None
     if warm_start:
-        with tracking_errors(settings.tracking_uri(), f"loading {ticker}'s champion to warm-start from"):
-            tracker = Tracker(settings.tracking_uri(), settings.experiment_name, settings.artifacts_dir)
+        with tracking(settings, f"loading {ticker}'s champion to warm-start from") as tracker:
             start = steps.warm_start_from_champion(tracker, ticker, settings.training)
     return steps.train_challenger(history, settings.training, ticker, start)
 
@@ -82,8 +89,7 @@ def train(ticker: str, history, settings: Settings, warm_start: bool):
       retry_condition_fn=retry_unreachable_tracking, cache_policy=NO_CACHE, task_run_name="track-and-promote-{ticker}")
 def track_and_promote(ticker: str, admitted, challenger, settings: Settings, run_tags: dict[str, str],
                       unsettled: str | None = None):
-    with tracking_errors(settings.tracking_uri(), f"tracking {ticker}"):
-        tracker = Tracker(settings.tracking_uri(), settings.experiment_name, settings.artifacts_dir)
+    with tracking(settings, f"tracking {ticker}") as tracker:
         if unsettled:
             steps.close_interrupted(tracker, ticker, unsettled)
         return steps.track_and_promote(
@@ -97,8 +103,8 @@ def track_and_promote(ticker: str, admitted, challenger, settings: Settings, run
 @task(retries=TRACKING_RETRIES, retry_delay_seconds=exponential_backoff(backoff_factor=3), retry_jitter_factor=0.5,
       retry_condition_fn=retry_unreachable_tracking, cache_policy=NO_CACHE)
 def connect_tracking(settings: Settings) -> None:
-    with tracking_errors(settings.tracking_uri(), "connecting"):
-        Tracker(settings.tracking_uri(), settings.experiment_name, settings.artifacts_dir)
+    with tracking(settings, "connecting"):
+        pass
 
 
 @task(cache_policy=NO_CACHE, task_run_name="{ticker}")
@@ -162,8 +168,8 @@ def challenger_left_unsettled(previous: dict | None) -> str | None:
 def record_rejection(settings: Settings, violation, as_of: dt.date, run_tags: dict[str, str]) -> None:
     """Best effort: the rejection is already on disk (reports, quarantine) if the tracking server is down."""
     try:
-        tracker = Tracker(settings.tracking_uri(), settings.experiment_name, settings.artifacts_dir)
-        steps.record_rejection(tracker, violation, as_of=as_of, source=settings.source.value, run_tags=run_tags)
+        with tracking(settings, f"recording {violation.ticker}'s rejection") as tracker:
+            steps.record_rejection(tracker, violation, as_of=as_of, source=settings.source.value, run_tags=run_tags)
     except Exception as exc:  # noqa: BLE001 - never mask the ticker's real failure
         log.warning("%s: could not record the rejection in MLflow: %s", violation.ticker, exc)
 

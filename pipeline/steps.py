@@ -540,11 +540,11 @@ def close_interrupted(tracker: Tracker, ticker: str, challenger_id: str) -> str 
         done = f"run {run_id} finished: v{version.version} had become champion before tracking was cut off"
     else:
         if version is not None:
-            tracker.client.set_model_version_tag(version.name, version.version, "decision", FAILED)
-            tracker.client.set_model_version_tag(
-                version.name, version.version, "decision_reason",
-                f"{INTERRUPTED_REASON}; its decision ({version.tags.get('decision')}) was never applied and the "
-                f"champion stayed {f'v{champion.version}' if champion else 'unset'}")
+            tracker.tag_version(ticker, version.version, {
+                "decision": FAILED,
+                "decision_reason": f"{INTERRUPTED_REASON}; its decision ({version.tags.get('decision')}) was never "
+                                   f"applied and the champion stayed {f'v{champion.version}' if champion else 'unset'}",
+            })
         tracker.set_tags(run_id, {"interrupted": INTERRUPTED_REASON, "decision": FAILED,
                                   "decision_reason": INTERRUPTED_REASON})
         tracker.end_run(run_id, "FAILED")

@@ -15,6 +15,7 @@ from typing import Any
 
 import mlflow
 import pandas as pd
+import requests
 from filelock import FileLock
 from mlflow import MlflowClient
 from mlflow.entities import Run
@@ -78,8 +79,6 @@ def unreachable_reason(exc: BaseException) -> str | None:
 
     MLflow re-raises transport errors as MlflowException with the original only in `__context__`.
     """
-    import requests
-
     transport = (ConnectionError, TimeoutError, requests.ConnectionError, requests.Timeout, requests.exceptions.RetryError,
                  requests.exceptions.ChunkedEncodingError)
     seen: set[int] = set()
@@ -88,10 +87,11 @@ def unreachable_reason(exc: BaseException) -> str | None:
         seen.add(id(current))
         if isinstance(current, transport):
             text = str(current)
-            errno = re.search(r"\[Errno -?\d+\] ([^'\")]+)", text)
-            statuses = re.search(r"too many \d{3} error responses", text)
-            found = errno or statuses
-            return found.group(1 if errno else 0).strip() if found else type(current).__name__
+            if errno := re.search(r"\[Errno -?\d+\] ([^'\")]+)", text):
+                return errno.group(1).strip()
+            if statuses := re.search(r"too many \d{3} error responses", text):
+                return statuses.group(0)
+            return type(current).__name__
         current = current.__cause__ or current.__context__
     return None
 
@@ -246,6 +246,10 @@ class Tracker:
         """The version registered from a run, if any (a run registers at most one)."""
         found = self.client.search_model_versions(f"name = '{registered_model_name(ticker)}' and run_id = '{run_id}'")
         return min(found, key=lambda v: int(v.version)) if found else None
+
+    def tag_version(self, ticker: str, version: str | int, tags: dict[str, str]) -> None:
+        for key, value in tags.items():
+            self.client.set_model_version_tag(registered_model_name(ticker), str(version), key, value)
 
     def load(self, model_uri: str):
         return mlflow.pyfunc.load_model(model_uri)
