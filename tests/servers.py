@@ -14,8 +14,8 @@ through that same id. Nothing is ever stopped by name.
         env = clean_env(PREFECT_API_URL=prefect.url)                           # http://127.0.0.1:<port>/api
 
     with postgres_server(tmp / "logs") as pg:       # initdb + postgres on a free port, as an unprivileged user if root
-        pg.create_database("prefect", owner="prefect", password="secret")
-        url = pg.url("prefect", "prefect", "secret", driver="postgresql+asyncpg")
+        pg.psql("CREATE DATABASE prefect")
+        url = pg.url("prefect", driver="postgresql+asyncpg")
         with prefect_server(tmp / "home", tmp / "prefect.log", database_url=url) as prefect:
             ...
 """
@@ -23,6 +23,7 @@ through that same id. Nothing is ever stopped by name.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import pwd
 import re
@@ -240,13 +241,6 @@ class Postgres:
             raise RuntimeError(f"psql failed: {result.stderr}")
         return result.stdout.strip()
 
-    def create_database(self, name: str, owner: str | None = None, password: str | None = None) -> None:
-        """A database owned by `owner` (a login role created with `password` when it does not exist)."""
-        owner = owner or self.superuser
-        if owner != self.superuser:
-            self.psql(f"CREATE ROLE \"{owner}\" LOGIN PASSWORD '{password or ''}'")
-        self.psql(f'CREATE DATABASE "{name}" OWNER "{owner}"')
-
     def ready(self) -> bool:
         return subprocess.run([self.bindir / "pg_isready", "-q", "-h", self.host, "-p", str(self.port)],
                               capture_output=True, timeout=10).returncode == 0
@@ -321,6 +315,17 @@ class HttpServer:
 
 
 @contextlib.contextmanager
+def http_server(command: Sequence[str], env: dict[str, str], log: Path, url: str, health_url: str, *,
+                wait: bool, timeout: float) -> Iterator[HttpServer]:
+    """`started` for a server that answers `health_url` once it is up; waits for that unless wait=False."""
+    with started(command, log=log, env=env) as child:
+        server = HttpServer(url, health_url, child, log, timeout)
+        if wait:
+            server.wait_ready()
+        yield server
+
+
+@contextlib.contextmanager
 def mlflow_server(backend_store_uri: str, artifacts: Path, log: Path, *, port: int | None = None,
                   workers: int = 1, extra_args: Sequence[str] = (), wait: bool = True,
                   timeout: float = 120) -> Iterator[HttpServer]:
@@ -336,11 +341,8 @@ def mlflow_server(backend_store_uri: str, artifacts: Path, log: Path, *, port: i
     env = clean_env(MLFLOW_BACKEND_STORE_URI=backend_store_uri, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
     command = [str(VENV_BIN / "mlflow"), "server", "--serve-artifacts", "--artifacts-destination", str(artifacts),
                "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers), *extra_args]
-    with started(command, log=log, env=env) as child:
-        url = f"http://127.0.0.1:{port}"
-        server = HttpServer(url, f"{url}/health", child, log, timeout)
-        if wait:
-            server.wait_ready()
+    url = f"http://127.0.0.1:{port}"
+    with http_server(command, env, log, url, f"{url}/health", wait=wait, timeout=timeout) as server:
         yield server
 
 
@@ -358,9 +360,32 @@ def prefect_server(home: Path, log: Path, *, database_url: str | None = None, po
     if database_url:
         env["PREFECT_API_DATABASE_CONNECTION_URL"] = database_url
     command = [str(VENV_BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
-    with started(command, log=log, env=env) as child:
-        api = f"http://127.0.0.1:{port}/api"
-        server = HttpServer(api, f"{api}/health", child, log, timeout)
-        if wait:
-            server.wait_ready()
+    api = f"http://127.0.0.1:{port}/api"
+    with http_server(command, env, log, api, f"{api}/health", wait=wait, timeout=timeout) as server:
         yield server
+
+
+# -- the Prefect API ----------------------------------------------------------------------------
+
+FINAL_STATES = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
+
+
+def api_post(api: str, path: str, body: dict) -> list | dict:
+    """POST a JSON body to a Prefect API path (e.g. /flow_runs/filter) and return the decoded answer."""
+    request = urllib.request.Request(f"{api}{path}", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with _DIRECT.open(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def wait_for_flow_run(api: str, flow_run_id: str, timeout: float = 300) -> dict:
+    """The flow run once it reaches a final state."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with _DIRECT.open(f"{api}/flow_runs/{flow_run_id}", timeout=10) as response:
+            run = json.loads(response.read())
+        if run["state"]["type"] in FINAL_STATES:
+            return run
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"flow run {flow_run_id} still {run['state']['type']} after {timeout:.0f}s")
+        time.sleep(1)

@@ -4,15 +4,9 @@ when two runs of the same ticker start at once."""
 from __future__ import annotations
 
 import datetime as dt
-import json
-import os
-import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -22,6 +16,7 @@ from mlflow import MlflowClient
 from pipeline.promotion import CHAMPION_ALIAS, KEPT, PROMOTED, SKIPPED
 from pipeline.symbols import registered_model_name
 from tests.integration.conftest import TINY_TRAINING
+from tests.servers import api_post, clean_env, prefect_server, started, wait_for_flow_run
 
 pytestmark = pytest.mark.integration
 
@@ -29,85 +24,23 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 PREFECT = str(Path(sys.executable).with_name("prefect"))
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextmanager
-def process(command: list[str], env: dict[str, str], log: Path, cwd: Path = PROJECT_ROOT):
-    """A child process in its own session, stopped by process group id (TERM, then KILL) whatever happens."""
-    with log.open("w") as out:
-        child = subprocess.Popen(command, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        yield child
-    finally:
-        for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
-            if child.poll() is not None:
-                break
-            os.killpg(child.pid, sig)
-            try:
-                child.wait(wait)
-            except subprocess.TimeoutExpired:
-                continue
-
-
-def wait_for(url: str, child: subprocess.Popen, log: Path, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if child.poll() is not None:
-            raise RuntimeError(f"{child.args} exited {child.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(f"{url} did not answer within {timeout}s:\n{log.read_text()[-3000:]}")
-
-
 @pytest.fixture(scope="module")
 def prefect_api(tmp_path_factory):
     """A real Prefect server on a free loopback port, with its own database."""
     root = tmp_path_factory.mktemp("prefect-server")
-    port = free_port()
-    env = {**os.environ, "PREFECT_HOME": str(root / "home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "PREFECT_UI_ENABLED": "false"}
-    env.pop("PREFECT_API_URL", None)
-    with process([PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)], env, root / "server.log") as child:
-        api = f"http://127.0.0.1:{port}/api"
-        wait_for(f"{api}/health", child, root / "server.log")
-        yield api
+    with prefect_server(root / "home", root / "server.log") as server:
+        yield server.url
 
 
 def pipeline_env(api: str, home: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("STOCKPIPE_", "MLFLOW_", "PREFECT_"))}
-    return {**env, **TINY_TRAINING, "STOCKPIPE_HOME": str(home), "PREFECT_API_URL": api,
-            "PYTHONPATH": str(PROJECT_ROOT), "COLUMNS": "300"}
-
-
-def api_post(api: str, path: str, body: dict) -> list | dict:
-    request = urllib.request.Request(f"{api}{path}", data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.loads(response.read())
-
-
-def wait_for_flow_run(api: str, flow_run_id: str, timeout: float = 300) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with urllib.request.urlopen(f"{api}/flow_runs/{flow_run_id}", timeout=10) as response:
-            run = json.loads(response.read())
-        if run["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
-            return run
-        time.sleep(1)
-    raise TimeoutError(f"flow run {flow_run_id} still {run['state']['type']} after {timeout}s")
+    return clean_env(**TINY_TRAINING, STOCKPIPE_HOME=str(home), PREFECT_API_URL=api, PYTHONPATH=str(PROJECT_ROOT),
+                     COLUMNS="300")
 
 
 def test_served_deployment_runs_when_triggered_and_refuses_bad_parameters(prefect_api, tmp_path):
     home = tmp_path / "state"
     env = pipeline_env(prefect_api, home)
-    with process([sys.executable, "-m", "flows.cli", "serve"], env, tmp_path / "serve.log"):
+    with started([sys.executable, "-m", "flows.cli", "serve"], log=tmp_path / "serve.log", env=env):
         deployment = None
         deadline = time.monotonic() + 120
         while deployment is None and time.monotonic() < deadline:

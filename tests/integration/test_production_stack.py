@@ -35,6 +35,7 @@ from tests.servers import (
     VENV_BIN,
     HttpServer,
     Postgres,
+    api_post,
     clean_env,
     free_port,
     log_tail,
@@ -43,6 +44,7 @@ from tests.servers import (
     postgres_server,
     postgres_version,
     started,
+    wait_for_flow_run,
     wait_for_http,
     wait_until,
 )
@@ -171,13 +173,6 @@ def stockpipe(stack: Stack, *args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=600)
 
 
-def api_post(api: str, path: str, body: dict) -> list | dict:
-    request = urllib.request.Request(f"{api}{path}", data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.loads(response.read())
-
-
 def mlflow_status(url: str, host: str) -> int:
     request = urllib.request.Request(f"{url}/api/2.0/mlflow/experiments/get-by-name?experiment_name=stockpipe",
                                      headers={"Host": host})
@@ -298,14 +293,7 @@ def test_compose_deploy_and_worker_commands_against_the_servers(stack):
                                  env=env, capture_output=True, text=True, timeout=120)
         assert trigger.returncode == 0, trigger.stdout + trigger.stderr
         flow_run_id = re.search(r"UUID: ([0-9a-f-]{36})", trigger.stdout).group(1)
-        flow_run = {}
-
-        def finished() -> bool:
-            flow_run.update(json.loads(urllib.request.urlopen(f"{stack.prefect.url}/flow_runs/{flow_run_id}",
-                                                              timeout=10).read()))
-            return flow_run["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
-
-        wait_until(finished, worker, log, timeout=400, what=f"running flow run {flow_run_id}")
+        flow_run = wait_for_flow_run(stack.prefect.url, flow_run_id, timeout=400)
         assert flow_run["state"]["type"] == "COMPLETED", log_tail(log)
         assert flow_run["work_pool_name"] == "stockpipe" and flow_run["deployment_id"]
     assert worker.returncode is not None, "the worker was stopped"
