@@ -21,6 +21,13 @@ app = typer.Typer(help="Scheduled next-day stock price forecasting: Prefect + Gr
                   no_args_is_help=True, add_completion=False)
 
 
+class ReplaySourceKind(str, Enum):
+    """Yahoo cannot be seen as of a past day, so a replay reads files only."""
+
+    snapshot = "snapshot"
+    csv = "csv"
+
+
 class TaskRunnerKind(str, Enum):
     thread = "thread"
     dask = "dask"
@@ -28,7 +35,7 @@ class TaskRunnerKind(str, Enum):
 
 def prepare_environment(settings: Settings) -> None:
     """Point Prefect and friends at the state directory before they are imported."""
-    home = settings.home.resolve()
+    home = settings.home
     home.mkdir(parents=True, exist_ok=True)
     if not os.environ.get("PREFECT_API_URL"):
         # Without a server, Prefect starts a temporary one; its database belongs with the rest of the state.
@@ -118,7 +125,7 @@ def replay(
     start: Annotated[str, typer.Option(help="First day, YYYY-MM-DD")],
     end: Annotated[str, typer.Option(help="Last day, YYYY-MM-DD")],
     tickers: Annotated[Optional[list[str]], typer.Option("--tickers", help="Tickers to run: --tickers MSFT GSPC")] = None,
-    source: Annotated[Optional[SourceKind], typer.Option(help="snapshot or csv")] = None,
+    source: Annotated[Optional[ReplaySourceKind], typer.Option(help="Where prices come from (files only)")] = None,
     csv_dir: Annotated[Optional[Path], typer.Option(help="Folder of <TICKER>.csv files for --source csv")] = None,
     epochs: Annotated[Optional[int], typer.Option(min=1, help="Override the training epochs")] = None,
     warm_start: Annotated[bool, typer.Option(help="Retrain each day from the champion's weights")] = False,
@@ -126,10 +133,8 @@ def replay(
     """Run the daily pipeline once per trading session from START to END, as the schedule would have."""
     chosen = _parse_tickers([*(tickers or []), *ctx.args]) or None
     start_date, end_date = _parse_date(start, "--start"), _parse_date(end, "--end")
+    source = SourceKind(source.value) if source else None
     _check_source(source, csv_dir)
-    if source is SourceKind.yahoo:
-        raise typer.BadParameter("replay needs snapshot or csv data: Yahoo cannot be seen as of a past day",
-                                 param_hint="--source")
     settings = Settings()
     prepare_environment(settings)
     share_cores(min(settings.max_workers, len(chosen or settings.tickers)))
@@ -328,7 +333,7 @@ def ui(port: Annotated[int, typer.Option(help="Port on 127.0.0.1")] = 5000) -> N
     typer.echo(f"MLflow UI for {uri} on http://127.0.0.1:{port} (Ctrl-C to stop)")
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)]
     if uri.startswith("sqlite:"):
-        command += ["--default-artifact-root", settings.artifacts_dir.resolve().as_uri()]
+        command += ["--default-artifact-root", settings.artifacts_dir.as_uri()]
     raise typer.Exit(subprocess.call(command))
 
 

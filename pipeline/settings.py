@@ -83,6 +83,13 @@ class Settings(BaseSettings):
     )
     training: TrainingConfig = TrainingConfig()
 
+    @field_validator("home", "snapshot_dir", "csv_dir", "suite_path")
+    @classmethod
+    def _absolute(cls, path: Path | None) -> Path | None:
+        """Resolved once, where settings are read: GX, MLflow and Prefect each need absolute paths, and a relative
+        one would mean another folder in every process that changes its working directory."""
+        return None if path is None else path.expanduser().resolve()
+
     @field_validator("tickers")
     @classmethod
     def _tickers_are_symbols(cls, tickers: list[str]) -> list[str]:
@@ -114,7 +121,7 @@ class Settings(BaseSettings):
             return self.mlflow_tracking_uri
         if env.get("MLFLOW_TRACKING_URI"):
             return env["MLFLOW_TRACKING_URI"]
-        return f"sqlite:///{(self.home / 'mlflow.db').resolve()}"
+        return f"sqlite:///{self.home / 'mlflow.db'}"
 
     def price_folder(self) -> Path:
         """The folder a file-based source reads `<TICKER>.csv` from."""

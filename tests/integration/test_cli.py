@@ -23,10 +23,13 @@ STATUS_FIELDS = {
 }
 
 
-def stockpipe(*args: str, home: Path, cwd: Path) -> subprocess.CompletedProcess:
+def stockpipe(*args: str, home: Path | str | None, cwd: Path) -> subprocess.CompletedProcess:
+    """The CLI as a newcomer runs it: nothing inherited, and STOCKPIPE_HOME unset when `home` is None."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("STOCKPIPE_", "MLFLOW_", "PREFECT_"))}
     # A wide terminal keeps Typer's error box from wrapping the message being checked.
-    env.update(TINY_TRAINING, STOCKPIPE_HOME=str(home), PYTHONPATH=str(PROJECT_ROOT), COLUMNS="300")
+    env.update(TINY_TRAINING, PYTHONPATH=str(PROJECT_ROOT), COLUMNS="300")
+    if home is not None:
+        env["STOCKPIPE_HOME"] = str(home)
     return subprocess.run([*STOCKPIPE, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 

@@ -21,9 +21,9 @@ def clean_env(monkeypatch, tmp_path):
     return tmp_path
 
 
-def test_defaults():
+def test_defaults(clean_env):
     settings = Settings()
-    assert settings.home == Path(".stockpipe")
+    assert settings.home == clean_env.resolve() / ".stockpipe"
     assert settings.tickers == ["MSFT", "GSPC"]
     assert settings.source is SourceKind.snapshot
     assert settings.snapshot_dir == BUNDLED_SNAPSHOTS and (BUNDLED_SNAPSHOTS / "MSFT.csv").is_file()
@@ -45,6 +45,40 @@ def test_state_folders_live_under_home(tmp_path, monkeypatch):
                          (settings.quarantine_dir, "quarantine"), (settings.locks_dir, "locks"),
                          (settings.artifacts_dir, "artifacts")]:
         assert folder == tmp_path / "state" / name
+
+
+@pytest.mark.parametrize("spelled, expected", [
+    (None, "cwd/.stockpipe"),
+    (".stockpipe", "cwd/.stockpipe"),
+    ("./state", "cwd/state"),
+    ("state/../other", "cwd/other"),
+    ("~/stockpipe", "home/stockpipe"),
+    ("ABSOLUTE", "elsewhere/state"),
+])
+def test_home_is_absolute_however_it_is_spelled(clean_env, monkeypatch, spelled, expected):
+    """GX Data Docs, MLflow's SQLite URI and Prefect's home all need absolute paths, from any working directory."""
+    cwd, user_home, elsewhere = clean_env / "cwd", clean_env / "home", clean_env / "elsewhere"
+    for folder in (cwd, user_home, elsewhere):
+        folder.mkdir()
+    monkeypatch.chdir(cwd)
+    monkeypatch.setenv("HOME", str(user_home))
+    if spelled is not None:
+        monkeypatch.setenv("STOCKPIPE_HOME", str(elsewhere / "state") if spelled == "ABSOLUTE" else spelled)
+    settings = Settings()
+    assert settings.home.is_absolute()
+    assert settings.home == (clean_env / expected).resolve()
+    assert settings.tracking_uri({}) == f"sqlite:///{settings.home / 'mlflow.db'}"
+    monkeypatch.chdir(elsewhere)
+    assert Settings.model_validate(settings.model_dump()).home == settings.home, "re-validation keeps the same place"
+
+
+def test_folders_given_relative_are_resolved(clean_env, monkeypatch):
+    monkeypatch.setenv("STOCKPIPE_CSV_DIR", "exports")
+    monkeypatch.setenv("STOCKPIPE_SNAPSHOT_DIR", "~/snap")
+    monkeypatch.setenv("HOME", str(clean_env))
+    settings = Settings()
+    assert settings.csv_dir == clean_env.resolve() / "exports"
+    assert settings.snapshot_dir == clean_env.resolve() / "snap"
 
 
 def test_env_prefix_sets_fields(monkeypatch):
