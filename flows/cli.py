@@ -8,17 +8,21 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
+from collections.abc import Iterator
 from enum import Enum
-from typing import Annotated, Optional
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
 from pipeline.settings import Settings, SourceKind
-from pipeline.symbols import InvalidTicker, validate_ticker
+from pipeline.symbols import InvalidTicker, parse_ticker
+
+if TYPE_CHECKING:
+    from pipeline.outcome import TickerOutcome
 
 app = typer.Typer(help="Scheduled next-day stock price forecasting: Prefect + Great Expectations + Keras + MLflow.",
-                  no_args_is_help=True, add_completion=False)
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
 
 class ReplaySourceKind(str, Enum):
@@ -33,10 +37,24 @@ class TaskRunnerKind(str, Enum):
     dask = "dask"
 
 
+def load_settings() -> Settings:
+    """The settings, or one clear line and exit code 2 when the environment or `.env` holds a bad value."""
+    from pydantic import ValidationError
+
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = "; ".join(f"STOCKPIPE_{'__'.join(str(p).upper() for p in e['loc'])}: {e['msg']}"
+                             for e in exc.errors())
+        typer.secho(f"invalid settings: {problems}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+
+
 def prepare_environment(settings: Settings) -> None:
-    """Point Prefect and friends at the state directory before they are imported."""
-    home = settings.home
-    home.mkdir(parents=True, exist_ok=True)
+    """Point Prefect, MLflow and friends at the state directory before they are imported."""
+    from pipeline.fsutil import private_dir
+
+    home = private_dir(settings.home)
     if not os.environ.get("PREFECT_API_URL"):
         # Without a server, Prefect starts a temporary one; its database belongs with the rest of the state.
         os.environ.setdefault("PREFECT_HOME", str(home / "prefect"))
@@ -48,6 +66,8 @@ def prepare_environment(settings: Settings) -> None:
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # Model files are data: MLflow itself must refuse to unpickle anything, whatever a model directory holds.
+    os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = "false"
 
 
 def share_cores(parallel_trainings: int) -> None:
@@ -55,6 +75,11 @@ def share_cores(parallel_trainings: int) -> None:
     cores, makes two tickers' small LSTMs fight over the same threads (measured: 25% slower on 2 cores)."""
     if parallel_trainings > 1:
         os.environ.setdefault("TF_NUM_INTRAOP_THREADS", str(max(1, (os.cpu_count() or 1) // parallel_trainings)))
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    typer.secho(message, fg=typer.colors.RED, err=True)
+    return typer.Exit(code)
 
 
 def _parse_date(value: Optional[str], option: str = "--as-of") -> Optional[dt.date]:
@@ -66,12 +91,25 @@ def _parse_date(value: Optional[str], option: str = "--as-of") -> Optional[dt.da
         raise typer.BadParameter(f"{value!r} is not a date in YYYY-MM-DD form", param_hint=option) from None
 
 
-def _parse_tickers(values: list[str]) -> list[str]:
-    tickers = [t.strip().upper() for v in values for t in v.replace(",", " ").split() if t.strip()]
+def _parse_tickers(values: list[str], hint: str = "--tickers") -> list[str]:
+    """Tickers as typed: each checked against the strict pattern as given, before any case folding or path."""
     try:
-        return [validate_ticker(t) for t in tickers]
+        return [parse_ticker(t) for v in values for t in v.replace(",", " ").split() if t]
     except InvalidTicker as exc:
-        raise typer.BadParameter(str(exc), param_hint="--tickers") from None
+        raise typer.BadParameter(str(exc), param_hint=hint) from None
+
+
+def _use_csv_folder(source: Optional[SourceKind], csv_dir: Optional[Path]) -> None:
+    """A folder given on the command line is the user's own choice: it goes in as a setting (trusted), not as a flow
+    parameter (which anyone who can trigger a deployment sets, and which is confined to STOCKPIPE_CSV_ROOT)."""
+    if source is SourceKind.csv and csv_dir is None and not os.environ.get("STOCKPIPE_CSV_DIR"):
+        raise typer.BadParameter("--source csv needs --csv-dir", param_hint="--csv-dir")
+    if csv_dir is not None:
+        if not csv_dir.is_dir():
+            raise typer.BadParameter(f"{csv_dir} is not a directory", param_hint="--csv-dir")
+        os.environ["STOCKPIPE_CSV_DIR"] = str(csv_dir.expanduser().resolve())
+    if source is not None:
+        os.environ["STOCKPIPE_SOURCE"] = source.value
 
 
 @app.command(context_settings={"allow_extra_args": True})
@@ -81,7 +119,7 @@ def run(
     source: Annotated[Optional[SourceKind], typer.Option(help="Where prices come from")] = None,
     csv_dir: Annotated[Optional[Path], typer.Option(help="Folder of <TICKER>.csv files for --source csv")] = None,
     as_of: Annotated[Optional[str], typer.Option(help="Run as if today were YYYY-MM-DD (hides later rows)")] = None,
-    epochs: Annotated[Optional[int], typer.Option(min=1, help="Override the training epochs")] = None,
+    epochs: Annotated[Optional[int], typer.Option(min=1, max=1000, help="Override the training epochs")] = None,
     force: Annotated[bool, typer.Option(help="Retrain even when data and settings are unchanged")] = False,
     warm_start: Annotated[bool, typer.Option(help="Start from the champion's weights (warm_start_epochs only)")] = False,
     task_runner: Annotated[TaskRunnerKind, typer.Option(help="Where tickers run: local threads or a Dask cluster")] = TaskRunnerKind.thread,
@@ -90,33 +128,33 @@ def run(
     """Run the daily pipeline once through the Prefect flow. Exit 0 only if every ticker succeeded."""
     chosen = _parse_tickers([*(tickers or []), *ctx.args]) or None
     as_of_date = _parse_date(as_of)
-    _check_source(source, csv_dir)
-    settings = Settings()
+    _use_csv_folder(source, csv_dir)
+    settings = load_settings()
+    _check_price_folder(settings)
     prepare_environment(settings)
     share_cores(min(settings.max_workers, len(chosen or settings.tickers)))
-    if (source or settings.source) is SourceKind.yahoo:
+    if settings.source is SourceKind.yahoo:
         import yfinance  # noqa: F401 - must load before TensorFlow (yfinance issue 2528)
 
     from flows.daily import daily_pipeline
+    from flows.local_server import prefect_api
 
-    with _api_visible_to_workers(task_runner):
+    with prefect_api(settings, share_with_workers=task_runner is TaskRunnerKind.dask):
         state = daily_pipeline.with_options(task_runner=_task_runner(task_runner, settings.max_workers, dask_address))(
-            tickers=chosen, source=source, csv_dir=str(csv_dir) if csv_dir else None,
-            as_of=as_of_date, epochs=epochs, force=force, warm_start=warm_start, return_state=True,
+            tickers=chosen, as_of=as_of_date, epochs=epochs, force=force, warm_start=warm_start, return_state=True,
         )
-    outcomes = state.result(raise_on_failure=False)
+        outcomes = state.result(raise_on_failure=False)
     if not isinstance(outcomes, list):  # the flow itself failed before any ticker ran
-        typer.secho(f"flow failed: {outcomes}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(1)
+        raise fail(f"flow failed: {outcomes}")
     _print_outcomes(outcomes)
-    raise typer.Exit(0 if all(o["decision"] != "failed" for o in outcomes) else 1)
+    raise typer.Exit(0 if all(o.succeeded for o in outcomes) else 1)
 
 
-def _check_source(source: Optional[SourceKind], csv_dir: Optional[Path]) -> None:
-    if source is SourceKind.csv and csv_dir is None:
-        raise typer.BadParameter("--source csv needs --csv-dir", param_hint="--csv-dir")
-    if csv_dir is not None and not csv_dir.is_dir():
-        raise typer.BadParameter(f"{csv_dir} is not a directory", param_hint="--csv-dir")
+def _check_price_folder(settings: Settings) -> None:
+    try:
+        settings.price_folder()
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--csv-dir") from None
 
 
 @app.command(context_settings={"allow_extra_args": True})
@@ -127,72 +165,44 @@ def replay(
     tickers: Annotated[Optional[list[str]], typer.Option("--tickers", help="Tickers to run: --tickers MSFT GSPC")] = None,
     source: Annotated[Optional[ReplaySourceKind], typer.Option(help="Where prices come from (files only)")] = None,
     csv_dir: Annotated[Optional[Path], typer.Option(help="Folder of <TICKER>.csv files for --source csv")] = None,
-    epochs: Annotated[Optional[int], typer.Option(min=1, help="Override the training epochs")] = None,
+    epochs: Annotated[Optional[int], typer.Option(min=1, max=1000, help="Override the training epochs")] = None,
     warm_start: Annotated[bool, typer.Option(help="Retrain each day from the champion's weights")] = False,
 ) -> None:
     """Run the daily pipeline once per trading session from START to END, as the schedule would have."""
     chosen = _parse_tickers([*(tickers or []), *ctx.args]) or None
     start_date, end_date = _parse_date(start, "--start"), _parse_date(end, "--end")
-    source = SourceKind(source.value) if source else None
-    _check_source(source, csv_dir)
-    settings = Settings()
+    _use_csv_folder(SourceKind(source.value) if source else None, csv_dir)
+    settings = load_settings()
+    if settings.source is SourceKind.yahoo:
+        raise typer.BadParameter("replay reads files: Yahoo cannot be seen as of a past day", param_hint="--source")
+    _check_price_folder(settings)
     prepare_environment(settings)
     share_cores(min(settings.max_workers, len(chosen or settings.tickers)))
 
     from flows.daily import resolve_settings
+    from flows.local_server import prefect_api
     from flows.replay import plan_replay, replay_pipeline
     from pipeline.replay import ReplayRefused
 
     try:  # refused before the flow starts, so a refusal reads as one line, not a flow failure
-        plan_replay(resolve_settings(tickers=chosen, source=source, csv_dir=str(csv_dir) if csv_dir else None),
-                    start_date, end_date)
+        sessions = plan_replay(resolve_settings(tickers=chosen), start_date, end_date)
     except ReplayRefused as exc:
-        typer.secho(str(exc), fg=typer.colors.RED, err=True)
-        raise typer.Exit(2) from None
-    state = replay_pipeline(start=start_date, end=end_date, tickers=chosen, source=source,
-                            csv_dir=str(csv_dir) if csv_dir else None, epochs=epochs, warm_start=warm_start,
-                            return_state=True)
-    days = state.result(raise_on_failure=False)
+        raise fail(str(exc), 2) from None
+    with prefect_api(settings):
+        state = replay_pipeline(start=start_date, end=end_date, tickers=chosen, epochs=epochs, warm_start=warm_start,
+                                sessions=sessions, return_state=True)
+        days = state.result(raise_on_failure=False)
     if not isinstance(days, list):
-        typer.secho(f"replay failed: {days}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(1)
+        raise fail(f"replay failed: {days}")
     typer.echo("")
-    for day in days:
-        for o in day["outcomes"]:
-            colour = typer.colors.RED if o["decision"] == "failed" else typer.colors.GREEN
-            typer.secho(f"{day['session']}  {o['ticker']:>6}  {o['decision']:<8}  {o['reason']}", fg=colour)
-    failed = any(o["decision"] == "failed" for day in days for o in day["outcomes"])
-    raise typer.Exit(1 if failed else 0)
+    for session, outcomes in days:
+        for o in outcomes:
+            colour = typer.colors.GREEN if o.succeeded else typer.colors.RED
+            typer.secho(f"{session}  {o.ticker:>6}  {o.decision.value:<8}  {o.reason}", fg=colour)
+    raise typer.Exit(0 if all(o.succeeded for _, outcomes in days for o in outcomes) else 1)
 
 
-@contextlib.contextmanager
-def _api_visible_to_workers(kind: TaskRunnerKind):
-    """Dask workers are other processes: without a server to share, each would start its own temporary one.
-
-    So for Dask without PREFECT_API_URL, start the temporary server here and hand its URL to the workers
-    through the environment they inherit.
-    """
-    if kind != TaskRunnerKind.dask or os.environ.get("PREFECT_API_URL"):
-        yield
-        return
-    from prefect.server.api.server import SubprocessASGIServer
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    server = SubprocessASGIServer()
-    server.start()
-    os.environ["PREFECT_API_URL"] = server.api_url
-    try:
-        with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
-            yield
-    finally:
-        from prefect.logging.handlers import APILogWorker
-
-        APILogWorker.drain_all(timeout=5)  # the last log records must reach the server before it stops
-        del os.environ["PREFECT_API_URL"]
-        server.stop()
-
-
-def _task_runner(kind: TaskRunnerKind, max_workers: int, dask_address: Optional[str]):
+def _task_runner(kind: TaskRunnerKind, max_workers: int, dask_address: Optional[str]) -> Any:
     if kind == TaskRunnerKind.dask:
         from prefect_dask import DaskTaskRunner
 
@@ -205,28 +215,61 @@ def _task_runner(kind: TaskRunnerKind, max_workers: int, dask_address: Optional[
     return ThreadPoolTaskRunner(max_workers=max_workers)
 
 
-def _print_outcomes(outcomes: list[dict]) -> None:
+def _print_outcomes(outcomes: list[TickerOutcome]) -> None:
     typer.echo("")
     for o in outcomes:
-        colour = typer.colors.RED if o["decision"] == "failed" else typer.colors.GREEN
-        typer.secho(f"{o['ticker']:>6}  {o['decision']:<8}  {o['reason']}", fg=colour)
+        colour = typer.colors.GREEN if o.succeeded else typer.colors.RED
+        typer.secho(f"{o.ticker:>6}  {o.decision.value:<8}  {o.reason}", fg=colour)
+
+
+@contextlib.contextmanager
+def _tracker_or_none(settings: Settings) -> Iterator[Any]:
+    """The tracker, or None (and a warning) when the tracking server cannot be reached: status still shows the rest."""
+    from pipeline.tracking import Tracker, TrackingUnavailable, tracking_errors
+
+    uri = settings.tracking_uri()
+    try:
+        with tracking_errors(uri, "reading champions"):
+            tracker = Tracker.connect(uri, settings.experiment_name, settings.artifacts_dir, settings.mlflow_ui_url)
+    except TrackingUnavailable as exc:
+        typer.secho(f"warning: {exc}; showing local state only", fg=typer.colors.YELLOW, err=True)
+        tracker = None
+    yield tracker
 
 
 def _status_rows(settings: Settings) -> list[dict]:
+    from pipeline import journal
+    from pipeline.daily import rebuild_outcome
+    from pipeline.redact import excerpt
     from pipeline.status import known_tickers, ticker_status
     from pipeline.store import PriceStore
-    from pipeline.tracking import Tracker
 
     store = PriceStore(settings.store_dir, settings.locks_dir)
-    tickers = known_tickers(store, settings.reports_dir)
-    tracker = Tracker(settings.tracking_uri(), settings.experiment_name, settings.artifacts_dir) if tickers else None
-    return [ticker_status(t, store, settings.reports_dir, tracker.champion(t)) for t in tickers]
+    local = known_tickers(store, settings.reports_dir, [])
+    if not local and not Path(settings.tracking_uri().removeprefix("sqlite:///")).exists() \
+            and settings.tracking_uri().startswith("sqlite:///"):
+        return []  # a fresh state directory: nothing to show, and nothing to create just to say so
+    rows = []
+    with _tracker_or_none(settings) as tracker:
+        tickers = known_tickers(store, settings.reports_dir, tracker.registered_tickers() if tracker else [])
+        for ticker in tickers:
+            problems: list[str] = []
+            champion = last = None
+            try:
+                champion = tracker.champion(ticker) if tracker else None
+                rebuild = (lambda t=ticker: rebuild_outcome(tracker, t)) if tracker else (lambda: None)
+                last = journal.last_outcome(settings.reports_dir, ticker, rebuild)
+            except Exception as exc:  # noqa: BLE001 - one ticker's broken record is that ticker's row, not a crash
+                problems.append(f"{type(exc).__name__}: {excerpt(exc)}")
+            rows.append(ticker_status(ticker, store, last, champion, settings.quarantine_dir, problems))
+    return rows
 
 
 @app.command()
 def status(as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False) -> None:
-    """Per ticker: stored data, the champion, the last run's RMSEs and decision."""
-    settings = Settings()
+    """Per ticker: stored data, the champion, the last run's RMSEs, coverage and decision."""
+    settings = load_settings()
+    prepare_environment(settings)
     rows = _status_rows(settings)
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
@@ -235,16 +278,24 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] =
         typer.echo(f"no tickers yet under {settings.home}: run `stockpipe run` first")
         return
 
-    def num(value):
+    def num(value: float | None) -> str:
         return "-" if value is None else f"{value:.4f}"
 
-    typer.echo(f"{'ticker':<7}{'data':<25}{'champion':<14}{'challenger':>11}{'champion':>11}{'naive':>11}  decision")
+    typer.echo(f"{'ticker':<7}{'data':<25}{'champion':<14}{'challenger':>11}{'champion':>11}{'naive':>11}"
+               f"{'cov80':>7}  decision")
     for r in rows:
         span = f"{r['data_start']}..{r['data_end']}" if r["data_end"] else "-"
         champ = f"v{r['champion_version']} {r['champion_kind']}" if r["champion_version"] else "-"
+        coverage = "-" if r["coverage_80"] is None else f"{r['coverage_80']:.2f}"
         typer.echo(f"{r['ticker']:<7}{span:<25}{champ:<14}{num(r['challenger_test_rmse']):>11}"
-                   f"{num(r['champion_test_rmse']):>11}{num(r['naive_test_rmse']):>11}  {r['last_decision']}")
-        typer.echo(f"{'':<7}{r['last_reason']}")
+                   f"{num(r['champion_test_rmse']):>11}{num(r['naive_test_rmse']):>11}{coverage:>7}  "
+                   f"{r['last_decision'] or '-'}")
+        if r["last_reason"]:
+            typer.echo(f"{'':<7}{r['last_reason']}")
+        for problem in r["problems"]:
+            typer.secho(f"{'':<7}problem: {problem}", fg=typer.colors.RED)
+        if r["quarantined_batches"]:
+            typer.echo(f"{'':<7}quarantine: {r['quarantined_batches']} batch(es), {r['quarantined_bytes']:,} bytes")
 
 
 @app.command(context_settings={"allow_extra_args": True})
@@ -255,10 +306,9 @@ def serve(
     """Serve the `daily` deployment (weekdays 18:00 New York) from this process, against a Prefect server."""
     chosen = _parse_tickers([*(tickers or []), *ctx.args]) or None
     if not os.environ.get("PREFECT_API_URL"):
-        typer.secho("serve needs a Prefect server: run `prefect server start`, then "
-                    "export PREFECT_API_URL=http://127.0.0.1:4200/api", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2)
-    settings = Settings()
+        raise fail("serve needs a Prefect server: run `prefect server start`, then "
+                   "export PREFECT_API_URL=http://127.0.0.1:4200/api", 2)
+    settings = load_settings()
     prepare_environment(settings)
     share_cores(min(settings.max_workers, len(chosen or settings.tickers)))
 
@@ -269,7 +319,7 @@ def serve(
 
 def _one_ticker(ticker: str) -> str:
     try:
-        return validate_ticker(ticker.strip().upper())
+        return parse_ticker(ticker)
     except InvalidTicker as exc:
         raise typer.BadParameter(str(exc), param_hint="TICKER") from None
 
@@ -279,30 +329,36 @@ def predict(
     ticker: Annotated[str, typer.Argument(help="Ticker whose champion forecasts, e.g. MSFT")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
 ) -> None:
-    """Forecast the next session's close with the ticker's champion, from the stored prices."""
-    from pipeline.serving import forecast_next
-    from pipeline.store import PriceStore
-    from pipeline.tracking import Tracker
-
+    """Forecast the next session's close with the ticker's champion, from the stored prices, with 80% and 95%
+    intervals."""
     ticker = _one_ticker(ticker)
-    settings = Settings()
+    settings = load_settings()
     prepare_environment(settings)
-    tracker = Tracker(settings.tracking_uri(), settings.experiment_name, settings.artifacts_dir)
-    champion = tracker.champion(ticker)
-    if champion is None:
-        typer.secho(f"{ticker}: no champion yet; run `stockpipe run --tickers {ticker}` first", fg=typer.colors.RED, err=True)
-        raise typer.Exit(1)
-    history = PriceStore(settings.store_dir, settings.locks_dir).read(ticker)
+    from pipeline.model_files import ModelRefused
+    from pipeline.serving import forecast_next
+    from pipeline.store import PriceStore, StoreUnreadable
+    from pipeline.tracking import Tracker, TrackingUnavailable, tracking_errors
+
+    uri = settings.tracking_uri()
     try:
-        forecast = forecast_next(ticker, tracker.load(champion.model_uri), history, champion.version, champion.kind)
-    except ValueError as exc:
-        typer.secho(str(exc), fg=typer.colors.RED, err=True)
-        raise typer.Exit(1) from None
+        with tracking_errors(uri, f"loading {ticker}'s champion"):
+            tracker = Tracker.connect(uri, settings.experiment_name, settings.artifacts_dir, settings.mlflow_ui_url)
+            champion = tracker.champion(ticker)
+            if champion is None:
+                raise fail(f"{ticker}: no champion yet; run `stockpipe run --tickers {ticker}` first")
+            model = tracker.load(champion, ticker)
+        history = PriceStore(settings.store_dir, settings.locks_dir).read(ticker)
+        forecast = forecast_next(ticker, model, history, champion.version)
+    except (ModelRefused, StoreUnreadable, TrackingUnavailable, ValueError) as exc:
+        raise fail(str(exc)) from None
     if as_json:
         typer.echo(json.dumps(forecast.to_dict(), indent=2))
-    else:
-        typer.echo(f"{ticker} {forecast.forecast_date}: {forecast.forecast_close:.4f} (last close {forecast.last_close:.4f} "
-                   f"on {forecast.as_of}; champion v{forecast.model_version}, {forecast.model_kind})")
+        return
+    interval = ""
+    if forecast.lower_80 is not None and forecast.upper_80 is not None:
+        interval = f", 80% [{forecast.lower_80:.4f}, {forecast.upper_80:.4f}]"
+    typer.echo(f"{ticker} {forecast.forecast_date}: {forecast.forecast_close:.4f}{interval} (last close "
+               f"{forecast.last_close:.4f} on {forecast.as_of}; champion v{forecast.model_version}, {forecast.model_kind})")
 
 
 @app.command()
@@ -311,30 +367,33 @@ def rollback(
     reason: Annotated[str, typer.Option(help="Why, recorded on the model versions")] = "manual rollback",
 ) -> None:
     """Move the `champion` alias back to the `previous` version, recording why."""
-    from pipeline.tracking import Tracker
-
     ticker = _one_ticker(ticker)
-    settings = Settings()
+    settings = load_settings()
     prepare_environment(settings)
-    tracker = Tracker(settings.tracking_uri(), settings.experiment_name, settings.artifacts_dir)
+    from pipeline.tracking import Tracker, TrackingUnavailable, tracking_errors
+
+    uri = settings.tracking_uri()
     try:
-        demoted, restored = tracker.rollback(ticker, reason)
-    except LookupError as exc:
-        typer.secho(str(exc), fg=typer.colors.RED, err=True)
-        raise typer.Exit(1) from None
+        with tracking_errors(uri, f"rolling back {ticker}"):
+            tracker = Tracker.connect(uri, settings.experiment_name, settings.artifacts_dir, settings.mlflow_ui_url)
+            demoted, restored = tracker.rollback(ticker, reason)
+    except (LookupError, TrackingUnavailable) as exc:
+        raise fail(str(exc)) from None
     typer.echo(f"{ticker}: champion v{demoted} -> v{restored} ({reason}); `previous` now points at v{demoted}")
 
 
 @app.command()
-def ui(port: Annotated[int, typer.Option(help="Port on 127.0.0.1")] = 5000) -> None:
-    """Start the MLflow UI on 127.0.0.1 over the same tracking store."""
-    settings = Settings()
-    uri = settings.tracking_uri()
-    typer.echo(f"MLflow UI for {uri} on http://127.0.0.1:{port} (Ctrl-C to stop)")
-    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)]
-    if uri.startswith("sqlite:"):
-        command += ["--default-artifact-root", settings.artifacts_dir.as_uri()]
-    raise typer.Exit(subprocess.call(command))
+def ui(
+    port: Annotated[int, typer.Option(min=1, max=65535, help="MLflow UI port on 127.0.0.1")] = 5000,
+    prefect_port: Annotated[int, typer.Option(min=1, max=65535, help="Prefect UI port on 127.0.0.1")] = 4200,
+    prefect: Annotated[bool, typer.Option(help="Also start the Prefect UI over the local flow runs")] = True,
+) -> None:
+    """Open the MLflow UI (and the Prefect UI over `make run`'s flow runs) on 127.0.0.1, until Ctrl-C."""
+    settings = load_settings()
+    prepare_environment(settings)
+    from flows.local_server import run_local_uis
+
+    raise typer.Exit(run_local_uis(settings, mlflow_port=port, prefect_port=prefect_port if prefect else None))
 
 
 if __name__ == "__main__":

@@ -1,42 +1,51 @@
-"""The `daily-pipeline` Prefect flow: wires the library's steps per ticker, with retries where failures are transient."""
+"""The `daily-pipeline` Prefect flow: Prefect's concerns only (typed parameters, task runs with retries, fan-out,
+logs, artifacts); the ticker-day itself is `pipeline.daily.run_ticker`."""
 
+from __future__ import annotations
 
 import datetime as dt
 import logging
-import time
-from contextlib import contextmanager
+import threading
 import warnings
+from typing import Annotated, Any
 
 from prefect import flow, task
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import (
+    create_link_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
-from prefect.states import Completed, Failed
+from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.tasks import exponential_backoff
+from pydantic import Field
 
-from pipeline import journal, steps
-from pipeline.promotion import FAILED
+from pipeline import daily, ingest, training
+from pipeline.daily import DailyContext, Stages, run_ticker
+from pipeline.evidence import PromotionPolicy
+from pipeline.fsutil import within
+from pipeline.outcome import TickerOutcome
+from pipeline.quarantine import Retention
 from pipeline.settings import DEFAULT_MAX_WORKERS, Settings, SourceKind
 from pipeline.sources import TransientSourceError, build_source
 from pipeline.store import PriceStore
 from pipeline.symbols import Ticker, validate_ticker
 from pipeline.tracking import Tracker, TrackingUnavailable, tracking_errors
-from pipeline.trading_calendar import is_session, last_session_on_or_before
 from pipeline.validation import load_suite_definition
 
 log = logging.getLogger("pipeline.flow")
 
 FETCH_RETRIES = 3
 TRACKING_RETRIES = 2
+SUMMARY_KEY = "daily-pipeline-summary"
+PROGRESS_KEY = "daily-pipeline-progress"
 
 
-@contextmanager
-def tracking(settings: Settings, doing: str):
-    """A Tracker on the configured store, with a lost tracking server reported as TrackingUnavailable."""
-    uri = settings.tracking_uri()
-    with tracking_errors(uri, doing):
-        yield Tracker(uri, settings.experiment_name, settings.artifacts_dir)
+class ParameterRefused(ValueError):
+    """A flow parameter (set by whoever can trigger a run) asks for something the settings do not allow."""
 
 
 def _retry_on(*transient: type[BaseException]):
@@ -57,45 +66,93 @@ retry_transient_fetch = _retry_on(TransientSourceError)
 # A tracking server that went away may come back (a restart); a refused request or a bug will not.
 retry_unreachable_tracking = _retry_on(TrackingUnavailable)
 
+# The ticker-day's stages as task runs. Yahoo's 429s are not retried by yfinance itself; backoff with jitter spreads
+# the retries of many tickers. Validation and training failures are facts, never retried. Tracking retries resume
+# the same MLflow run (pipeline.recording), so a retry never records anything twice.
+PREFECT_STAGES = Stages(
+    fetch=task(ingest.fetch_batch, name="fetch", task_run_name="fetch-{ticker}", retries=FETCH_RETRIES,
+               retry_delay_seconds=exponential_backoff(backoff_factor=5), retry_jitter_factor=0.5,
+               retry_condition_fn=retry_transient_fetch, cache_policy=NO_CACHE),
+    admit=task(ingest.admit, name="validate", task_run_name="validate-{ticker}", cache_policy=NO_CACHE),
+    train=task(training.train_challenger, name="train", task_run_name="train-{ticker}", cache_policy=NO_CACHE),
+    evaluate=task(daily.evaluate, name="evaluate", task_run_name="evaluate-{ticker}", retries=TRACKING_RETRIES,
+                  retry_delay_seconds=exponential_backoff(backoff_factor=3), retry_jitter_factor=0.5,
+                  retry_condition_fn=retry_unreachable_tracking, cache_policy=NO_CACHE),
+    publish=task(daily.publish, name="track-and-promote", task_run_name="track-and-promote-{ticker}",
+                 retries=TRACKING_RETRIES, retry_delay_seconds=exponential_backoff(backoff_factor=3),
+                 retry_jitter_factor=0.5, retry_condition_fn=retry_unreachable_tracking, cache_policy=NO_CACHE),
+)
 
-# Yahoo's 429s are not retried by yfinance itself; backoff with jitter spreads the retries of many tickers.
-@task(retries=FETCH_RETRIES, retry_delay_seconds=exponential_backoff(backoff_factor=5),
-      retry_jitter_factor=0.5, retry_condition_fn=retry_transient_fetch, cache_policy=NO_CACHE,
-      task_run_name="fetch-{ticker}")
-def fetch(source, store: PriceStore, ticker: str, as_of: dt.date):
-    return steps.fetch_batch(source, store, ticker, as_of)
 
-
-# Validation failures are facts about the data, not transient: never retried.
-@task(cache_policy=NO_CACHE, task_run_name="validate-{ticker}")
-def validate(ticker: str, history, batch, settings: Settings, as_of: dt.date, suite: dict):
-    return steps.admit(
-        ticker, history, batch, suite=suite, as_of=as_of, config=settings.training,
-        quarantine_dir=settings.quarantine_dir, reports_dir=settings.reports_dir,
+def daily_context(settings: Settings) -> DailyContext:
+    """The ticker-day's I/O, from the settings (built inside each task: on Dask that is another process)."""
+    uri = settings.tracking_uri()
+    return DailyContext(
+        store=PriceStore(settings.store_dir, settings.locks_dir),
+        source=build_source(settings.source.value, folder=settings.price_folder(), yahoo_symbols=settings.yahoo_symbols,
+                            max_bytes=settings.max_input_bytes),
+        connect=lambda: Tracker.connect(uri, settings.experiment_name, settings.artifacts_dir, settings.mlflow_ui_url),
+        tracking_uri=uri,
+        suite=load_suite_definition(settings.suite_path),
+        config=settings.training,
+        policy=PromotionPolicy(settings.min_relative_gain, settings.promotion_alpha),
+        reports_dir=settings.reports_dir,
+        quarantine_dir=settings.quarantine_dir,
+        retention=Retention(settings.quarantine_max_age_days, settings.quarantine_max_bytes),
+        max_staleness_sessions=settings.max_staleness_sessions,
     )
 
 
-@task(cache_policy=NO_CACHE, task_run_name="train-{ticker}")
-def train(ticker: str, history, settings: Settings, warm_start: bool):
-    start = None
-    if warm_start:
-        with tracking(settings, f"loading {ticker}'s champion to warm-start from") as tracker:
-            start = steps.warm_start_from_champion(tracker, ticker, settings.training)
-    return steps.train_challenger(history, settings.training, ticker, start)
+def point_fluent_mlflow_at(settings: Settings) -> None:
+    """MLflow's Keras callback logs through MLflow's process-wide tracking URI: set it here, at the edge, once per
+    process (the library only ever uses the clients it is given)."""
+    import mlflow
+
+    mlflow.set_tracking_uri(settings.tracking_uri())
 
 
-# Retries resume the challenger's MLflow run (steps.track_and_promote), so a retry never tracks it twice.
-@task(retries=TRACKING_RETRIES, retry_delay_seconds=exponential_backoff(backoff_factor=3), retry_jitter_factor=0.5,
-      retry_condition_fn=retry_unreachable_tracking, cache_policy=NO_CACHE, task_run_name="track-and-promote-{ticker}")
-def track_and_promote(ticker: str, admitted, challenger, settings: Settings, run_tags: dict[str, str],
-                      unsettled: str | None = None):
-    with tracking(settings, f"tracking {ticker}") as tracker:
-        if unsettled:
-            steps.close_interrupted(tracker, ticker, unsettled)
-        return steps.track_and_promote(
-            tracker, admitted, challenger, config=settings.training, margin=settings.promotion_margin,
-            source=settings.source.value, run_tags=run_tags,
-        )
+class EpochProgress:
+    """Epochs trained across the run's tickers, as one progress artifact (thread-safe: tickers train in threads)."""
+
+    def __init__(self, artifact_id: Any, tickers: list[str], epochs: int):
+        self.artifact_id = artifact_id
+        self.planned = {t: epochs for t in tickers}
+        self.done = {t: 0 for t in tickers}
+        self.lock = threading.Lock()
+
+    def __getstate__(self) -> dict:
+        # Sent to Dask workers with the task: a lock does not travel; each process counts its own tickers.
+        return {k: v for k, v in self.__dict__.items() if k != "lock"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.lock = threading.Lock()
+
+    def __call__(self, ticker: str, done: int, planned: int) -> None:
+        with self.lock:
+            self.done[ticker] = max(self.done.get(ticker, 0), min(done, planned))
+            share = 100 * sum(self.done.values()) / max(1, sum(self.planned.values()))
+        try:
+            update_progress_artifact(self.artifact_id, share)
+        except Exception as exc:  # noqa: BLE001 - progress is a courtesy, never a reason to fail a ticker
+            log.debug("progress update failed: %s", exc)
+
+
+@task(cache_policy=NO_CACHE, task_run_name="{ticker}")
+def ticker_day(ticker: str, settings: Settings, as_of: dt.date | None, force: bool, warm_start: bool,
+               progress: EpochProgress | None = None) -> TickerOutcome:
+    """One ticker end to end; any failure is reported as this ticker's outcome and never stops the others."""
+    quiet_third_party_logs()  # again here: on a Dask worker this is a fresh process
+    point_fluent_mlflow_at(settings)
+    run_tags = {"prefect_flow_run_id": str(flow_run.get_id() or "")}
+    try:
+        ctx = daily_context(settings)
+    except Exception as exc:  # noqa: BLE001 - a bad setting fails this ticker, with the reason
+        from pipeline.outcome import Decision
+
+        return TickerOutcome(ticker, Decision.failed, f"{type(exc).__name__}: {exc}")
+    return run_ticker(ticker, ctx, as_of=as_of, force=force, warm_start=warm_start, run_tags=run_tags,
+                      stages=PREFECT_STAGES, on_epoch=progress)
 
 
 # Creating the tracking store (SQLite schema migrations, the experiment) once, before tickers fan out,
@@ -103,182 +160,107 @@ def track_and_promote(ticker: str, admitted, challenger, settings: Settings, run
 @task(retries=TRACKING_RETRIES, retry_delay_seconds=exponential_backoff(backoff_factor=3), retry_jitter_factor=0.5,
       retry_condition_fn=retry_unreachable_tracking, cache_policy=NO_CACHE)
 def connect_tracking(settings: Settings) -> None:
-    with tracking(settings, "connecting"):
-        pass
+    uri = settings.tracking_uri()
+    with tracking_errors(uri, "connecting"):
+        Tracker.connect(uri, settings.experiment_name, settings.artifacts_dir, settings.mlflow_ui_url)
 
 
-@task(cache_policy=NO_CACHE, task_run_name="{ticker}")
-def ticker_pipeline(ticker: str, settings: Settings, as_of: dt.date, force: bool, warm_start: bool, suite: dict) -> dict:
-    """One ticker end to end; any failure is reported as this ticker's outcome and never stops the others."""
-    quiet_third_party_logs()  # again here: on a Dask worker this is a fresh process
-    store = PriceStore(settings.store_dir, settings.locks_dir)
-    run_tags = {"prefect_flow_run_id": str(flow_run.get_id() or ""), "as_of": as_of.isoformat()}
-    challenger = None
-    try:
-        source = build_source(settings.source.value, folder=None if settings.source is SourceKind.yahoo else settings.price_folder(),
-                              yahoo_symbols=settings.yahoo_symbols)
-        # The lock makes concurrent runs of one ticker take turns: the second sees the first's data and skips.
-        timings: dict[str, float] = {}
-        with store.lock(ticker):
-            history = store.read(ticker)
-            with stopwatch(timings, "fetch"):
-                backoff = exponential_backoff(backoff_factor=settings.fetch_backoff_seconds)
-                batch = fetch.with_options(retry_delay_seconds=backoff)(source, store, ticker, as_of)
-            with stopwatch(timings, "validate"):
-                admitted = validate(ticker, history, batch, settings, as_of, suite)
-            previous = journal.read(settings.reports_dir, ticker)
-            settings_digest = settings.training.digest()
-            if not force and steps.already_trained(settings.reports_dir, ticker, admitted.data_digest, settings_digest):
-                outcome = steps.skipped(admitted, settings_digest, previous)
-            else:
-                if admitted.changed:
-                    store.write(ticker, admitted.history)
-                with stopwatch(timings, "window_train_evaluate"):
-                    challenger = train(ticker, admitted.history, settings, warm_start)
-                with stopwatch(timings, "track_and_promote"):
-                    outcome = track_and_promote(ticker, admitted, challenger, settings, run_tags,
-                                                challenger_left_unsettled(previous))
-                timings.update(challenger.timings)
-            outcome.timings = timings
-            journal.write(settings.reports_dir, ticker, outcome.to_dict())
-    except Exception as exc:  # noqa: BLE001 - reported per ticker, the flow state reflects it below
-        log.error("%s: failed: %s", ticker, exc)
-        if isinstance(exc, steps.DataContractViolation):
-            record_rejection(settings, exc, as_of, run_tags)
-        last = journal.read(settings.reports_dir, ticker) or {}
-        reason = f"{type(exc).__name__}: {exc}"
-        if isinstance(exc, TrackingUnavailable) and challenger is not None:  # raised by the retried tracking task
-            reason += f" (gave up after {TRACKING_RETRIES + 1} attempts; the next run settles the run left unfinished)"
-        outcome = steps.TickerOutcome(
-            ticker=ticker, decision=FAILED, reason=reason,
-            champion_version=last.get("champion_version"), champion_kind=last.get("champion_kind"),
-            challenger_id=challenger.challenger_id if challenger is not None else None,
-        )
-        journal.write(settings.reports_dir, ticker, {**last, **{k: v for k, v in outcome.to_dict().items() if v is not None}})
-    return outcome.to_dict()
+def summary_rows(outcomes: list[TickerOutcome]) -> list[dict[str, Any]]:
+    def number(value: float | None, digits: int = 4) -> float | None:
+        return None if value is None else round(float(value), digits)
+
+    return [{
+        "ticker": o.ticker, "decision": o.decision.value, "data end": o.data_end,
+        "challenger RMSE": number(o.challenger_test_rmse), "champion RMSE": number(o.champion_test_rmse),
+        "naive RMSE": number(o.naive_test_rmse), "U2": number(o.u2), "coverage 80%": number(o.coverage_80, 3),
+        "coverage 95%": number(o.coverage_95, 3), "champion": f"v{o.champion_version}" if o.champion_version else "",
+        "reason": o.reason,
+    } for o in outcomes]
 
 
-def challenger_left_unsettled(previous: dict | None) -> str | None:
-    """The challenger whose tracking the last run gave up on, for this run to settle first."""
-    if previous and previous.get("decision") == FAILED:
-        return previous.get("challenger_id")
-    return None
-
-
-def record_rejection(settings: Settings, violation, as_of: dt.date, run_tags: dict[str, str]) -> None:
-    """Best effort: the rejection is already on disk (reports, quarantine) if the tracking server is down."""
-    try:
-        with tracking(settings, f"recording {violation.ticker}'s rejection") as tracker:
-            steps.record_rejection(tracker, violation, as_of=as_of, source=settings.source.value, run_tags=run_tags)
-    except Exception as exc:  # noqa: BLE001 - never mask the ticker's real failure
-        log.warning("%s: could not record the rejection in MLflow: %s", violation.ticker, exc)
-
-
-@contextmanager
-def stopwatch(timings: dict[str, float], step: str):
-    started = time.perf_counter()
-    try:
-        yield
-    finally:
-        timings[step] = round(time.perf_counter() - started, 3)
-
-
-def summary_markdown(outcomes: list[dict]) -> str:
-    def fmt(value, digits=4):
-        return "" if value is None else f"{value:.{digits}f}"
-
-    def run_link(outcome: dict) -> str:
-        return f"[{outcome['run_id'][:8]}]({outcome['run_url']})" if outcome.get("run_url") else ""
-
-    rows = ["| ticker | data end | challenger RMSE | champion RMSE | naive RMSE | U2 | decision | MLflow run |",
-            "|---|---|---|---|---|---|---|---|"]
+def publish_summary(outcomes: list[TickerOutcome], as_of: dt.date | None) -> None:
+    create_table_artifact(key=SUMMARY_KEY, table=summary_rows(outcomes),
+                          description=f"stockpipe daily run{f' as of {as_of}' if as_of else ''}: one row per ticker")
     for o in outcomes:
-        rows.append(
-            f"| {o['ticker']} | {o.get('data_end') or ''} | {fmt(o.get('challenger_test_rmse'))} | "
-            f"{fmt(o.get('champion_test_rmse'))} | {fmt(o.get('naive_test_rmse'))} | {fmt(o.get('u2'), 3)} | "
-            f"{o['decision']} | {run_link(o)} |"
-        )
-    reasons = [f"- **{o['ticker']}**: {o['reason']}" for o in outcomes]
-    return "\n".join(["# Daily pipeline", "", *rows, "", *reasons])
-
-
-# `stockpipe run` and `serve` apply the configured Settings.max_workers; deployments get its default.
-@flow(name="daily-pipeline", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=DEFAULT_MAX_WORKERS))
-def daily_pipeline(
-    tickers: list[Ticker] | None = None,
-    source: SourceKind | None = None,
-    csv_dir: str | None = None,
-    as_of: dt.date | None = None,
-    epochs: int | None = None,
-    force: bool = False,
-    warm_start: bool = False,
-):
-    """Fetch, validate, window, retrain, track and promote, for every ticker in parallel."""
-    quiet_third_party_logs()
-    settings = resolve_settings(tickers=tickers, source=source, csv_dir=csv_dir, epochs=epochs)
-    as_of = as_of or dt.date.today()
-    closed = market_closed_outcomes(settings, as_of)
-    if closed is not None:
-        return Completed(message=f"market closed on {as_of}: nothing to do", data=closed)
-    suite = load_suite_definition(settings.suite_path)
-    connect_tracking(settings)
-    futures = [ticker_pipeline.submit(t, settings, as_of, force, warm_start, suite) for t in settings.tickers]
-    outcomes = [f.result() for f in futures]
-    create_markdown_artifact(key="daily-pipeline-summary", markdown=summary_markdown(outcomes),
-                             description=f"stockpipe daily run as of {as_of}")
-    failed = [o["ticker"] for o in outcomes if o["decision"] == FAILED]
-    if failed:
-        return Failed(message=f"{len(failed)} of {len(outcomes)} ticker(s) failed: {', '.join(failed)}", data=outcomes)
-    return Completed(message=f"{len(outcomes)} ticker(s) done", data=outcomes)
-
-
-def market_closed_outcomes(settings: Settings, as_of: dt.date) -> list[dict] | None:
-    """On a weekend or holiday with every store already current, the run is a quick no-op; None otherwise."""
-    if is_session(as_of):
-        return None
-    store = PriceStore(settings.store_dir, settings.locks_dir)
-    last_session = last_session_on_or_before(as_of)
-    if any((store.last_date(t) or dt.date.min) < last_session for t in settings.tickers):
-        return None  # something is behind: catch up even though the exchange is closed today
-    log.info("market closed on %s and every store holds %s: nothing to do", as_of, last_session)
-    outcomes = []
-    for ticker in settings.tickers:
-        outcome = steps.market_closed(ticker, as_of, journal.read(settings.reports_dir, ticker)).to_dict()
-        journal.write(settings.reports_dir, ticker, outcome)
-        outcomes.append(outcome)
-    return outcomes
+        if o.run_url:
+            create_link_artifact(key=f"mlflow-run-{o.ticker.lower().replace('.', '-')}", link=o.run_url,
+                                 link_text=f"{o.ticker}: {o.decision.value} (MLflow run)",
+                                 description=f"The MLflow run behind {o.ticker}'s decision")
 
 
 def quiet_third_party_logs() -> None:
     """Keep the run log to what a person follows: our steps at INFO, libraries' chatter at WARNING."""
     logging.getLogger("pipeline").setLevel(logging.INFO)
-    # GX pins one module's logger at INFO when it is imported, so import it first and then quiet it.
-    import great_expectations.data_context.types.base  # noqa: F401
-
-    for noisy in ("great_expectations", "great_expectations.data_context.types.base", "mlflow", "tensorflow", "absl"):
+    for noisy in ("great_expectations", "mlflow", "tensorflow", "absl"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    # Logging our own PythonModel classes is intended; MLflow warns about pickling them on every log.
-    logging.getLogger("mlflow.pyfunc").setLevel(logging.ERROR)
     # Dask's nanny reports killing workers that TensorFlow's threads keep alive at shutdown: expected, not actionable.
     logging.getLogger("distributed.nanny").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=UserWarning, module=r"mlflow\..*")
 
 
-def resolve_settings(**overrides) -> Settings:
-    """Settings from the environment, with the flow's parameters (when given) on top; checked before any work."""
+def resolve_settings(tickers: list[str] | None = None, source: SourceKind | str | None = None,
+                     csv_dir: str | None = None, epochs: int | None = None) -> Settings:
+    """Settings from the environment, with the flow's parameters on top; parameters are untrusted (anyone who can
+    trigger a run sets them), so a csv folder must lie inside STOCKPIPE_CSV_ROOT, links followed."""
     settings = Settings()
-    updates = {}
-    if overrides.get("tickers"):
-        updates["tickers"] = [validate_ticker(t) for t in overrides["tickers"]]
-    if overrides.get("source"):
-        updates["source"] = SourceKind(overrides["source"])
-    if overrides.get("csv_dir"):
-        updates["csv_dir"] = overrides["csv_dir"]
-    if overrides.get("epochs"):
-        updates["training"] = settings.training.model_copy(update={"epochs": int(overrides["epochs"])})
+    updates: dict[str, Any] = {}
+    if tickers:
+        updates["tickers"] = [validate_ticker(t) for t in tickers]
+    if source:
+        updates["source"] = SourceKind(source)
+    if csv_dir:
+        if not within(csv_dir, settings.csv_root):
+            raise ParameterRefused(f"csv_dir {csv_dir!r} is outside STOCKPIPE_CSV_ROOT ({settings.csv_root}); "
+                                   "refused before reading anything")
+        updates["csv_dir"] = csv_dir
+    if epochs:
+        updates["training"] = settings.training.model_copy(update={"epochs": int(epochs)})
     merged = Settings.model_validate({**settings.model_dump(), **updates})
-    if merged.source is not SourceKind.yahoo:
-        folder = merged.price_folder()
-        if not folder.is_dir():
-            raise ValueError(f"price folder {folder} does not exist")
+    merged.price_folder()  # a csv source without a folder, or a missing folder, is refused here, once
     return merged
+
+
+def daily_run_name() -> str:
+    """`daily 2017-11-10 MSFT,GSPC`: what the run is about, readable in the runs list."""
+    parameters = flow_run.parameters or {}
+    day = parameters.get("as_of") or "latest"
+    tickers = parameters.get("tickers") or "default tickers"
+    return f"daily {day} {','.join(tickers) if isinstance(tickers, list) else tickers}"
+
+
+# `stockpipe run` and `serve` apply the configured Settings.max_workers; deployments get its default.
+@flow(name="daily-pipeline", flow_run_name=daily_run_name, log_prints=True,
+      task_runner=ThreadPoolTaskRunner(max_workers=DEFAULT_MAX_WORKERS))
+def daily_pipeline(
+    tickers: Annotated[list[Ticker] | None, Field(
+        description="Tickers to run, e.g. [\"MSFT\", \"GSPC\"]; empty: the configured STOCKPIPE_TICKERS",
+        max_length=500)] = None,
+    source: Annotated[SourceKind | None, Field(
+        description="Where prices come from: the bundled snapshot, a folder of CSV exports, or Yahoo Finance; "
+                    "empty: STOCKPIPE_SOURCE")] = None,
+    csv_dir: Annotated[str | None, Field(
+        description="For source csv: a folder of <TICKER>.csv files inside STOCKPIPE_CSV_ROOT", max_length=4096)] = None,
+    as_of: Annotated[dt.date | None, Field(
+        description="Run as if today were this date (hides later rows); empty: today, or the snapshot's last "
+                    "session")] = None,
+    epochs: Annotated[int | None, Field(
+        ge=1, le=1000, description="Training epochs (early stopping may end sooner); empty: the configured 30")] = None,
+    force: Annotated[bool, Field(description="Retrain even when data and settings are unchanged")] = False,
+    warm_start: Annotated[bool, Field(
+        description="Start from the champion's weights and train warm_start_epochs only")] = False,
+) -> State:
+    """Fetch, validate, window, retrain, track and promote, for every ticker in parallel."""
+    quiet_third_party_logs()
+    settings = resolve_settings(tickers=tickers, source=source, csv_dir=csv_dir, epochs=epochs)
+    point_fluent_mlflow_at(settings)
+    connect_tracking(settings)
+    progress_id = create_progress_artifact(progress=0.0, key=PROGRESS_KEY,
+                                           description="Epochs trained across the run's tickers")
+    progress = EpochProgress(progress_id, settings.tickers, settings.training.epochs)
+    futures = [ticker_day.submit(t, settings, as_of, force, warm_start, progress) for t in settings.tickers]
+    outcomes: list[TickerOutcome] = [f.result() for f in futures]
+    publish_summary(outcomes, as_of)
+    failed = [o.ticker for o in outcomes if not o.succeeded]
+    if failed:
+        return Failed(message=f"{len(failed)} of {len(outcomes)} ticker(s) failed: {', '.join(failed)}", data=outcomes)
+    return Completed(message=f"{len(outcomes)} ticker(s) done", data=outcomes)

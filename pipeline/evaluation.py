@@ -1,28 +1,9 @@
-"""Forecast quality in price units, always next to the naive persistence forecast on the same days."""
+"""Point-forecast quality in price units; the comparison between models lives in pipeline.evidence."""
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
-from scipy import stats
 from sklearn.metrics import mean_absolute_error, mean_absolute_percentage_error, root_mean_squared_error
-
-
-def diebold_mariano(actual: np.ndarray, forecast: np.ndarray, benchmark: np.ndarray) -> tuple[float, float]:
-    """One-step Diebold–Mariano test on squared errors with the Harvey–Leybourne–Newbold correction.
-
-    A negative statistic means `forecast` beats `benchmark`; the p-value is two-sided (Student t).
-    """
-    loss_diff = (actual - forecast) ** 2 - (actual - benchmark) ** 2
-    n = len(loss_diff)
-    variance = np.var(loss_diff, ddof=0)
-    if n < 3 or variance == 0:
-        return 0.0, 1.0
-    statistic = np.mean(loss_diff) / math.sqrt(variance / n)
-    statistic *= math.sqrt((n - 1) / n)  # HLN small-sample correction for horizon 1
-    p_value = 2 * stats.t.sf(abs(statistic), df=n - 1)
-    return float(statistic), float(p_value)
 
 
 def directional_accuracy(actual: np.ndarray, forecast: np.ndarray, last_close: np.ndarray) -> float:
@@ -31,20 +12,13 @@ def directional_accuracy(actual: np.ndarray, forecast: np.ndarray, last_close: n
     return float(np.mean((predicted != 0) & (predicted == np.sign(actual - last_close))))
 
 
-def forecast_metrics(actual: np.ndarray, forecast: np.ndarray, last_close: np.ndarray) -> dict[str, float]:
-    """RMSE, MAE, MAPE (%), directional accuracy, naive RMSE, U2 = RMSE / naive RMSE and DM vs naive."""
-    rmse = root_mean_squared_error(actual, forecast)
-    naive_rmse = root_mean_squared_error(actual, last_close)
-    dm_stat, dm_p = diebold_mariano(actual, forecast, last_close)
+def point_metrics(actual: np.ndarray, forecast: np.ndarray, last_close: np.ndarray) -> dict[str, float]:
+    """RMSE, MAE, MAPE (%) and directional accuracy of one model's forecasts."""
     return {
-        "rmse": float(rmse),
+        "rmse": float(root_mean_squared_error(actual, forecast)),
         "mae": float(mean_absolute_error(actual, forecast)),
         "mape": float(100 * mean_absolute_percentage_error(actual, forecast)),
         "directional_accuracy": directional_accuracy(actual, forecast, last_close),
-        "naive_rmse": float(naive_rmse),
-        "u2": float(rmse / naive_rmse) if naive_rmse > 0 else float("nan"),
-        "dm_stat": dm_stat,
-        "dm_pvalue": dm_p,
     }
 
 

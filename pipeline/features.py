@@ -7,10 +7,11 @@ is the next session's log return; a forecast turns back into a price as `close *
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
+from sklearn.preprocessing import StandardScaler
 
 FEATURE_NAMES = ("log_close_vs_last", "log_return")
 
@@ -44,35 +45,50 @@ def next_log_returns(closes: np.ndarray, window: int) -> np.ndarray:
     return targets
 
 
-@dataclass(frozen=True)
-class Standardizer:
-    """Per-feature and target mean/std, fitted on training windows only."""
+def _scaler_from(state: dict) -> StandardScaler:
+    scaler = StandardScaler()
+    scaler.mean_ = np.asarray(state["mean"], dtype="float64")
+    scaler.scale_ = np.asarray(state["scale"], dtype="float64")
+    scaler.var_ = scaler.scale_**2
+    scaler.n_features_in_ = len(scaler.mean_)
+    scaler.n_samples_seen_ = int(state["n_samples_seen"])
+    return scaler
 
-    feature_mean: list[float]
-    feature_std: list[float]
-    target_mean: float
-    target_std: float
+
+def _scaler_state(scaler: StandardScaler) -> dict:
+    """A fitted StandardScaler as plain JSON numbers: models are stored as data, never as pickles."""
+    return {"mean": scaler.mean_.tolist(), "scale": scaler.scale_.tolist(), "n_samples_seen": int(scaler.n_samples_seen_)}
+
+
+@dataclass(frozen=True, eq=False)
+class Scaling:
+    """scikit-learn StandardScalers for the window features (per feature) and the target, fitted on training only."""
+
+    feature_scaler: StandardScaler
+    target_scaler: StandardScaler
 
     @classmethod
-    def fit(cls, features: np.ndarray, targets: np.ndarray) -> Standardizer:
+    def fit(cls, features: np.ndarray, targets: np.ndarray) -> Scaling:
         flat = features.reshape(-1, features.shape[-1]).astype("float64")
-        std = flat.std(axis=0)
-        return cls(
-            feature_mean=flat.mean(axis=0).tolist(),
-            feature_std=np.where(std > 0, std, 1.0).tolist(),
-            target_mean=float(np.mean(targets)),
-            target_std=float(np.std(targets) or 1.0),
-        )
+        return cls(StandardScaler().fit(flat), StandardScaler().fit(np.asarray(targets, "float64").reshape(-1, 1)))
 
     def features(self, features: np.ndarray) -> np.ndarray:
-        scaled = (features - np.asarray(self.feature_mean)) / np.asarray(self.feature_std)
-        return scaled.astype("float32")
+        flat = features.reshape(-1, features.shape[-1]).astype("float64")
+        return self.feature_scaler.transform(flat).reshape(features.shape).astype("float32")
 
     def target(self, returns: np.ndarray) -> np.ndarray:
-        return ((returns - self.target_mean) / self.target_std).astype("float32")
+        return self.target_scaler.transform(np.asarray(returns, "float64").reshape(-1, 1)).reshape(-1).astype("float32")
 
     def inverse_target(self, scaled: np.ndarray) -> np.ndarray:
-        return np.asarray(scaled, dtype="float64") * self.target_std + self.target_mean
+        column = np.asarray(scaled, dtype="float64").reshape(-1, 1)
+        return self.target_scaler.inverse_transform(column).reshape(-1)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {"features": _scaler_state(self.feature_scaler), "target": _scaler_state(self.target_scaler)}
+
+    @classmethod
+    def from_dict(cls, state: dict) -> Scaling:
+        return cls(_scaler_from(state["features"]), _scaler_from(state["target"]))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Scaling) and self.to_dict() == other.to_dict()

@@ -1,27 +1,38 @@
-"""MLflow pyfunc forecasters that take raw daily prices and return next-session closes.
+"""Forecasters that take raw daily prices and return next-session closes: the naive baseline and the LSTM.
 
 Input: rows `Date, Open, High, Low, Close, Volume` (Date as YYYY-MM-DD), oldest first.
-Output: one row per input session that has enough history: `as_of` (that session) and
-`forecast_close` (the forecast for the session after it). The same contract serves the naive
-baseline and the LSTM, so a champion of either kind is re-scored on any challenger's test days.
+Output: one row per input session that has enough history: `as_of` (that session), `forecast_close` (the forecast for
+the session after it) and, where the model has them, interval bounds. Both kinds keep this one contract, so a champion
+of either kind is scored on any challenger's test sessions.
+
+A forecaster is data, never code: its `spec()` is plain JSON (and the LSTM's weights a Keras `.keras` file), which
+`pipeline.model_files` stores and loads back without unpickling anything.
 """
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
+from typing import Any, Protocol
 
-import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 
-from pipeline.features import FEATURE_NAMES, Standardizer, window_features
+from pipeline import intervals
+from pipeline.features import FEATURE_NAMES, Scaling, window_features
+from pipeline.intervals import IntervalCalibration
 from pipeline.sources import COLUMNS
 
 NAIVE = "naive"
 LSTM = "lstm"
-KERAS_ARTIFACT = "keras_model"
-PREPROCESSING_ARTIFACT = "preprocessing"
+# Bumped when a spec's meaning changes, so an old model is refused by name instead of misread.
+SPEC_FORMAT = 1
+
+
+class Forecaster(Protocol):
+    kind: str
+
+    def predict(self, model_input: pd.DataFrame) -> pd.DataFrame: ...
+
+    def spec(self) -> dict[str, Any]: ...
 
 
 def to_model_input(prices: pd.DataFrame) -> pd.DataFrame:
@@ -33,95 +44,105 @@ def to_model_input(prices: pd.DataFrame) -> pd.DataFrame:
     return frame.reset_index(drop=True)
 
 
-def _closes_and_dates(model_input: pd.DataFrame) -> tuple[np.ndarray, pd.Series]:
+def closes_and_dates(model_input: pd.DataFrame) -> tuple[np.ndarray, pd.Series]:
     frame = pd.DataFrame(model_input)
     if "Close" not in frame or "Date" not in frame:
-        raise ValueError(f"model input needs Date and Close columns, got {list(frame.columns)}")
+        raise ValueError(f"model input needs Date and Close columns, got {list(frame.columns)[:10]}")
     frame = frame.assign(Date=pd.to_datetime(frame["Date"])).sort_values("Date", kind="stable")
     return frame["Close"].to_numpy(dtype="float64"), frame["Date"].dt.strftime("%Y-%m-%d").reset_index(drop=True)
 
 
-def _output(as_of: pd.Series, forecast: np.ndarray) -> pd.DataFrame:
-    return pd.DataFrame({"as_of": as_of.to_numpy(dtype=object), "forecast_close": np.asarray(forecast, dtype="float64")})
+def forecast_frame(as_of: pd.Series, forecast: np.ndarray, bounds: dict[str, np.ndarray] | None = None) -> pd.DataFrame:
+    frame = pd.DataFrame({"as_of": as_of.to_numpy(dtype=object), "forecast_close": np.asarray(forecast, dtype="float64")})
+    for column, values in (bounds or {}).items():
+        frame[column] = np.asarray(values, dtype="float64")
+    return frame
 
 
-class NaiveForecaster(mlflow.pyfunc.PythonModel):
-    """Persistence: tomorrow's close is today's close."""
+class NaiveForecaster:
+    """Persistence: tomorrow's close is today's close, with intervals from the empirical quantiles of recent returns
+    (so every forecast, even the baseline's, says how sure it is)."""
 
     kind = NAIVE
 
-    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
-        closes, dates = _closes_and_dates(model_input)
-        return _output(dates, closes)
+    def predict(self, model_input: pd.DataFrame) -> pd.DataFrame:
+        closes, dates = closes_and_dates(model_input)
+        return forecast_frame(dates, closes, intervals.naive_intervals(closes))
+
+    def spec(self) -> dict[str, Any]:
+        return {"kind": NAIVE, "format": SPEC_FORMAT}
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> NaiveForecaster:
+        return cls()
 
 
-class LstmForecaster(mlflow.pyfunc.PythonModel):
+class LstmForecaster:
     """An LSTM forecasting the next log return from windows normalised by their last close."""
 
     kind = LSTM
 
-    def __init__(self, keras_model=None, scaler: Standardizer | None = None, window: int | None = None,
-                 shrinkage: float = 1.0):
-        self._keras_model = keras_model
-        self._scaler = scaler
-        self._window = window
+    def __init__(self, keras_model: Any, scaling: Scaling, window: int, shrinkage: float = 1.0,
+                 calibration: IntervalCalibration | None = None):
+        self.keras_model = keras_model
+        self.scaling = scaling
+        self.window = int(window)
         # Fraction of the network's predicted return kept (estimated on validation): 0 is "tomorrow = today".
-        self._shrinkage = shrinkage
+        self.shrinkage = float(shrinkage)
+        self.calibration = calibration
 
-    def __getstate__(self):
-        # The network travels as a .keras artifact, not inside the pickle.
-        return {}
+    def with_calibration(self, calibration: IntervalCalibration) -> LstmForecaster:
+        return LstmForecaster(self.keras_model, self.scaling, self.window, self.shrinkage, calibration)
 
-    def __setstate__(self, state):
-        self.__init__()
-
-    @property
-    def keras_model(self):
-        return self._keras_model
-
-    @property
-    def window(self) -> int | None:
-        return self._window
-
-    def load_context(self, context) -> None:
-        import keras
-
-        spec = json.loads(Path(context.artifacts[PREPROCESSING_ARTIFACT]).read_text())
-        self._window = int(spec["window"])
-        self._scaler = Standardizer(**spec["scaler"])
-        self._shrinkage = float(spec.get("shrinkage", 1.0))
-        self._keras_model = keras.models.load_model(context.artifacts[KERAS_ARTIFACT], compile=False)
-
-    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
-        closes, dates = _closes_and_dates(model_input)
-        window = self._window
-        features = window_features(closes, window)
+    def point_forecasts(self, closes: np.ndarray) -> np.ndarray:
+        """Forecasts for every close with a full window behind it (close index `window` onwards)."""
+        features = window_features(closes, self.window)
         if len(features) == 0:
-            raise ValueError(f"the LSTM needs at least {window + 1} sessions of prices, got {len(closes)}")
-        returns = self._shrinkage * self.network_returns(features)
-        last_close = closes[window:]
-        return _output(dates.iloc[window:], last_close * np.exp(returns))
+            raise ValueError(f"the LSTM needs at least {self.window + 1} sessions of prices, got {len(closes)}")
+        return closes[self.window :] * np.exp(self.shrinkage * self.network_returns(features))
+
+    def predict(self, model_input: pd.DataFrame) -> pd.DataFrame:
+        closes, dates = closes_and_dates(model_input)
+        forecast = self.point_forecasts(closes)
+        bounds = None
+        if self.calibration is not None:
+            positions = np.arange(self.window, len(closes))
+            bounds = intervals.prediction_intervals(closes, forecast, self.calibration, positions)
+        return forecast_frame(dates.iloc[self.window :], forecast, bounds)
 
     def network_returns(self, features: np.ndarray) -> np.ndarray:
         """The network's next log returns for windows of features, before any shrinkage."""
         # One direct forward pass: `predict` would retrace a tf.function for every new input length.
-        scaled = np.asarray(self._keras_model(self._scaler.features(features), training=False))
-        return self._scaler.inverse_target(scaled.reshape(-1))
+        scaled = np.asarray(self.keras_model(self.scaling.features(features), training=False))
+        return self.scaling.inverse_target(scaled.reshape(-1))
 
-    @staticmethod
-    def preprocessing_spec(window: int, scaler: Standardizer, shrinkage: float = 1.0) -> dict:
-        return {"window": window, "scaler": scaler.to_dict(), "features": list(FEATURE_NAMES), "shrinkage": shrinkage}
+    def spec(self) -> dict[str, Any]:
+        return {"kind": LSTM, "format": SPEC_FORMAT, "window": self.window, "features": list(FEATURE_NAMES),
+                "scaling": self.scaling.to_dict(), "shrinkage": self.shrinkage,
+                "intervals": None if self.calibration is None else self.calibration.to_dict()}
 
-    @property
-    def shrinkage(self) -> float:
-        return self._shrinkage
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any], keras_model: Any) -> LstmForecaster:
+        if list(spec.get("features", [])) != list(FEATURE_NAMES):
+            raise ValueError(f"the model was trained on features {spec.get('features')}, this code computes "
+                             f"{list(FEATURE_NAMES)}")
+        calibration = IntervalCalibration.from_dict(spec["intervals"]) if spec.get("intervals") else None
+        return cls(keras_model, Scaling.from_dict(spec["scaling"]), int(spec["window"]), float(spec["shrinkage"]),
+                   calibration)
 
 
-def forecasts_on(predictions: pd.DataFrame, as_of_dates: pd.DatetimeIndex) -> np.ndarray:
+def forecasts_on(predictions: pd.DataFrame, as_of_dates: pd.DatetimeIndex, column: str = "forecast_close") -> np.ndarray:
     """A model's forecasts for the given as-of sessions; fails loudly if any is missing."""
-    by_date = predictions.set_index("as_of")["forecast_close"]
+    by_date = predictions.set_index("as_of")[column]
     wanted = as_of_dates.strftime("%Y-%m-%d")
     missing = wanted.difference(by_date.index)
     if len(missing):
         raise ValueError(f"model gave no forecast for {len(missing)} session(s), first {missing[0]}")
     return by_date.loc[wanted].to_numpy(dtype="float64")
+
+
+def min_input_rows(forecaster: Forecaster) -> int:
+    """Sessions a served model needs for exact forecasts and intervals (volatility and naive quantiles look back a
+    year); fewer still forecast, with wider uncertainty about the volatility."""
+    window = getattr(forecaster, "window", 0)
+    return max(window, intervals.EWMA_WINDOW, intervals.NAIVE_LOOKBACK) + 1

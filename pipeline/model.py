@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -56,23 +58,25 @@ def weights_fit(weights: list, window: int, n_features: int, config: TrainingCon
 
 
 def _epoch_logger(label: str, epochs: int):
+    """Each epoch's losses in the run log, for a person following the run (MLflow gets them from its own callback)."""
     import keras
 
-    class EpochLogger(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs=None):
-            logs = logs or {}
-            log.info(
-                "%s: epoch %d/%d loss=%.4f val_loss=%.4f",
-                label, epoch + 1, epochs, logs.get("loss", np.nan), logs.get("val_loss", np.nan),
-            )
+    def log_epoch(epoch: int, logs: dict | None) -> None:
+        logs = logs or {}
+        log.info("%s: epoch %d/%d loss=%.4f val_loss=%.4f", label, epoch + 1, epochs, logs.get("loss", np.nan),
+                 logs.get("val_loss", np.nan))
 
-    return EpochLogger()
+    return keras.callbacks.LambdaCallback(on_epoch_end=log_epoch)
 
 
 def train_lstm(
-    dataset: Dataset, config: TrainingConfig, label: str = "model", initial_weights: list | None = None
+    dataset: Dataset, config: TrainingConfig, label: str = "model", initial_weights: list | None = None,
+    callbacks: Sequence[Any] = (),
 ) -> TrainedModel:
-    """Fit from fresh seeded weights, or, given `initial_weights` (a warm start), for `warm_start_epochs` only."""
+    """Fit from fresh seeded weights, or, given `initial_weights` (a warm start), for `warm_start_epochs` only.
+
+    `callbacks` see every epoch (tracking); the log shows each epoch's losses either way.
+    """
     import keras
 
     keras.utils.set_random_seed(config.seed)
@@ -92,7 +96,7 @@ def train_lstm(
         validation_data=(dataset.val.x, dataset.val.y),
         epochs=epochs,
         batch_size=config.batch_size,
-        callbacks=[stop, _epoch_logger(label, epochs)],
+        callbacks=[stop, _epoch_logger(label, epochs), *callbacks],
         verbose=0,
     )
     history = {k: [float(v) for v in values] for k, values in fit.history.items()}

@@ -1,17 +1,15 @@
-"""The next session's forecast from the registered champion, fed with raw stored prices."""
+"""The next session's forecast from the champion, fed with raw stored prices, with its intervals."""
 
 from __future__ import annotations
 
 import datetime as dt
+import math
 from dataclasses import asdict, dataclass
 
 import pandas as pd
 
-from pipeline.forecasters import to_model_input
+from pipeline.forecasters import Forecaster, min_input_rows, to_model_input
 from pipeline.trading_calendar import next_session
-
-# Enough sessions for any window the settings allow; the model picks what it needs from them.
-DEFAULT_INPUT_ROWS = 400
 
 
 @dataclass(frozen=True)
@@ -21,6 +19,10 @@ class Forecast:
     last_close: float
     forecast_date: str
     forecast_close: float
+    lower_80: float | None
+    upper_80: float | None
+    lower_95: float | None
+    upper_95: float | None
     model_version: str
     model_kind: str
 
@@ -28,17 +30,16 @@ class Forecast:
         return asdict(self)
 
 
-def input_rows(model) -> int:
-    """Rows of history the served model needs, from the metadata it was logged with."""
-    metadata = getattr(getattr(model, "metadata", None), "metadata", None) or {}
-    return int(metadata.get("min_input_rows", DEFAULT_INPUT_ROWS))
+def _bound(row: pd.Series, column: str) -> float | None:
+    value = row.get(column)
+    return None if value is None or not math.isfinite(float(value)) else float(value)
 
 
-def forecast_next(ticker: str, model, history: pd.DataFrame, model_version: str, model_kind: str) -> Forecast:
+def forecast_next(ticker: str, model: Forecaster, history: pd.DataFrame, model_version: str) -> Forecast:
     """Forecast the session after the last stored one."""
     if history.empty:
         raise ValueError(f"{ticker}: no stored prices; run `stockpipe run` first")
-    recent = history.tail(input_rows(model))
+    recent = history.tail(min_input_rows(model))
     predictions = model.predict(to_model_input(recent))
     if predictions.empty:
         raise ValueError(f"{ticker}: the model needs more history than the {len(recent)} stored session(s)")
@@ -51,6 +52,10 @@ def forecast_next(ticker: str, model, history: pd.DataFrame, model_version: str,
         last_close=last_close,
         forecast_date=next_session(as_of).isoformat(),
         forecast_close=float(last["forecast_close"]),
+        lower_80=_bound(last, "lower_80"),
+        upper_80=_bound(last, "upper_80"),
+        lower_95=_bound(last, "lower_95"),
+        upper_95=_bound(last, "upper_95"),
         model_version=str(model_version),
-        model_kind=model_kind,
+        model_kind=model.kind,
     )

@@ -23,6 +23,9 @@ BUNDLED_SUITE = PROJECT_ROOT / "expectations" / "prices.json"
 
 # Two small LSTMs train side by side on this kind of 2-core machine; a third only competes for the cores.
 DEFAULT_MAX_WORKERS = 2
+# Chosen from the replay of the promotion rule on the bundled data (README, "Promotion rule").
+DEFAULT_MIN_RELATIVE_GAIN = 0.002
+DEFAULT_PROMOTION_ALPHA = 0.10
 
 
 class SourceKind(StrEnum):
@@ -43,8 +46,10 @@ class TrainingConfig(BaseModel):
     learning_rate: float = Field(1e-3, gt=0)
     patience: int = Field(5, ge=1, description="Epochs without validation improvement before early stopping.")
     warm_start_epochs: int = Field(8, ge=1, description="Epochs when retraining from the champion's weights.")
-    val_fraction: float = Field(0.1, gt=0, lt=0.5)
-    test_fraction: float = Field(0.1, gt=0, lt=0.5)
+    val_fraction: float = Field(0.1, gt=0, lt=0.5, description="Share of windows before the test sessions used for "
+                                "early stopping, shrinkage and interval calibration.")
+    eval_sessions: int = Field(250, ge=20, description="The last sessions every model is scored on (never trained on).")
+    eval_blocks: int = Field(5, ge=1, description="Consecutive blocks the test sessions are split into.")
     seed: int = 42
 
     def digest(self) -> str:
@@ -74,16 +79,33 @@ class Settings(BaseSettings):
         None, description="Defaults to MLFLOW_TRACKING_URI, else a SQLite database under `home`."
     )
     experiment_name: str = "stockpipe"
-    promotion_margin: float = Field(
-        0.0, ge=0, lt=1, description="Relative RMSE improvement a challenger needs over the champion."
+    min_relative_gain: float = Field(
+        DEFAULT_MIN_RELATIVE_GAIN, ge=0, lt=1,
+        description="Relative RMSE improvement over the champion a challenger needs to be promoted.",
     )
+    promotion_alpha: float = Field(
+        DEFAULT_PROMOTION_ALPHA, gt=0, le=1,
+        description="A challenger is promoted only if the one-sided Diebold-Mariano p-value is below this.",
+    )
+    max_staleness_sessions: int = Field(
+        3, ge=0, description="Newest stored session at most this many exchange sessions before the as-of date.",
+    )
+    csv_root: Path = Field(
+        PROJECT_ROOT / "data", description="Deployed runs read --csv-dir folders only inside this root.",
+    )
+    max_input_bytes: int = Field(256 * 2**20, ge=1, description="Largest price file one source read accepts.")
+    quarantine_max_age_days: float = Field(30, ge=0, description="Rejected batches older than this are deleted.")
+    quarantine_max_bytes: int = Field(
+        200 * 2**20, ge=0, description="Quarantine is pruned, oldest first, to stay under this size.",
+    )
+    mlflow_ui_url: str = Field("http://127.0.0.1:5000", description="Base URL of the MLflow UI links point at.")
     max_workers: int = Field(DEFAULT_MAX_WORKERS, ge=1, description="Tickers processed at once.")
     fetch_backoff_seconds: float = Field(
         5.0, ge=0, description="First retry delay after a rate limit or network error; doubles per retry, with jitter."
     )
     training: TrainingConfig = TrainingConfig()
 
-    @field_validator("home", "snapshot_dir", "csv_dir", "suite_path")
+    @field_validator("home", "snapshot_dir", "csv_dir", "suite_path", "csv_root")
     @classmethod
     def _absolute(cls, path: Path | None) -> Path | None:
         """Resolved once, where settings are read: GX, MLflow and Prefect each need absolute paths, and a relative
@@ -123,10 +145,19 @@ class Settings(BaseSettings):
             return env["MLFLOW_TRACKING_URI"]
         return f"sqlite:///{self.home / 'mlflow.db'}"
 
-    def price_folder(self) -> Path:
-        """The folder a file-based source reads `<TICKER>.csv` from."""
+    def price_folder(self) -> Path | None:
+        """The folder a file-based source reads `<TICKER>.csv` from; None for Yahoo.
+
+        The one place that knows a csv source needs a folder and that the folder must exist.
+        """
+        if self.source is SourceKind.yahoo:
+            return None
         if self.source is SourceKind.csv:
             if self.csv_dir is None:
                 raise ValueError("--source csv needs --csv-dir (or STOCKPIPE_CSV_DIR)")
-            return self.csv_dir
-        return self.snapshot_dir
+            folder = self.csv_dir
+        else:
+            folder = self.snapshot_dir
+        if not folder.is_dir():
+            raise ValueError(f"price folder {folder} is not a directory")
+        return folder

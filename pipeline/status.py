@@ -1,34 +1,55 @@
-"""What `stockpipe status` reports: per ticker, the stored data, the champion and the last decision."""
+"""What `stockpipe status` reports per ticker: the stored data, the champion, the last decision, the quarantine.
+
+A broken file of one ticker is shown as that ticker's problem, with how to recover; the others are unaffected.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from pipeline import journal
-from pipeline.store import PriceStore
+from pipeline import journal, quarantine
+from pipeline.outcome import TickerOutcome
+from pipeline.store import PriceStore, StoreUnreadable
+from pipeline.tracking import Champion
 
 
-def ticker_status(ticker: str, store: PriceStore, reports_dir, champion) -> dict[str, Any]:
-    """`champion` is the registry's current champion (or None): the journal may predate a rollback."""
-    prices = store.read(ticker)
-    last = journal.read(reports_dir, ticker) or {}
+def ticker_status(ticker: str, store: PriceStore, last: TickerOutcome | None, champion: Champion | None,
+                  quarantine_dir: Path, problems: list[str] | None = None) -> dict[str, Any]:
+    """`champion` is the registry's current champion (the last outcome may predate a rollback)."""
+    problems = list(problems or [])
+    try:
+        prices = store.read(ticker)
+        start = None if prices.empty else prices["Date"].min().strftime("%Y-%m-%d")
+        end = None if prices.empty else prices["Date"].max().strftime("%Y-%m-%d")
+        rows = int(len(prices))
+    except StoreUnreadable as exc:
+        problems.append(str(exc))
+        start = end = None
+        rows = 0
+    kept = quarantine.usage(quarantine_dir, ticker)
     return {
         "ticker": ticker,
-        "data_start": None if prices.empty else prices["Date"].min().strftime("%Y-%m-%d"),
-        "data_end": None if prices.empty else prices["Date"].max().strftime("%Y-%m-%d"),
-        "rows": int(len(prices)),
+        "data_start": start,
+        "data_end": end,
+        "rows": rows,
         "champion_version": champion.version if champion else None,
         "champion_kind": champion.kind if champion else None,
-        "champion_test_rmse": last.get("champion_test_rmse"),
-        "challenger_test_rmse": last.get("challenger_test_rmse"),
-        "naive_test_rmse": last.get("naive_test_rmse"),
-        "u2": last.get("u2"),
-        "last_decision": last.get("decision"),
-        "last_reason": last.get("reason"),
-        "last_run_id": last.get("run_id"),
-        "last_run_at": last.get("finished_at"),
+        "champion_test_rmse": last.champion_test_rmse if last else None,
+        "challenger_test_rmse": last.challenger_test_rmse if last else None,
+        "naive_test_rmse": last.naive_test_rmse if last else None,
+        "u2": last.u2 if last else None,
+        "coverage_80": last.coverage_80 if last else None,
+        "coverage_95": last.coverage_95 if last else None,
+        "last_decision": last.decision.value if last else None,
+        "last_reason": last.reason if last else None,
+        "last_run_id": last.run_id if last else None,
+        "last_run_at": last.finished_at if last else None,
+        "quarantined_batches": kept.batches,
+        "quarantined_bytes": kept.bytes,
+        "problems": problems,
     }
 
 
-def known_tickers(store: PriceStore, reports_dir) -> list[str]:
-    return sorted(set(store.tickers()) | set(journal.tickers(reports_dir)))
+def known_tickers(store: PriceStore, reports_dir: Path, registered: list[str]) -> list[str]:
+    return sorted(set(store.tickers()) | set(journal.tickers(reports_dir)) | set(registered))

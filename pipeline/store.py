@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import os
-import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Iterator
 
 import numpy as np
 import pandas as pd
 from filelock import FileLock
 
+from pipeline.fsutil import atomic_write, private_dir
 from pipeline.sources import COLUMNS, normalize
 from pipeline.symbols import validate_ticker
 
@@ -52,10 +51,16 @@ def digest(prices: pd.DataFrame) -> str:
     return hashlib.sha256(hashed.to_numpy().tobytes()).hexdigest()[:16]
 
 
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+class StoreUnreadable(RuntimeError):
+    """A ticker's stored history cannot be read (torn, truncated or foreign file): that ticker's failure only."""
+
+
+def to_store_schema(prices: pd.DataFrame) -> pd.DataFrame:
+    """The exact types the store keeps, applied to admitted prices (the contract has already judged every value)."""
+    out = prices[COLUMNS].reset_index(drop=True).copy()
+    volume = out["Volume"]
+    out["Volume"] = volume.astype("Int64") if volume.isna().any() else volume.astype("int64")
+    return out
 
 
 @dataclass(frozen=True)
@@ -74,7 +79,17 @@ class PriceStore:
         path = self.path(ticker)
         if not path.exists():
             return normalize(pd.DataFrame(columns=COLUMNS))
-        return pd.read_parquet(path)
+        try:
+            prices = pd.read_parquet(path)
+            missing = [c for c in COLUMNS if c not in prices.columns]
+            if missing:
+                raise ValueError(f"lacks column(s) {missing}")
+        except Exception as exc:  # noqa: BLE001 - pyarrow raises many types for a torn file; all mean the same here
+            raise StoreUnreadable(
+                f"{path} is unreadable ({type(exc).__name__}); move it aside and run again to rebuild "
+                f"{ticker}'s history from the source (the model registry is not affected)"
+            ) from None
+        return prices[COLUMNS]
 
     def last_date(self, ticker: str) -> dt.date | None:
         history = self.read(ticker)
@@ -82,29 +97,12 @@ class PriceStore:
 
     def write(self, ticker: str, prices: pd.DataFrame) -> None:
         """Replace the ticker's history; readers see the old file or the new one, never a torn one."""
-        path = self.path(ticker)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                prices[COLUMNS].to_parquet(handle, index=False)
-                handle.flush()
-                os.fsync(handle.fileno())
-            # mkstemp makes owner-only files; the store should read like any other file the user writes.
-            os.chmod(tmp, 0o666 & ~_current_umask())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        directory = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
+        table = to_store_schema(prices)
+        atomic_write(self.path(ticker), lambda handle: table.to_parquet(handle, index=False))
 
     @contextmanager
     def lock(self, ticker: str, timeout: float = -1) -> Iterator[None]:
         """Serialise everything that reads, trains on and promotes one ticker, across processes."""
-        Path(self.locks).mkdir(parents=True, exist_ok=True)
+        private_dir(Path(self.locks))
         with FileLock(Path(self.locks) / f"{validate_ticker(ticker)}.lock", timeout=timeout):
             yield

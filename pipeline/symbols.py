@@ -18,10 +18,25 @@ class InvalidTicker(ValueError):
 def validate_ticker(ticker: str) -> str:
     if not isinstance(ticker, str) or not TICKER_PATTERN.fullmatch(ticker):
         raise InvalidTicker(
-            f"invalid ticker {ticker!r}: use 1-15 upper-case letters or digits, "
+            f"invalid ticker {str(ticker)[:40]!r}: use 1-15 upper-case letters or digits, "
             "with '.' or '-' only inside (e.g. MSFT, BRK-B)"
         )
     return ticker
+
+
+# What a person may type: the same symbols in any ASCII case. Checked on the raw text, before case folding, because
+# Unicode folding turns other characters into valid ones ("ﬀ".upper() == "FF", the Kelvin sign folds to "K").
+TYPED_TICKER_PATTERN = re.compile(TICKER_PATTERN.pattern, re.IGNORECASE | re.ASCII)
+
+
+def parse_ticker(typed: str) -> str:
+    """A ticker as typed on a command line, checked as typed, then upper-cased."""
+    if not isinstance(typed, str) or not TYPED_TICKER_PATTERN.fullmatch(typed):
+        raise InvalidTicker(
+            f"invalid ticker {typed[:40]!r}: use 1-15 letters or digits, with '.' or '-' only inside (e.g. MSFT, BRK-B)"
+            if isinstance(typed, str) else f"invalid ticker of type {type(typed).__name__}"
+        )
+    return validate_ticker(typed.upper())
 
 
 def registered_model_name(ticker: str) -> str:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from pipeline.features import Standardizer, next_log_returns, window_features
+from pipeline.features import Scaling, next_log_returns, window_features
 from pipeline.settings import TrainingConfig
 
 
@@ -33,7 +33,7 @@ class Dataset:
     train: Split
     val: Split
     test: Split
-    scaler: Standardizer
+    scaler: Scaling
     window: int
 
 
@@ -44,10 +44,25 @@ def training_history(prices: pd.DataFrame, history_years: float) -> pd.DataFrame
     return prices.loc[prices["Date"] > start].reset_index(drop=True)
 
 
+# Fewest windows the training and validation splits may have.
+SMALLEST_SPLIT = 10
+
+
+def split_sizes(n_windows: int, config: TrainingConfig) -> tuple[int, int, int]:
+    """Train, validation and test window counts: the test split is the last `eval_sessions` windows, validation a
+    fraction of all windows just before it, training everything earlier."""
+    n_test = config.eval_sessions
+    n_val = max(SMALLEST_SPLIT, int(round(n_windows * config.val_fraction)))
+    return n_windows - n_val - n_test, n_val, n_test
+
+
 def min_rows_for(config: TrainingConfig) -> int:
-    """Fewest sessions that still give every split at least a handful of windows."""
-    smallest_split = 10
-    return config.window + 1 + int(np.ceil(smallest_split / min(config.val_fraction, config.test_fraction)))
+    """Fewest sessions that still give every split enough windows."""
+    # Each session gives one window except the first `window` (history only) and the last (no target yet).
+    windows = config.eval_sessions + SMALLEST_SPLIT
+    while split_sizes(windows, config)[0] < SMALLEST_SPLIT:
+        windows += 1
+    return windows + config.window + 1
 
 
 def build_dataset(prices: pd.DataFrame, config: TrainingConfig) -> Dataset:
@@ -64,13 +79,11 @@ def build_dataset(prices: pd.DataFrame, config: TrainingConfig) -> Dataset:
     as_of_index = np.arange(config.window, len(closes) - 1)
 
     n = len(targets)
-    n_test = max(1, int(round(n * config.test_fraction)))
-    n_val = max(1, int(round(n * config.val_fraction)))
-    n_train = n - n_val - n_test
+    n_train, n_val, n_test = split_sizes(n, config)
     bounds = {"train": (0, n_train), "val": (n_train, n_train + n_val), "test": (n_train + n_val, n)}
 
     train_lo, train_hi = bounds["train"]
-    scaler = Standardizer.fit(features[train_lo:train_hi], targets[train_lo:train_hi])
+    scaler = Scaling.fit(features[train_lo:train_hi], targets[train_lo:train_hi])
 
     def split(lo: int, hi: int) -> Split:
         idx = as_of_index[lo:hi]

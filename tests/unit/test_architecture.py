@@ -22,7 +22,7 @@ FORBIDDEN_ROOTS = {"prefect", "flows"}
 
 def test_the_module_list_is_not_empty():
     assert len(MODULE_FILES) >= 10
-    assert {"pipeline.features", "pipeline.windows", "pipeline.model", "pipeline.steps"} <= set(MODULES)
+    assert {"pipeline.features", "pipeline.windows", "pipeline.model", "pipeline.daily"} <= set(MODULES)
 
 
 # -- static check --------------------------------------------------------------------------------

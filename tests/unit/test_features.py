@@ -1,13 +1,15 @@
-"""pipeline.features: strided windows against a plain loop, next-session targets, the Standardizer."""
+"""pipeline.features: strided windows against a plain loop, next-session targets, the scaling."""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pytest
 
 from pipeline.features import (
     FEATURE_NAMES,
-    Standardizer,
+    Scaling,
     first_forecast_index,
     next_log_returns,
     window_features,
@@ -90,44 +92,44 @@ def test_next_log_returns_align_with_window_features():
     np.testing.assert_allclose(targets[:-1], features[1:, -1, 1], rtol=1e-6, atol=1e-7)
 
 
-def test_standardizer_fit_transform_inverse_round_trip():
+def test_scaling_fit_transform_inverse_round_trip():
     rng = np.random.default_rng(5)
     features = np.stack(
         [rng.normal(3.0, 2.0, size=(50, 7)), rng.normal(-1.0, 0.5, size=(50, 7))], axis=-1
     ).astype("float32")
     targets = rng.normal(0.001, 0.02, size=50)
-    scaler = Standardizer.fit(features, targets)
+    scaling = Scaling.fit(features, targets)
 
     flat = features.reshape(-1, 2).astype("float64")
-    np.testing.assert_allclose(scaler.feature_mean, flat.mean(axis=0), rtol=1e-12)
-    np.testing.assert_allclose(scaler.feature_std, flat.std(axis=0), rtol=1e-12)
-    assert scaler.target_mean == pytest.approx(targets.mean(), rel=1e-12)
-    assert scaler.target_std == pytest.approx(targets.std(), rel=1e-12)
+    np.testing.assert_allclose(scaling.feature_scaler.mean_, flat.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(scaling.feature_scaler.scale_, flat.std(axis=0), rtol=1e-12)
+    assert scaling.target_scaler.mean_[0] == pytest.approx(targets.mean(), rel=1e-12)
 
-    scaled = scaler.features(features)
+    scaled = scaling.features(features)
     assert scaled.dtype == np.float32 and scaled.shape == features.shape
     np.testing.assert_allclose(scaled.reshape(-1, 2).mean(axis=0), [0.0, 0.0], atol=1e-5)
     np.testing.assert_allclose(scaled.reshape(-1, 2).std(axis=0), [1.0, 1.0], atol=1e-5)
 
-    scaled_targets = scaler.target(targets)
+    scaled_targets = scaling.target(targets)
     assert scaled_targets.dtype == np.float32
     assert abs(float(np.mean(scaled_targets))) < 1e-5
-    np.testing.assert_allclose(scaler.inverse_target(scaled_targets), targets, rtol=0, atol=1e-8)
+    np.testing.assert_allclose(scaling.inverse_target(scaled_targets), targets, rtol=0, atol=1e-8)
 
 
-def test_standardizer_constant_inputs_do_not_divide_by_zero():
+def test_scaling_constant_inputs_do_not_divide_by_zero():
     features = np.ones((4, 3, 2), dtype="float32")
     targets = np.full(4, 0.5)
-    scaler = Standardizer.fit(features, targets)
-    assert scaler.feature_std == [1.0, 1.0]
-    assert scaler.target_std == 1.0
-    assert np.all(np.isfinite(scaler.features(features)))
-    np.testing.assert_allclose(scaler.inverse_target(scaler.target(targets)), targets)
+    scaling = Scaling.fit(features, targets)
+    assert np.all(np.isfinite(scaling.features(features)))
+    np.testing.assert_allclose(scaling.inverse_target(scaling.target(targets)), targets)
 
 
-def test_standardizer_to_dict_rebuilds_an_equal_scaler():
+def test_scaling_round_trips_through_plain_json():
+    """Models are stored as data: the fitted scalers travel as JSON numbers, never as a pickle."""
     rng = np.random.default_rng(9)
-    scaler = Standardizer.fit(rng.normal(size=(10, 4, 2)), rng.normal(size=10))
-    rebuilt = Standardizer(**scaler.to_dict())
-    assert rebuilt == scaler
-    assert set(scaler.to_dict()) == {"feature_mean", "feature_std", "target_mean", "target_std"}
+    features = rng.normal(size=(10, 4, 2))
+    scaling = Scaling.fit(features, rng.normal(size=10))
+    rebuilt = Scaling.from_dict(json.loads(json.dumps(scaling.to_dict())))
+    assert rebuilt == scaling
+    np.testing.assert_array_equal(rebuilt.features(features), scaling.features(features))
+    assert set(scaling.to_dict()) == {"features", "target"}

@@ -1,125 +1,59 @@
-"""pipeline.promotion: the champion/challenger decision and its report."""
+"""pipeline.promotion: the typed verdict over the evidence rule (pipeline.evidence.judge, whose every branch
+tests/unit/test_evidence.py covers), and the run description that shows every figure the rule used."""
 
 from __future__ import annotations
 
-import math
+import numpy as np
 
-import pytest
+from pipeline.evidence import PromotionPolicy, gather_evidence
+from pipeline.outcome import Decision
+from pipeline.promotion import decide, describe
 
-from pipeline import promotion
-from pipeline.promotion import KEPT, PROMOTED, Decision, decide, decision_report, report_markdown
-
-
-def test_constants():
-    assert promotion.PROMOTED == "promoted"
-    assert promotion.KEPT == "kept"
-    assert promotion.FAILED == "failed"
-    assert promotion.SKIPPED == "skipped"
-    assert promotion.CHAMPION_ALIAS == "champion"
-    assert promotion.PREVIOUS_ALIAS == "previous"
-    assert promotion.COMPARED_METRIC == "test_rmse"
+POLICY = PromotionPolicy(min_relative_gain=0.002, promotion_alpha=0.10)
 
 
-def test_lower_rmse_promotes():
-    decision = decide(0.9, 1.0)
-    assert decision.verdict == PROMOTED and decision.promote
-    assert decision.challenger_rmse == 0.9 and decision.champion_rmse == 1.0 and decision.margin == 0.0
-    assert "lower by 10.00%" in decision.reason
+def evidence_for(challenger_noise: float, champion_noise: float, n: int = 250, seed: int = 3):
+    rng = np.random.default_rng(seed)
+    actual = 100 + np.cumsum(rng.normal(0, 1, n))
+    naive = np.concatenate([[actual[0]], actual[:-1]])
+    challenger = actual + rng.normal(0, challenger_noise, n)
+    champion = actual + rng.normal(0, champion_noise, n)
+    return gather_evidence(actual, challenger, champion, naive, blocks=5)
 
 
-def test_slightly_lower_rmse_promotes_without_margin():
-    assert decide(0.999999, 1.0).promote
+def test_a_clearly_better_challenger_is_promoted_with_every_figure_in_the_reason():
+    verdict = decide(evidence_for(0.3, 1.0), POLICY)
+    assert verdict.decision is Decision.promoted and verdict.promote
+    assert all(check.passed for check in verdict.checks)
+    for figure in ("gain over champion", "DM p-value", "won 5 of 5 blocks", "U2"):
+        assert figure in verdict.reason
 
 
-def test_a_tie_never_promotes():
-    decision = decide(1.2345, 1.2345)
-    assert decision.verdict == KEPT and not decision.promote
-    assert "not lower" in decision.reason
+def test_a_worse_challenger_is_kept_naming_the_first_failed_test():
+    verdict = decide(evidence_for(1.0, 0.3), POLICY)
+    assert verdict.decision is Decision.kept and not verdict.promote
+    assert verdict.reason.startswith("gain over champion -")
 
 
-def test_tie_with_margin_never_promotes():
-    assert decide(2.0, 2.0, margin=0.05).verdict == KEPT
+def test_an_identical_challenger_never_promotes():
+    evidence = evidence_for(0.5, 0.5)
+    same = gather_evidence(np.arange(250.0) + 100, np.arange(250.0) + 100.5, np.arange(250.0) + 100.5,
+                           np.arange(250.0) + 99, blocks=5)
+    assert decide(same, PromotionPolicy(0.0)).decision is Decision.kept
+    assert decide(evidence, POLICY).decision in (Decision.kept, Decision.promoted)
 
 
-def test_higher_rmse_keeps():
-    decision = decide(1.1, 1.0)
-    assert decision.verdict == KEPT
-    assert "not lower" in decision.reason
-
-
-@pytest.mark.parametrize(
-    "challenger, verdict",
-    [(0.97, KEPT), (0.951, KEPT), (0.94, PROMOTED), (0.5, PROMOTED), (1.01, KEPT)],
-)
-def test_margin_is_a_relative_improvement(challenger, verdict):
-    decision = decide(challenger, 1.0, margin=0.05)
-    assert decision.verdict == verdict
-    assert decision.margin == 0.05
-    if challenger < 1.0 and verdict == KEPT:
-        assert "margin" in decision.reason
-
-
-def test_margin_is_relative_to_the_champion_not_absolute():
-    # 3% better at any scale keeps with a 5% margin; 6% better promotes.
-    assert decide(97.0, 100.0, margin=0.05).verdict == KEPT
-    assert decide(94.0, 100.0, margin=0.05).verdict == PROMOTED
-    assert decide(0.0097, 0.01, margin=0.05).verdict == KEPT
-    assert decide(0.0094, 0.01, margin=0.05).verdict == PROMOTED
-
-
-def test_an_improvement_of_exactly_the_margin_promotes():
-    # Exactly representable: (4 - 3) / 4 == 0.25.
-    assert decide(3.0, 4.0, margin=0.25).verdict == PROMOTED
-    assert decide(3.0000001, 4.0, margin=0.25).verdict == KEPT
-
-
-@pytest.mark.parametrize(
-    "challenger, champion",
-    [(math.nan, 1.0), (1.0, math.nan), (math.inf, 1.0), (0.5, math.inf), (-math.inf, 1.0), (math.nan, math.nan)],
-)
-def test_non_finite_rmse_keeps(challenger, champion):
-    decision = decide(challenger, champion)
-    assert decision.verdict == KEPT
-    assert "non-finite" in decision.reason
-
-
-def test_decision_is_serializable():
-    decision = decide(0.8, 1.0, margin=0.1)
-    assert decision.to_dict() == {
-        "verdict": PROMOTED,
-        "reason": decision.reason,
-        "challenger_rmse": 0.8,
-        "champion_rmse": 1.0,
-        "margin": 0.1,
-    }
-    assert Decision(**decision.to_dict()) == decision
-
-
-def test_decision_report_and_markdown():
-    decision = decide(0.8, 1.0)
-    report = decision_report(
-        decision,
-        ticker="MSFT",
-        challenger="v3",
-        champion="v2",
-        naive_rmse=0.9,
-        test_days=["2017-01-03", "2017-01-04", "2017-01-05"],
-        data_digest="abc",
-        dm_stat=-2.5,
-        dm_pvalue=0.01,
-    )
-    assert report["verdict"] == PROMOTED
-    assert report["u2"] == pytest.approx(0.8 / 0.9)
-    assert report["compared_metric"] == "test_rmse"
-    assert (report["test_days"], report["test_start"], report["test_end"]) == (3, "2017-01-03", "2017-01-05")
-    text = report_markdown(report)
-    assert text.startswith("# MSFT: promoted")
-    assert "| challenger (v3) | 0.8000 |" in text
-    assert "statistic -2.500, p-value 0.010" in text
-
-    empty = decision_report(
-        decide(math.nan, 1.0), ticker="GSPC", challenger="v1", champion="v0", naive_rmse=0.0, test_days=[],
-        data_digest="d",
-    )
-    assert empty["u2"] is None and empty["test_start"] is None
-    assert "| challenger (v1) | n/a |" in report_markdown(empty)
+def test_the_verdict_and_the_description_carry_every_figure():
+    evidence = evidence_for(0.3, 1.0)
+    verdict = decide(evidence, POLICY)
+    record = verdict.to_dict()
+    assert record["decision"] == "promoted" and record["min_relative_gain"] == 0.002
+    assert [c["name"] for c in record["checks"]] == ["relative_gain", "dm_pvalue", "blocks_won", "u2"]
+    text = describe("MSFT", verdict, evidence, "v1 (naive)")
+    first = text.splitlines()[0]
+    assert first.startswith("**Promoted**: the challenger replaces v1 (naive) as MSFT's champion: ")
+    assert "| relative_gain |" in text and "| dm_pvalue |" in text and "| blocks_won |" in text and "| u2 |" in text
+    assert f"{evidence.challenger_rmse:.4f}" in text and f"{evidence.naive_rmse:.4f}" in text
+    assert "250 test sessions in 5 blocks" in text
+    kept = describe("MSFT", decide(evidence_for(1.0, 0.3), POLICY), evidence, "v3 (lstm)")
+    assert kept.startswith("**Kept** v3 (lstm) as MSFT's champion: gain over champion")

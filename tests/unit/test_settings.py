@@ -8,7 +8,15 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from pipeline.settings import BUNDLED_SNAPSHOTS, BUNDLED_SUITE, Settings, SourceKind, TrainingConfig
+from pipeline.settings import (
+    BUNDLED_SNAPSHOTS,
+    BUNDLED_SUITE,
+    DEFAULT_MIN_RELATIVE_GAIN,
+    PROJECT_ROOT,
+    Settings,
+    SourceKind,
+    TrainingConfig,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -32,7 +40,9 @@ def test_defaults(clean_env):
     assert settings.yahoo_symbols == {"GSPC": "^GSPC"}
     assert settings.mlflow_tracking_uri is None
     assert settings.max_workers == 2
-    assert settings.promotion_margin == 0.0
+    assert settings.min_relative_gain == DEFAULT_MIN_RELATIVE_GAIN and settings.promotion_alpha == 0.10
+    assert settings.max_staleness_sessions == 3
+    assert settings.csv_root == PROJECT_ROOT / "data"
     assert settings.training == TrainingConfig()
     assert settings.training.epochs == 30 and settings.training.window == 60
 
@@ -201,7 +211,7 @@ def test_training_digest_same_through_env(monkeypatch):
     [
         {"history_years": 5.0}, {"window": 30}, {"units": 32}, {"dropout": 0.1}, {"epochs": 31},
         {"batch_size": 32}, {"learning_rate": 2e-3}, {"patience": 6}, {"warm_start_epochs": 4},
-        {"val_fraction": 0.2}, {"test_fraction": 0.2}, {"seed": 7},
+        {"val_fraction": 0.2}, {"eval_sessions": 300}, {"eval_blocks": 4}, {"seed": 7},
     ],
 )
 def test_training_digest_changes_with_any_hyperparameter(change):
@@ -211,11 +221,23 @@ def test_training_digest_changes_with_any_hyperparameter(change):
 def test_every_training_field_is_covered_by_the_digest_test():
     fields = set(TrainingConfig.model_fields)
     covered = {"history_years", "window", "units", "dropout", "epochs", "batch_size", "learning_rate",
-               "patience", "warm_start_epochs", "val_fraction", "test_fraction", "seed"}
+               "patience", "warm_start_epochs", "val_fraction", "eval_sessions", "eval_blocks", "seed"}
     assert fields == covered, "a new hyperparameter needs a case in test_training_digest_changes_with_any_hyperparameter"
 
 
 # -- where file-based sources read from -----------------------------------------------------------
+
+
+def test_yahoo_reads_no_folder(monkeypatch):
+    monkeypatch.setenv("STOCKPIPE_SOURCE", "yahoo")
+    assert Settings().price_folder() is None
+
+
+def test_a_missing_price_folder_is_named(monkeypatch, tmp_path):
+    monkeypatch.setenv("STOCKPIPE_SOURCE", "csv")
+    monkeypatch.setenv("STOCKPIPE_CSV_DIR", str(tmp_path / "nowhere"))
+    with pytest.raises(ValueError, match="nowhere is not a directory"):
+        Settings().price_folder()
 
 
 def test_csv_source_without_csv_dir_is_an_error(monkeypatch):
@@ -227,7 +249,8 @@ def test_csv_source_without_csv_dir_is_an_error(monkeypatch):
 def test_csv_source_reads_csv_dir(monkeypatch, tmp_path):
     monkeypatch.setenv("STOCKPIPE_SOURCE", "csv")
     monkeypatch.setenv("STOCKPIPE_CSV_DIR", str(tmp_path / "exports"))
-    assert Settings().price_folder() == tmp_path / "exports"
+    (tmp_path / "exports").mkdir()
+    assert Settings().price_folder() == (tmp_path / "exports").resolve()
 
 
 def test_snapshot_source_reads_bundled_snapshots(monkeypatch, tmp_path):

@@ -204,8 +204,6 @@ def test_build_source():
     assert isinstance(yahoo, YahooSource) and yahoo.symbols == {"GSPC": "^GSPC"}
     with pytest.raises(ValueError, match="needs a folder"):
         build_source("csv")
-    with pytest.raises(ValueError, match="not a directory"):
-        build_source("snapshot", folder=BUNDLED_SNAPSHOTS / "MSFT.csv")
     with pytest.raises(ValueError, match="unknown source"):
         build_source("ftp", folder=BUNDLED_SNAPSHOTS)
 

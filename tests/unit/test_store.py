@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 from filelock import FileLock, Timeout
 
-from pipeline import store as store_module
+from pipeline import fsutil
 from pipeline.sources import COLUMNS, normalize
-from pipeline.store import PriceStore, digest, merge_new_rows, overlap_disagreement
+from pipeline.store import PriceStore, StoreUnreadable, digest, merge_new_rows, overlap_disagreement
 from pipeline.symbols import InvalidTicker
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -180,7 +180,7 @@ def test_crash_at_replace_leaves_the_old_file(store, stored, msft_slice, monkeyp
         assert Path(src).stat().st_size > 0, "the new content is complete before the swap"
         raise Crash("power cut")
 
-    monkeypatch.setattr(store_module.os, "replace", failing_replace)
+    monkeypatch.setattr(fsutil.os, "replace", failing_replace)
     with pytest.raises(Crash):
         store.write("MSFT", msft_slice)
     monkeypatch.undo()
@@ -202,7 +202,7 @@ def test_interrupt_during_write_is_cleaned_up_too(store, stored, msft_slice, mon
 
 
 def test_failed_first_write_leaves_nothing(store, msft_slice, monkeypatch):
-    monkeypatch.setattr(store_module.os, "replace", lambda src, dst: (_ for _ in ()).throw(Crash("boom")))
+    monkeypatch.setattr(fsutil.os, "replace", lambda src, dst: (_ for _ in ()).throw(Crash("boom")))
     with pytest.raises(Crash):
         store.write("MSFT", msft_slice)
     monkeypatch.undo()
@@ -300,3 +300,28 @@ def test_lock_refuses_invalid_ticker(store):
     with pytest.raises(InvalidTicker):
         with store.lock("../MSFT"):
             pass
+
+
+# -- broken files and permissions -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "foreign"])
+def test_an_unreadable_store_file_is_named_with_how_to_recover(store, stored, damage):
+    path = store.path("MSFT")
+    if damage == "truncated":
+        path.write_bytes(stored[: len(stored) // 2])
+    elif damage == "empty":
+        path.write_bytes(b"")
+    else:
+        pd.DataFrame({"x": [1]}).to_parquet(path)
+    with pytest.raises(StoreUnreadable, match=r"MSFT\.parquet is unreadable .*move it aside"):
+        store.read("MSFT")
+
+
+def test_store_files_and_folders_are_private(store, msft_slice):
+    store.write("MSFT", msft_slice)
+    with store.lock("MSFT"):
+        pass
+    assert store.path("MSFT").stat().st_mode & 0o777 == 0o600
+    assert Path(store.root).stat().st_mode & 0o777 == 0o700
+    assert Path(store.locks).stat().st_mode & 0o777 == 0o700

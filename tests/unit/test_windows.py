@@ -23,7 +23,7 @@ def msft() -> pd.DataFrame:
 
 
 def tiny(**overrides) -> TrainingConfig:
-    values = {"window": 12, "units": 4, "epochs": 1, "history_years": 5.0, "val_fraction": 0.15, "test_fraction": 0.2}
+    values = {"window": 12, "units": 4, "epochs": 1, "history_years": 5.0, "val_fraction": 0.15, "eval_sessions": 80}
     values.update(overrides)
     return TrainingConfig(**values)
 
@@ -70,13 +70,13 @@ def test_every_window_forecasts_the_next_session(msft):
         np.testing.assert_allclose(returns, np.log(split.next_close / split.last_close), atol=1e-6)
 
 
-@pytest.mark.parametrize("val_fraction, test_fraction", [(0.1, 0.1), (0.15, 0.2), (0.3, 0.25)])
-def test_split_sizes_follow_the_fractions(msft, val_fraction, test_fraction):
-    config = tiny(val_fraction=val_fraction, test_fraction=test_fraction)
+@pytest.mark.parametrize("val_fraction, eval_sessions", [(0.1, 40), (0.15, 80), (0.3, 100)])
+def test_split_sizes_follow_the_settings(msft, val_fraction, eval_sessions):
+    config = tiny(val_fraction=val_fraction, eval_sessions=eval_sessions)
     ds = build_dataset(msft, config)
     n = len(msft) - config.window - 1  # windows that have a known next close
     assert len(ds.val.y) == round(n * val_fraction)
-    assert len(ds.test.y) == round(n * test_fraction)
+    assert len(ds.test.y) == eval_sessions, "the test split is the last eval_sessions sessions"
     assert len(ds.train.y) == n - len(ds.val.y) - len(ds.test.y)
     for split in (ds.train, ds.val, ds.test):
         assert split.x.shape == (len(split.y), config.window, 2)
@@ -95,9 +95,9 @@ def test_training_windows_are_standardized_with_their_own_statistics(msft):
 
 
 def test_too_little_history_raises_not_enough_history_with_a_clear_message(msft):
-    config = tiny(window=20, val_fraction=0.1, test_fraction=0.1)
+    config = tiny(window=20, val_fraction=0.1, eval_sessions=80)
     needed = min_rows_for(config)
-    assert needed == 20 + 1 + 100
+    assert needed == 20 + 1 + 80 + 10 + 10, "window + target + test + at least ten validation and training windows"
     short = msft.tail(needed - 1).reset_index(drop=True)
     with pytest.raises(NotEnoughHistory) as excinfo:
         build_dataset(short, config)
@@ -109,7 +109,7 @@ def test_too_little_history_raises_not_enough_history_with_a_clear_message(msft)
 
 
 def test_minimum_history_gives_every_split_at_least_ten_windows(msft):
-    config = tiny(window=20, val_fraction=0.1, test_fraction=0.1)
+    config = tiny(window=20, val_fraction=0.1, eval_sessions=80)
     ds = build_dataset(msft.tail(min_rows_for(config)).reset_index(drop=True), config)
     assert min(len(ds.train.y), len(ds.val.y), len(ds.test.y)) >= 10
 
@@ -155,9 +155,20 @@ def test_the_test_period_is_the_sessions_the_test_windows_forecast(msft):
     assert pd.DatetimeIndex(msft.loc[mask, "Date"]).equals(ds.test.target_date)
 
 
+@pytest.fixture(scope="module")
+def msft_long() -> pd.DataFrame:
+    """Four years of MSFT: room for the default 250-session test span with training and validation before it."""
+    prices = CsvSource(BUNDLED_SNAPSHOTS).fetch("MSFT", None, dt.date(2017, 12, 31))
+    return prices.tail(1000).reset_index(drop=True)
+
+
 @pytest.mark.parametrize("change", ["times_ten", "random"])
-def test_changing_the_test_period_leaves_scaler_train_and_validation_bit_identical(msft, change):
-    config = tiny()
+@pytest.mark.parametrize("span", ["tiny", "default 250 sessions"])
+def test_changing_the_test_period_leaves_scaler_train_and_validation_bit_identical(msft, msft_long, change, span):
+    config, prices = (tiny(), msft) if span == "tiny" else (tiny(window=60, eval_sessions=250), msft_long)
+    if span != "tiny":
+        assert config.eval_sessions == TrainingConfig().eval_sessions and config.window == TrainingConfig().window
+    msft = prices
     original = build_dataset(msft, config)
     test_period = msft["Date"] >= original.test.target_date[0]
 

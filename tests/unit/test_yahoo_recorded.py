@@ -10,7 +10,7 @@ from curl_cffi.requests.exceptions import DNSError
 
 from pipeline.sources import COLUMNS, TransientSourceError, UnknownSymbol, YahooSource
 from pipeline.store import PriceStore
-from pipeline.steps import fetch_batch
+from pipeline.ingest import fetch_batch
 from tests import yahoo_fake
 
 SNAPSHOT = pd.read_csv(yahoo_fake.RECORDED.parents[2] / "data" / "snapshots" / "MSFT.csv", parse_dates=["Date"])
@@ -77,7 +77,7 @@ def test_split_re_adjusted_history_replaces_the_store(yahoo, store):
     store.write("MSFT", stored)
     yahoo.answer("MSFT", "msft_split_2017-10-25_2017-11-10.json")
 
-    fetched = fetch_batch(YahooSource({}), store, "MSFT", dt.date(2017, 11, 10))
+    fetched = fetch_batch(YahooSource({}), store.read("MSFT"), "MSFT", dt.date(2017, 11, 10))
 
     assert fetched.replaces_history
     assert "Close on 2017-11-0" in fetched.note and "re-adjusted" in fetched.note
@@ -90,6 +90,6 @@ def test_split_re_adjusted_history_replaces_the_store(yahoo, store):
 def test_unchanged_overlap_fetches_only_new_rows(yahoo, store):
     store.write("MSFT", SNAPSHOT[(SNAPSHOT["Date"] >= "2017-10-25") & (SNAPSHOT["Date"] <= "2017-11-08")])
     yahoo.answer("MSFT", "msft_2017-10-25_2017-11-10.json")
-    fetched = fetch_batch(YahooSource({}), store, "MSFT", dt.date(2017, 11, 10))
+    fetched = fetch_batch(YahooSource({}), store.read("MSFT"), "MSFT", dt.date(2017, 11, 10))
     assert not fetched.replaces_history
     assert fetched.rows["Date"].dt.strftime("%Y-%m-%d").tolist() == ["2017-11-09", "2017-11-10"]

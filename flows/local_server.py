@@ -1,0 +1,171 @@
+"""Prefect and MLflow for a machine without servers: what `stockpipe run` and `stockpipe ui` start themselves.
+
+Without PREFECT_API_URL, a run serves Prefect's API from a thread of its own process (Prefect would otherwise start a
+temporary server in a child process, which a killed run leaves behind). The flow runs land in the SQLite database
+under STOCKPIPE_HOME/prefect, where `stockpipe ui` shows them in Prefect's UI. Child processes that `stockpipe ui`
+starts are tied to it by the kernel (parent-death signal), so they stop with it however it ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from pipeline.redact import masked_uri
+from pipeline.settings import Settings
+
+log = logging.getLogger("pipeline.flow")
+
+STARTUP_TIMEOUT_SECONDS = 180
+# Loopback only: health checks must not go through an HTTP proxy from the environment.
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _answers(url: str) -> bool:
+    try:
+        with _DIRECT.open(url, timeout=2) as response:
+            return 200 <= response.status < 300
+    except OSError:
+        return False
+
+
+class InProcessPrefectApi:
+    """Prefect's REST API (no UI, no background services) served by uvicorn in a daemon thread."""
+
+    def __init__(self, port: int | None = None):
+        self.port = port or free_port()
+        self.server: Any = None
+        self.thread: threading.Thread | None = None
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api"
+
+    def start(self, timeout: float = STARTUP_TIMEOUT_SECONDS) -> None:
+        import uvicorn
+        from prefect.server.api.server import create_app
+
+        app = create_app(ephemeral=True, final=True)
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="error", lifespan="on")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, name="prefect-api", daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + timeout
+        while not _answers(f"{self.api_url}/health"):
+            if not self.thread.is_alive():
+                raise RuntimeError(f"the local Prefect API on port {self.port} stopped while starting")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the local Prefect API did not answer within {timeout:.0f}s")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.should_exit = True
+        if self.thread is not None:
+            self.thread.join(timeout=10)
+
+
+@contextlib.contextmanager
+def prefect_api(settings: Settings, share_with_workers: bool = False) -> Iterator[None]:
+    """A Prefect API for this run: the configured server, or one served from this process for as long as the run
+    lasts. `share_with_workers` also hands its URL to child processes (Dask workers) through the environment."""
+    if os.environ.get("PREFECT_API_URL"):
+        yield
+        return
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    api = InProcessPrefectApi()
+    started = time.perf_counter()
+    api.start()
+    log.info("local Prefect API on %s (flow runs kept in %s), ready in %.1fs", api.api_url,
+             os.environ.get("PREFECT_HOME", "~/.prefect"), time.perf_counter() - started)
+    if share_with_workers:
+        os.environ["PREFECT_API_URL"] = api.api_url
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: api.api_url}):
+            yield
+            from prefect.logging.handlers import APILogWorker
+
+            APILogWorker.drain_all(timeout=5)  # the last log records must reach the API before it stops
+    finally:
+        if share_with_workers:
+            os.environ.pop("PREFECT_API_URL", None)
+        api.stop()
+
+
+# -- the UIs -----------------------------------------------------------------------------------------------------
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: the kernel sends SIGTERM when the parent dies, even by SIGKILL (Linux)."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def start_child(command: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
+    return subprocess.Popen(command, env=env, preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+
+
+def mlflow_ui_command(settings: Settings, port: int) -> list[str]:
+    uri = settings.tracking_uri()
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
+               "--port", str(port)]
+    if uri.startswith("sqlite:"):
+        command += ["--default-artifact-root", settings.artifacts_dir.as_uri()]
+    return command
+
+
+def prefect_ui_command(port: int) -> list[str]:
+    return [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+
+
+def run_local_uis(settings: Settings, mlflow_port: int, prefect_port: int | None) -> int:
+    """MLflow's UI over the tracking store and, when no Prefect server is configured, Prefect's UI over the flow runs
+    that `stockpipe run` kept under STOCKPIPE_HOME/prefect. Runs until Ctrl-C; returns the first child's exit code."""
+    children = [start_child(mlflow_ui_command(settings, mlflow_port))]
+    print(f"MLflow UI for {masked_uri(settings.tracking_uri())}: http://127.0.0.1:{mlflow_port}", flush=True)
+    if prefect_port is not None:
+        if os.environ.get("PREFECT_API_URL"):
+            print(f"Prefect UI: your server at {os.environ['PREFECT_API_URL'].removesuffix('/api')}", flush=True)
+        else:
+            env = {**os.environ, "PREFECT_SERVER_API_HOST": "127.0.0.1", "PREFECT_SERVER_API_PORT": str(prefect_port),
+                   "PREFECT_UI_API_URL": f"http://127.0.0.1:{prefect_port}/api"}
+            children.append(start_child(prefect_ui_command(prefect_port), env))
+            print(f"Prefect UI over the local flow runs ({Path(os.environ['PREFECT_HOME'])}): "
+                  f"http://127.0.0.1:{prefect_port}", flush=True)
+    print("Ctrl-C stops them.", flush=True)
+    try:
+        while all(child.poll() is None for child in children):
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.terminate()
+        for child in children:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.wait(timeout=15)
+            if child.poll() is None:
+                child.kill()
+    return next((c.returncode for c in children if c.returncode not in (None, 0, -signal.SIGTERM)), 0)

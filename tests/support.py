@@ -1,0 +1,147 @@
+"""What tests share, written once: bundled-data slices, tiny training settings, the CLI as a subprocess, a planted
+champion, and a tracker that loses its connection on cue."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipeline.settings import BUNDLED_SNAPSHOTS, TrainingConfig
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SNAPSHOTS = BUNDLED_SNAPSHOTS
+# The bundled MSFT history ends on this session.
+MSFT_LAST_SESSION = dt.date(2017, 11, 10)
+GSPC_LAST_SESSION = dt.date(2018, 12, 31)
+
+# Small enough to train in seconds, large enough to exercise every split and the default 250-session test span.
+TINY_TRAINING = {
+    "STOCKPIPE_TRAINING__EPOCHS": "1",
+    "STOCKPIPE_TRAINING__HISTORY_YEARS": "3",
+    "STOCKPIPE_TRAINING__WINDOW": "20",
+    "STOCKPIPE_TRAINING__UNITS": "8",
+}
+
+
+def tiny_config(**overrides: Any) -> TrainingConfig:
+    """A few-second training for unit tests: 2 years, window 10, 4 units, a 60-session test span in 3 blocks."""
+    values: dict[str, Any] = {"window": 10, "units": 4, "epochs": 1, "batch_size": 32, "history_years": 2.0,
+                              "patience": 2, "eval_sessions": 60, "eval_blocks": 3}
+    values.update(overrides)
+    return TrainingConfig(**values)
+
+
+def bundled(ticker: str, since: dt.date | None = None, as_of: dt.date = MSFT_LAST_SESSION) -> pd.DataFrame:
+    """Rows of a bundled snapshot after `since` up to `as_of`, in the store schema."""
+    from pipeline.sources import CsvSource
+
+    return CsvSource(SNAPSHOTS).fetch(ticker, since, as_of)
+
+
+def clean_env(**overrides: str) -> dict[str, str]:
+    """This process's environment without stockpipe, MLflow or Prefect settings, plus `overrides`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("STOCKPIPE_", "MLFLOW_", "PREFECT_"))}
+    env.update(overrides)
+    return env
+
+
+def stockpipe(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 600,
+              **settings: str) -> subprocess.CompletedProcess:
+    """The CLI in a subprocess, as a person runs it: `env` (default: nothing inherited but the basics) plus
+    `settings`; a wide terminal keeps Typer's error box from wrapping the message being checked."""
+    base = clean_env() if env is None else dict(env)
+    base.update(settings, PYTHONPATH=str(PROJECT_ROOT), COLUMNS="300")
+    return subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=cwd, env=base, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def closed_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def lost_connection(where: str) -> Exception:
+    """What MLflow raises when the tracking server went away mid-request: its own exception, the transport error
+    in the chain."""
+    import requests
+    from mlflow.exceptions import MlflowException
+
+    error = MlflowException(f"API request to http://tracking:5000 failed ({where})")
+    error.__cause__ = requests.ConnectionError("Connection refused")
+    return error
+
+
+def server_error(where: str) -> Exception:
+    """A refusal that is neither "not found" nor a lost server (e.g. a 503 the client surfaced, a bad request)."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import TEMPORARILY_UNAVAILABLE
+
+    return MlflowException(f"{where}: the server is busy", error_code=TEMPORARILY_UNAVAILABLE)
+
+
+class FailingOnce:
+    """Wraps one method of an object so that its next call raises `error` (then behaves again)."""
+
+    def __init__(self, target: Any, method: str, error: Exception):
+        self.target, self.method, self.error = target, method, error
+        self.original = getattr(target, method)
+        setattr(target, method, self)
+        self.calls = 0
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls += 1
+        setattr(self.target, self.method, self.original)
+        raise self.error
+
+
+def plant_lstm_champion(tracker: Any, ticker: str, history: pd.DataFrame, config: TrainingConfig,
+                        return_bias: float) -> str:
+    """Register a (seeded, untrained) LSTM whose every forecast is `return_bias` above the last close, as the
+    ticker's champion, through the pipeline's own logging and registration: a champion any trained challenger
+    beats (a large bias) or one that ties the naive forecast (zero shrinkage)."""
+    from pipeline.baseline import ensure_baseline
+    from pipeline.forecasters import LstmForecaster, min_input_rows
+    from pipeline.model import build_lstm
+    from pipeline.windows import build_dataset
+
+    ensure_baseline(tracker, ticker, history, {})
+    dataset = build_dataset(history, config)
+    network = build_lstm(config.window, 2, config)
+    dense = network.layers[-1]
+    kernel, _ = dense.get_weights()
+    target = dataset.scaler.target(np.array([np.log1p(return_bias)]))[0]
+    dense.set_weights([np.zeros_like(kernel), np.array([target], dtype="float32")])
+    forecaster = LstmForecaster(network, dataset.scaler, config.window, shrinkage=1.0)
+    run_id = tracker.start_run(f"{ticker} planted", {"ticker": ticker, "role": "planted"})
+    logged = tracker.log_forecaster(run_id, forecaster, history, min_input_rows(forecaster))
+    version = tracker.register(ticker, logged, run_id, tags={"decision": "planted"}, description="planted for a test")
+    tracker.make_champion(ticker, str(version.version))
+    tracker.end_run(run_id)
+    return str(version.version)
+
+
+def only(items: list, what: str = "item") -> Any:
+    assert len(items) == 1, f"expected one {what}, got {len(items)}"
+    return items[0]
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not {what} within {timeout:.0f}s")
+        time.sleep(0.2)
