@@ -228,28 +228,35 @@ def daily_run_name() -> str:
     return f"daily {day} {','.join(tickers) if isinstance(tickers, list) else tickers}"
 
 
+# A calendar date, checked by the server before a run is created (its JSON-schema check ignores `format: date`).
+ISO_DATE = r"^\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])$"
+
+
 # `stockpipe run` and `serve` apply the configured Settings.max_workers; deployments get its default.
 @flow(name="daily-pipeline", flow_run_name=daily_run_name, log_prints=True,
       task_runner=ThreadPoolTaskRunner(max_workers=DEFAULT_MAX_WORKERS))
 def daily_pipeline(
-    tickers: Annotated[list[Ticker] | None, Field(
-        description="Tickers to run, e.g. [\"MSFT\", \"GSPC\"]; empty: the configured STOCKPIPE_TICKERS",
-        max_length=500)] = None,
-    source: Annotated[SourceKind | None, Field(
-        description="Where prices come from: the bundled snapshot, a folder of CSV exports, or Yahoo Finance; "
-                    "empty: STOCKPIPE_SOURCE")] = None,
-    csv_dir: Annotated[str | None, Field(
-        description="For source csv: a folder of <TICKER>.csv files inside STOCKPIPE_CSV_ROOT", max_length=4096)] = None,
-    as_of: Annotated[dt.date | None, Field(
-        description="Run as if today were this date (hides later rows); empty: today, or the snapshot's last "
-                    "session")] = None,
-    epochs: Annotated[int | None, Field(
-        ge=1, le=1000, description="Training epochs (early stopping may end sooner); empty: the configured 30")] = None,
-    force: Annotated[bool, Field(description="Retrain even when data and settings are unchanged")] = False,
-    warm_start: Annotated[bool, Field(
-        description="Start from the champion's weights and train warm_start_epochs only")] = False,
+    tickers: Annotated[list[Ticker] | None, Field(max_length=500)] = None,
+    source: SourceKind | None = None,
+    csv_dir: Annotated[str | None, Field(max_length=4096)] = None,
+    as_of: Annotated[dt.date | None, Field(json_schema_extra={"pattern": ISO_DATE})] = None,
+    epochs: Annotated[int | None, Field(ge=1, le=1000)] = None,
+    force: bool = False,
+    warm_start: bool = False,
 ) -> State:
-    """Fetch, validate, window, retrain, track and promote, for every ticker in parallel."""
+    """Fetch, validate, window, retrain, track and promote, for every ticker in parallel.
+
+    Args:
+        tickers: Tickers to run, e.g. ["MSFT", "GSPC"] (upper-case symbols); empty: the configured STOCKPIPE_TICKERS.
+        source: Where prices come from: snapshot (the bundled data), csv (a folder of exports) or yahoo (live);
+            empty: STOCKPIPE_SOURCE.
+        csv_dir: For source csv: a folder of <TICKER>.csv files inside STOCKPIPE_CSV_ROOT.
+        as_of: Run as if today were this date (YYYY-MM-DD; later rows are hidden); empty: today, or the bundled
+            snapshot's last session.
+        epochs: Training epochs, 1 to 1000 (early stopping may end sooner); empty: the configured 30.
+        force: Retrain even when the data and settings are unchanged since the last decision.
+        warm_start: Start from the champion's weights and train warm_start_epochs only.
+    """
     quiet_third_party_logs()
     settings = resolve_settings(tickers=tickers, source=source, csv_dir=csv_dir, epochs=epochs)
     point_fluent_mlflow_at(settings)

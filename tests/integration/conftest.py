@@ -6,18 +6,9 @@ import os
 import shutil
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
-SNAPSHOTS = Path(__file__).resolve().parents[2] / "data" / "snapshots"
-
-# Small enough to train in seconds, large enough to exercise every split.
-TINY_TRAINING = {
-    "STOCKPIPE_TRAINING__EPOCHS": "1",
-    "STOCKPIPE_TRAINING__HISTORY_YEARS": "3",
-    "STOCKPIPE_TRAINING__WINDOW": "20",
-    "STOCKPIPE_TRAINING__UNITS": "8",
-}
+from tests.support import SNAPSHOTS, TINY_TRAINING
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -27,6 +18,7 @@ def prefect_server():
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = "false"
     from prefect.testing.utilities import prefect_test_harness
 
     with prefect_test_harness(server_startup_timeout=60):
@@ -38,10 +30,12 @@ def home(tmp_path, monkeypatch) -> Path:
     """A fresh state directory with tiny-model settings, and nothing inherited from the caller's env."""
     monkeypatch.chdir(tmp_path)
     state = tmp_path / "state"
-    monkeypatch.setenv("STOCKPIPE_HOME", str(state))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    for key in [k for k in os.environ if k.startswith("STOCKPIPE_") and k != "STOCKPIPE_HOME"]:
+    for key in [k for k in os.environ if k.startswith("STOCKPIPE_")]:
         monkeypatch.delenv(key)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("STOCKPIPE_HOME", str(state))
+    # Flow parameters may only name CSV folders inside this root (they come from whoever triggers a run).
+    monkeypatch.setenv("STOCKPIPE_CSV_ROOT", str(tmp_path))
     for key, value in TINY_TRAINING.items():
         monkeypatch.setenv(key, value)
     return state
@@ -62,7 +56,3 @@ def csv_dir(tmp_path) -> Path:
     for name in ("MSFT.csv", "GSPC.csv"):
         shutil.copy(SNAPSHOTS / name, folder / name)
     return folder
-
-
-def read_csv(path: Path) -> pd.DataFrame:
-    return pd.read_csv(path)
