@@ -12,6 +12,10 @@ through that same id. Nothing is ever stopped by name.
 
     with prefect_server(tmp / "home", tmp / "prefect.log") as prefect:       # on SQLite in tmp / "home"
         env = clean_env(PREFECT_API_URL=prefect.url)                           # http://127.0.0.1:<port>/api
+        runs = prefect.post("/flow_runs/filter", {})                           # the REST API, with its credentials
+
+    with prefect_server(..., auth_string="user:password") as prefect:         # every API request needs basic auth
+        env = clean_env(PREFECT_API_URL=prefect.url, PREFECT_API_AUTH_STRING=prefect.auth)
 
     with postgres_server(tmp / "logs") as pg:       # initdb + postgres on a free port, as an unprivileged user if root
         pg.psql("CREATE DATABASE prefect")
@@ -22,6 +26,7 @@ through that same id. Nothing is ever stopped by name.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -39,7 +44,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -296,30 +301,74 @@ def postgres_server(logs: Path, *, port: int | None = None, superuser: str = "st
         shutil.rmtree(root, ignore_errors=True)
 
 
+# -- HTTP with basic auth -----------------------------------------------------------------------
+
+
+def basic_auth(credentials: str) -> dict[str, str]:
+    """The Authorization header for `user:password`, as both servers' basic auth expects it."""
+    return {"Authorization": "Basic " + base64.b64encode(credentials.encode()).decode()}
+
+
+def _request(url: str, body: dict | None, auth: str | None,
+             headers: Mapping[str, str] | None = None) -> urllib.request.Request:
+    all_headers = {**(headers or {}), **(basic_auth(auth) if auth else {})}
+    if body is None:
+        return urllib.request.Request(url, headers=all_headers)
+    return urllib.request.Request(url, data=json.dumps(body).encode(),
+                                  headers={"Content-Type": "application/json", **all_headers})
+
+
+def http_status(url: str, *, body: dict | None = None, auth: str | None = None,
+                headers: Mapping[str, str] | None = None, timeout: float = 30) -> int:
+    """The HTTP status a GET (or, with `body`, a JSON POST) gets, refusals included: 401 is an answer here."""
+    request = _request(url, body, auth, headers)
+    try:
+        with _DIRECT.open(request, timeout=timeout) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def http_json(url: str, body: dict | None = None, *, auth: str | None = None, timeout: float = 30) -> list | dict:
+    """GET (or, with `body`, POST as JSON) and decode the JSON answer; an HTTP error raises."""
+    with _DIRECT.open(_request(url, body, auth), timeout=timeout) as response:
+        return json.loads(response.read())
+
+
 # -- MLflow and Prefect servers -----------------------------------------------------------------
 
 
 @dataclass
 class HttpServer:
-    """A started server: `url` is what clients use (for Prefect, the API URL ending in /api)."""
+    """A started server: `url` is what clients use (for Prefect, the API URL ending in /api); `auth` is the
+    `user:password` it requires as basic auth, or None when it lets anyone in."""
 
     url: str
     health_url: str
     process: subprocess.Popen
     log: Path
     timeout: float
+    auth: str | None = None
 
     def wait_ready(self) -> float:
         """Block until the health URL answers; returns the seconds waited."""
         return wait_for_http(self.health_url, self.process, self.log, timeout=self.timeout)
 
+    def get(self, path: str) -> list | dict:
+        """GET a path under `url` with this server's credentials, decoded from JSON."""
+        return http_json(f"{self.url}{path}", auth=self.auth)
+
+    def post(self, path: str, body: dict) -> list | dict:
+        """POST JSON to a path under `url` (e.g. /flow_runs/filter) with this server's credentials, decoded."""
+        return http_json(f"{self.url}{path}", body, auth=self.auth)
+
 
 @contextlib.contextmanager
 def http_server(command: Sequence[str], env: dict[str, str], log: Path, url: str, health_url: str, *,
-                wait: bool, timeout: float) -> Iterator[HttpServer]:
+                wait: bool, timeout: float, auth: str | None = None) -> Iterator[HttpServer]:
     """`started` for a server that answers `health_url` once it is up; waits for that unless wait=False."""
     with started(command, log=log, env=env) as child:
-        server = HttpServer(url, health_url, child, log, timeout)
+        server = HttpServer(url, health_url, child, log, timeout, auth)
         if wait:
             server.wait_ready()
         yield server
@@ -328,29 +377,38 @@ def http_server(command: Sequence[str], env: dict[str, str], log: Path, url: str
 @contextlib.contextmanager
 def mlflow_server(backend_store_uri: str, artifacts: Path, log: Path, *, port: int | None = None,
                   workers: int = 1, extra_args: Sequence[str] = (), wait: bool = True,
-                  timeout: float = 120) -> Iterator[HttpServer]:
+                  timeout: float = 120, env: Mapping[str, str] | None = None, entrypoint: Sequence[str] = (),
+                  auth: str | None = None) -> Iterator[HttpServer]:
     """`mlflow server` on 127.0.0.1 with served artifacts (`mlflow-artifacts:/`, stored under `artifacts`).
 
-    `extra_args` come last, so they override the defaults (click keeps an option's last value).
+    `extra_args` come last, so they override the defaults (click keeps an option's last value). `env` adds to
+    the server's environment and `entrypoint` runs first, with the server command as its arguments (as a
+    container's entrypoint would); `auth` is the `user:password` the server will require, for `.get`/`.post`.
     With wait=False it yields as soon as the process is started: call `.wait_ready()` (e.g. after starting
     another server, so both start up at once).
     """
     port = port or free_port()
     # The store URI goes through the environment, as in docker/compose.yaml: its password stays out of `ps`.
     # No GenAI job runner (a pool of huey consumer processes): the pipeline never submits server-side jobs.
-    env = clean_env(MLFLOW_BACKEND_STORE_URI=backend_store_uri, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
-    command = [str(VENV_BIN / "mlflow"), "server", "--serve-artifacts", "--artifacts-destination", str(artifacts),
-               "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers), *extra_args]
+    server_env = clean_env(**{"MLFLOW_BACKEND_STORE_URI": backend_store_uri,
+                              "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **(env or {})})
+    command = [*entrypoint, str(VENV_BIN / "mlflow"), "server", "--serve-artifacts",
+               "--artifacts-destination", str(artifacts), "--host", "127.0.0.1", "--port", str(port),
+               "--workers", str(workers), *extra_args]
     url = f"http://127.0.0.1:{port}"
-    with http_server(command, env, log, url, f"{url}/health", wait=wait, timeout=timeout) as server:
+    with http_server(command, server_env, log, url, f"{url}/health", wait=wait, timeout=timeout,
+                     auth=auth) as server:
         yield server
 
 
 @contextlib.contextmanager
 def prefect_server(home: Path, log: Path, *, database_url: str | None = None, port: int | None = None,
-                   ui: bool = False, wait: bool = True, timeout: float = 180) -> Iterator[HttpServer]:
+                   ui: bool = False, wait: bool = True, timeout: float = 180,
+                   auth_string: str | None = None) -> Iterator[HttpServer]:
     """`prefect server start` on 127.0.0.1 with PREFECT_HOME `home`: on PostgreSQL when `database_url` is given
     (postgresql+asyncpg://...), else on a SQLite file in `home`. `.url` is the API URL (http://127.0.0.1:<port>/api).
+    With `auth_string` (`user:password`) every API request but GET /health must carry it as basic auth; clients
+    get it as PREFECT_API_AUTH_STRING, `.get`/`.post` send it.
 
     With wait=False it yields as soon as the process is started: call `.wait_ready()`.
     """
@@ -359,9 +417,12 @@ def prefect_server(home: Path, log: Path, *, database_url: str | None = None, po
                     PREFECT_UI_ENABLED=str(ui).lower())
     if database_url:
         env["PREFECT_API_DATABASE_CONNECTION_URL"] = database_url
+    if auth_string:
+        env["PREFECT_SERVER_API_AUTH_STRING"] = auth_string
     command = [str(VENV_BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
     api = f"http://127.0.0.1:{port}/api"
-    with http_server(command, env, log, api, f"{api}/health", wait=wait, timeout=timeout) as server:
+    with http_server(command, env, log, api, f"{api}/health", wait=wait, timeout=timeout,
+                     auth=auth_string) as server:
         yield server
 
 
@@ -370,20 +431,17 @@ def prefect_server(home: Path, log: Path, *, database_url: str | None = None, po
 FINAL_STATES = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
 
 
-def api_post(api: str, path: str, body: dict) -> list | dict:
-    """POST a JSON body to a Prefect API path (e.g. /flow_runs/filter) and return the decoded answer."""
-    request = urllib.request.Request(f"{api}{path}", data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
-    with _DIRECT.open(request, timeout=30) as response:
-        return json.loads(response.read())
+def api_post(api: str, path: str, body: dict, *, auth: str | None = None) -> list | dict:
+    """POST a JSON body to a Prefect API path (e.g. /flow_runs/filter) and return the decoded answer; `auth` is
+    the server's `user:password` when it requires one (`HttpServer.post` passes its own)."""
+    return http_json(f"{api}{path}", body, auth=auth)
 
 
-def wait_for_flow_run(api: str, flow_run_id: str, timeout: float = 300) -> dict:
+def wait_for_flow_run(api: str, flow_run_id: str, timeout: float = 300, *, auth: str | None = None) -> dict:
     """The flow run once it reaches a final state."""
     deadline = time.monotonic() + timeout
     while True:
-        with _DIRECT.open(f"{api}/flow_runs/{flow_run_id}", timeout=10) as response:
-            run = json.loads(response.read())
+        run = http_json(f"{api}/flow_runs/{flow_run_id}", auth=auth, timeout=10)
         if run["state"]["type"] in FINAL_STATES:
             return run
         if time.monotonic() > deadline:

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Creates the two databases of the stack, each owned by its own login role:
-#   mlflow  (MLflow tracking and model registry)   role $MLFLOW_DB_USER,  password $MLFLOW_DB_PASSWORD
-#   prefect (Prefect server)                        role $PREFECT_DB_USER, password $PREFECT_DB_PASSWORD
+# Creates the databases of the stack, each owned by its service's login role:
+#   mlflow      (MLflow tracking and model registry)   role $MLFLOW_DB_USER,  password $MLFLOW_DB_PASSWORD
+#   mlflow_auth (MLflow's basic-auth users and permissions: its own tables and migrations, kept apart from the
+#                tracking store's)                    role $MLFLOW_DB_USER as well: the same server uses both
+#   prefect     (Prefect server)                        role $PREFECT_DB_USER, password $PREFECT_DB_PASSWORD
 # The postgres image runs it once, on the first start with an empty data volume (/docker-entrypoint-initdb.d).
 # It is idempotent and takes the server from libpq's usual variables, so it also runs against any server:
 #   PGHOST=... PGPORT=... PGPASSWORD=... POSTGRES_USER=... MLFLOW_DB_PASSWORD=... PREFECT_DB_PASSWORD=... ./init-databases.sh
@@ -25,4 +27,5 @@ SQL
 }
 
 create_database mlflow "${MLFLOW_DB_USER:-mlflow}" "$MLFLOW_DB_PASSWORD"
+create_database mlflow_auth "${MLFLOW_DB_USER:-mlflow}" "$MLFLOW_DB_PASSWORD"
 create_database prefect "${PREFECT_DB_USER:-prefect}" "$PREFECT_DB_PASSWORD"

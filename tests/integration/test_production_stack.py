@@ -1,9 +1,13 @@
-"""The production stack of docker/compose.yaml, without Docker: the same services run natively.
+"""The production stack of docker/compose.yaml, without Docker: the same services run natively, authenticated.
 
-PostgreSQL (databases created by docker/postgres/init-databases.sh), `mlflow server` on it with served artifacts,
-`prefect server` on it; the daily pipeline runs against both as a client would (`MLFLOW_TRACKING_URI`,
-`PREFECT_API_URL`), and everything is checked through the servers' own APIs and in the databases. The compose
-file's deploy and worker commands run against the same servers, and the worker runs the deployment. A
+A docker/.env is made as an operator would (fresh random secrets) and passes docker/check-secrets.sh; each service
+gets its environment from the compose file, interpolated with that .env, its host names replaced by this machine's
+addresses. PostgreSQL (databases created by docker/postgres/init-databases.sh), `mlflow server` on it with served
+artifacts and the basic-auth app (its ini written by the compose file's entrypoint, docker/mlflow-basic-auth.sh),
+`prefect server` on it requiring its auth string. Requests without valid credentials get 401 from both; the daily
+pipeline runs against both as a client would (`MLFLOW_TRACKING_URI`, `PREFECT_API_URL` and the credentials the
+compose file gives the worker), and everything is checked through the servers' own APIs and in the databases. The
+compose file's deploy and worker commands run against the same servers, and the worker runs the deployment. A
 tracking-server restart loses nothing; the tracking server killed mid-run fails the ticker after retries with the
 champion unchanged and nothing half-registered. The compose file itself is checked in tests/unit/test_docker_stack.py.
 """
@@ -16,11 +20,10 @@ import os
 import re
 import secrets
 import signal
+import stat
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,9 +38,9 @@ from tests.servers import (
     VENV_BIN,
     HttpServer,
     Postgres,
-    api_post,
     clean_env,
     free_port,
+    http_status,
     log_tail,
     mlflow_server,
     postgres_bindir,
@@ -59,10 +62,57 @@ TICKER, AS_OF = "MSFT", "2017-11-10"
 MODEL = registered_model_name(TICKER)
 TEST_METRICS = {"test_rmse", "test_naive_rmse", "test_u2", "test_mae", "test_mape", "test_directional_accuracy",
                 "champion_test_rmse"}
+# What the worker's environment says about reaching the two servers (URLs and credentials); the pipeline settings
+# it also carries (tickers, source, state directory) are each test's own.
+SERVER_SETTINGS = ("PREFECT_API_", "MLFLOW_TRACKING_")
 
 
 def compose() -> dict:
     return yaml.safe_load(COMPOSE_FILE.read_text())
+
+
+# -- docker/.env and the compose file, natively ---------------------------------------------------
+
+
+def is_secret(name: str) -> bool:
+    """The docker/.env variables docker/check-secrets.sh holds to its rules."""
+    return name.endswith(("_PASSWORD", "_SECRET_KEY"))
+
+
+def operator_dotenv(pg: Postgres) -> dict[str, str]:
+    """The docker/.env an operator would write: the example's names, every password and key fresh and random (as
+    README says, `openssl rand -hex 24`), and this machine's PostgreSQL superuser."""
+    example = dict(line.split("=", 1) for line in (DOCKER / ".env.example").read_text().splitlines()
+                   if line.strip() and not line.startswith("#"))
+    dotenv = {name: secrets.token_hex(24) if is_secret(name) else value for name, value in example.items()}
+    return {**dotenv, "POSTGRES_USER": pg.superuser, "POSTGRES_PASSWORD": pg.password}
+
+
+# ${VAR}, ${VAR:-default}, ${VAR:?message} and $$: what docker/compose.yaml uses of compose's interpolation.
+INTERPOLATION = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:[-?])([^}]*))?\}")
+
+
+def interpolate(value: str, dotenv: dict[str, str]) -> str:
+    """A compose value as compose reads it with `dotenv` as docker/.env; refuses what compose would refuse."""
+    def one(match: re.Match) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name, modifier, argument = match.groups()
+        if dotenv.get(name):
+            return dotenv[name]
+        if modifier == ":?":
+            raise LookupError(f"compose would refuse to start: {argument}")
+        return argument if modifier == ":-" else ""
+    return INTERPOLATION.sub(one, value)
+
+
+def host_path(service: dict, argument: str) -> str:
+    """A path inside the container that the service bind-mounts from docker/, as that file here; else unchanged."""
+    for volume in service.get("volumes") or []:
+        source, target = volume.split(":")[:2]
+        if source.startswith(".") and argument == target:
+            return str((DOCKER / source).resolve())
+    return argument
 
 
 # -- the native stack -----------------------------------------------------------------------------
@@ -72,10 +122,11 @@ def compose() -> dict:
 class Stack:
     root: Path
     pg: Postgres
-    passwords: dict[str, str]
-    prefect: HttpServer
+    dotenv: dict[str, str]
+    prefect_port: int
+    mlflow_port: int
+    prefect: HttpServer | None = None
     mlflow: HttpServer | None = None
-    mlflow_port: int = 0
     _mlflow_context: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
 
     @property
@@ -88,15 +139,53 @@ class Stack:
         return self.root / "client-state"
 
     @property
-    def mlflow_db(self) -> str:
-        return self.pg.url("mlflow", "mlflow", self.passwords["MLFLOW_DB_PASSWORD"])
+    def auth_config(self) -> Path:
+        """Where the mlflow entrypoint writes basic_auth.ini (in the container, the user's home)."""
+        return self.root / "mlflow-home" / "mlflow-auth" / "basic_auth.ini"
+
+    @property
+    def addresses(self) -> dict[str, str]:
+        """Each host name of the compose network, as where its native server listens."""
+        return {"@postgres:5432/": f"@127.0.0.1:{self.pg.port}/",
+                "http://mlflow:5000": f"http://127.0.0.1:{self.mlflow_port}",
+                "http://prefect-server:4200/api": f"http://127.0.0.1:{self.prefect_port}/api"}
+
+    def environment(self, service: str) -> dict[str, str]:
+        """The service's `environment` from the compose file, interpolated with this stack's docker/.env."""
+        env = {}
+        for name, value in (compose()["services"][service].get("environment") or {}).items():
+            value = interpolate(str(value), self.dotenv)
+            for host, address in self.addresses.items():
+                value = value.replace(host, address)
+            env[name] = value
+        return env
+
+    def command(self, service: str, key: str = "command") -> list[str]:
+        """The service's command (or entrypoint), its bind-mounted scripts as the files in docker/."""
+        spec = compose()["services"][service]
+        return [host_path(spec, argument) for argument in spec[key]]
+
+    @property
+    def mlflow_auth(self) -> str:
+        """The admin docker/.env names, which the worker's pipeline runs log in as."""
+        return f"{self.dotenv['MLFLOW_ADMIN_USERNAME']}:{self.dotenv['MLFLOW_ADMIN_PASSWORD']}"
+
+    def start_prefect(self, wait: bool = True) -> contextlib.AbstractContextManager[HttpServer]:
+        env = self.environment("prefect-server")
+        return servers.prefect_server(
+            self.root / "prefect-home", self.root / "logs" / "prefect-server.log", wait=wait, port=self.prefect_port,
+            database_url=env["PREFECT_API_DATABASE_CONNECTION_URL"], auth_string=env["PREFECT_SERVER_API_AUTH_STRING"])
 
     def start_mlflow(self, wait: bool = True) -> HttpServer:
-        """The compose file's `mlflow server` options, with this machine's address, port and artifacts directory."""
-        self.mlflow_port = self.mlflow_port or free_port()
+        """The compose file's entrypoint, `mlflow server` options and environment, with this machine's address,
+        port, artifacts directory and place for the ini."""
+        env = self.environment("mlflow")
+        backend_store_uri = env.pop("MLFLOW_BACKEND_STORE_URI")
+        env["MLFLOW_AUTH_CONFIG_PATH"] = str(self.auth_config)
         self.mlflow = self._mlflow_context.enter_context(mlflow_server(
-            self.mlflow_db, self.artifacts, self.root / "logs" / "mlflow.log", port=self.mlflow_port,
-            extra_args=compose_mlflow_options(self.mlflow_port), wait=wait))
+            backend_store_uri, self.artifacts, self.root / "logs" / "mlflow.log", port=self.mlflow_port,
+            extra_args=compose_mlflow_options(self.mlflow_port), wait=wait, env=env,
+            entrypoint=self.command("mlflow", "entrypoint"), auth=self.mlflow_auth))
         return self.mlflow
 
     def stop_mlflow(self) -> None:
@@ -104,13 +193,20 @@ class Stack:
         self.mlflow = None
 
     def client_env(self, **extra: str) -> dict[str, str]:
-        """What a pipeline process on another machine would be given: the two servers' URLs."""
-        return clean_env(**TINY_TRAINING, STOCKPIPE_HOME=str(self.home), MLFLOW_TRACKING_URI=self.mlflow.url,
-                         PREFECT_API_URL=self.prefect.url, PREFECT_HOME=str(self.root / "client-prefect"),
-                         PYTHONPATH=str(PROJECT_ROOT), COLUMNS="300", **extra)
+        """What a pipeline process on another machine would be given: the two servers' URLs and credentials, as
+        the compose file gives them to the worker."""
+        reach = {k: v for k, v in self.environment("prefect-worker").items() if k.startswith(SERVER_SETTINGS)}
+        return clean_env(**{**TINY_TRAINING, **reach, "STOCKPIPE_HOME": str(self.home),
+                            "PREFECT_HOME": str(self.root / "client-prefect"), "PYTHONPATH": str(PROJECT_ROOT),
+                            "COLUMNS": "300", **extra})
 
     def logs(self) -> str:
         return "\n".join(f"--- {log.name}\n{log_tail(log, 3000)}" for log in sorted((self.root / "logs").glob("*.log")))
+
+
+def assert_no_secret_in(stack: Stack, text: str, where: str) -> None:
+    leaked = [name for name, value in stack.dotenv.items() if is_secret(name) and value in text]
+    assert not leaked, f"{where} printed the value of {leaked}"
 
 
 def compose_mlflow_options(port: int) -> list[str]:
@@ -145,27 +241,34 @@ def prefect_server():
 def stack(tmp_path_factory):
     bindir = require_postgres()
     root = tmp_path_factory.mktemp("production-stack")
-    passwords = {"MLFLOW_DB_PASSWORD": secrets.token_hex(12), "PREFECT_DB_PASSWORD": secrets.token_hex(12)}
     with contextlib.ExitStack() as cleanup:
         began = time.monotonic()
         pg = cleanup.enter_context(postgres_server(root / "logs", bindir=bindir))
         print(f"\n{postgres_version(bindir)} on 127.0.0.1:{pg.port} ({time.monotonic() - began:.1f} s)")
-        # The very script the postgres container runs on its first start.
+        stack = Stack(root, pg, operator_dotenv(pg), prefect_port=free_port(), mlflow_port=free_port())
+
+        # The one-shot check-secrets service, which everything else waits for, accepts this .env.
+        check = subprocess.run(stack.command("check-secrets"), env=clean_env(**stack.environment("check-secrets")),
+                               capture_output=True, text=True, timeout=60)
+        assert check.returncode == 0, check.stdout + check.stderr
+        # The very script the postgres container runs on its first start, with that container's environment.
         init = subprocess.run(["bash", str(DOCKER / "postgres" / "init-databases.sh")], capture_output=True, text=True,
-                              env=pg.client_env(POSTGRES_USER=pg.superuser, **passwords), timeout=60)
+                              env=pg.client_env(**stack.environment("postgres")), timeout=60)
         assert init.returncode == 0, init.stdout + init.stderr
 
         began = time.monotonic()
-        prefect = cleanup.enter_context(servers.prefect_server(
-            root / "prefect-home", root / "logs" / "prefect-server.log", wait=False,
-            database_url=pg.url("prefect", "prefect", passwords["PREFECT_DB_PASSWORD"], driver="postgresql+asyncpg")))
-        stack = Stack(root, pg, passwords, prefect)
+        stack.prefect = cleanup.enter_context(stack.start_prefect(wait=False))
         cleanup.callback(stack.stop_mlflow)
         stack.start_mlflow(wait=False)
         stack.mlflow.wait_ready()  # both start at once
-        prefect.wait_ready()
-        print(f"mlflow server and prefect server on PostgreSQL ready in {time.monotonic() - began:.1f} s")
-        yield stack
+        stack.prefect.wait_ready()
+        print(f"mlflow server and prefect server on PostgreSQL, authenticated, ready in {time.monotonic() - began:.1f} s")
+        # This process's own MLflow client (registry snapshots) logs in as the pipeline does: from the environment.
+        with pytest.MonkeyPatch.context() as env:
+            for name, value in stack.client_env().items():
+                if name.startswith("MLFLOW_TRACKING_") and name != "MLFLOW_TRACKING_URI":
+                    env.setenv(name, value)
+            yield stack
 
 
 def stockpipe(stack: Stack, *args: str) -> subprocess.CompletedProcess:
@@ -173,14 +276,9 @@ def stockpipe(stack: Stack, *args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=600)
 
 
-def mlflow_status(url: str, host: str) -> int:
-    request = urllib.request.Request(f"{url}/api/2.0/mlflow/experiments/get-by-name?experiment_name=stockpipe",
-                                     headers={"Host": host})
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
+def mlflow_status(server: HttpServer, host: str) -> int:
+    return http_status(f"{server.url}/api/2.0/mlflow/experiments/get-by-name?experiment_name=stockpipe",
+                       auth=server.auth, headers={"Host": host})
 
 
 def registry_snapshot(tracking_uri: str, dst: Path) -> dict:
@@ -240,14 +338,14 @@ def test_daily_pipeline_against_postgres_backed_mlflow_and_prefect_servers(stack
     assert list(stack.artifacts.rglob("promotion/decision.json")), "the server stored the uploaded artifacts"
     assert not (home / "mlflow.db").exists() and not (home / "artifacts").exists(), "nothing went to a local store"
     # The compose file's --allowed-hosts: the worker's `mlflow:5000` is served, a foreign Host header is refused.
-    assert mlflow_status(stack.mlflow.url, "mlflow:5000") == 200
-    assert mlflow_status(stack.mlflow.url, "attacker.example:5000") == 403
+    assert mlflow_status(stack.mlflow, "mlflow:5000") == 200
+    assert mlflow_status(stack.mlflow, "attacker.example:5000") == 403
 
     # Prefect, through the server's REST API: one completed `daily-pipeline` flow run, the one the MLflow run names.
-    runs = api_post(stack.prefect.url, "/flow_runs/filter", {"flows": {"name": {"any_": ["daily-pipeline"]}}})
+    runs = stack.prefect.post("/flow_runs/filter", {"flows": {"name": {"any_": ["daily-pipeline"]}}})
     assert [r["state"]["type"] for r in runs] == ["COMPLETED"], runs
     assert state["lstm_tags"]["prefect_flow_run_id"] == runs[0]["id"]
-    tasks = api_post(stack.prefect.url, "/task_runs/filter", {"flow_runs": {"id": {"any_": [runs[0]["id"]]}}})
+    tasks = stack.prefect.post("/task_runs/filter", {"flow_runs": {"id": {"any_": [runs[0]["id"]]}}})
     assert {t["name"] for t in tasks} >= {f"fetch-{TICKER}", f"train-{TICKER}", f"track-and-promote-{TICKER}"}
 
     # And it all lives in PostgreSQL, in the databases the init script created for each service.
@@ -256,6 +354,52 @@ def test_daily_pipeline_against_postgres_backed_mlflow_and_prefect_servers(stack
     owners = stack.pg.psql("SELECT datname || '=' || pg_get_userbyid(datdba) FROM pg_database "
                            "WHERE datname IN ('mlflow', 'prefect') ORDER BY 1")
     assert owners.split() == ["mlflow=mlflow", "prefect=prefect"]
+    assert_no_secret_in(stack, result.stdout + result.stderr, "stockpipe run")
+
+
+def test_both_servers_refuse_requests_without_valid_credentials(stack):
+    """What the pipeline's run above did with the credentials from its environment, nobody can do without them."""
+    admin = stack.dotenv["MLFLOW_ADMIN_USERNAME"]
+    search = f"{stack.mlflow.url}/api/2.0/mlflow/experiments/search?max_results=10"
+    assert http_status(search) == 401
+    assert http_status(search, auth=f"{admin}:{secrets.token_hex(24)}") == 401
+    assert http_status(search, auth="admin:password1234") == 401, "MLflow's old default admin does not exist"
+    assert http_status(search, auth=stack.mlflow.auth) == 200
+
+    flows = f"{stack.prefect.url}/flows/filter"
+    prefect_user = stack.dotenv["PREFECT_AUTH_USERNAME"]
+    assert http_status(flows, body={}) == 401
+    assert http_status(flows, body={}, auth=f"{prefect_user}:{secrets.token_hex(24)}") == 401
+    assert http_status(flows, body={}, auth=stack.prefect.auth) == 200
+
+    # The compose health checks need no credentials.
+    assert http_status(stack.mlflow.health_url) == 200 and http_status(stack.prefect.health_url) == 200
+
+    # MLflow's only account is the admin docker/.env names, in its own database; the ini the entrypoint wrote is
+    # private and holds no admin password; no server log shows a secret.
+    assert stack.pg.psql("SELECT username || '=' || is_admin FROM users", database="mlflow_auth") == f"{admin}=true"
+    assert stack.pg.psql("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = 'mlflow_auth'") == "mlflow"
+    assert stat.S_IMODE(stack.auth_config.stat().st_mode) == 0o600
+    assert stack.dotenv["MLFLOW_ADMIN_PASSWORD"] not in stack.auth_config.read_text()
+    for log in (stack.root / "logs").glob("*.log"):
+        assert_no_secret_in(stack, log.read_text(errors="replace"), log.name)
+
+    # An account made as README says (the admin's client, credentials from the environment) gets the default
+    # permission, READ: it sees the models and cannot move `champion` until granted EDIT on that model.
+    from mlflow.server import get_app_client
+
+    users = get_app_client("basic-auth", tracking_uri=stack.mlflow.url)
+    password = secrets.token_hex(16)
+    users.create_user("alice", password)
+    model = f"/api/2.0/mlflow/registered-models/get?name={MODEL}"
+    (champion,) = [a["version"] for a in stack.mlflow.get(model)["registered_model"]["aliases"]
+                   if a["alias"] == CHAMPION_ALIAS]
+    move = {"name": MODEL, "alias": CHAMPION_ALIAS, "version": champion}  # to where it is: changes nothing
+    alias = f"{stack.mlflow.url}/api/2.0/mlflow/registered-models/alias"
+    assert http_status(f"{stack.mlflow.url}{model}", auth=f"alice:{password}") == 200
+    assert http_status(alias, body=move, auth=f"alice:{password}") == 403
+    users.grant_user_permission("alice", "registered_model", MODEL, "EDIT")
+    assert http_status(alias, body=move, auth=f"alice:{password}") == 200
 
 
 def test_compose_deploy_and_worker_commands_against_the_servers(stack):
@@ -273,7 +417,7 @@ def test_compose_deploy_and_worker_commands_against_the_servers(stack):
     deploy = subprocess.run(services["deploy"]["command"], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True,
                             timeout=180)
     assert deploy.returncode == 0, deploy.stdout[-3000:] + deploy.stderr[-3000:]
-    pool = json.loads(urllib.request.urlopen(f"{stack.prefect.url}/work_pools/stockpipe", timeout=10).read())
+    pool = stack.prefect.get("/work_pools/stockpipe")
     assert pool["type"] == "process"
 
     log = stack.root / "logs" / "prefect-worker.log"
@@ -281,9 +425,9 @@ def test_compose_deploy_and_worker_commands_against_the_servers(stack):
         # The compose health check's URL, on the port given to this worker.
         wait_for_http(f"http://127.0.0.1:{health_port}/health", worker, log, timeout=120)
         # And the server sees it polling the pool (its first heartbeat may follow the health server by a moment).
-        wait_until(lambda: bool(api_post(stack.prefect.url, "/work_pools/stockpipe/workers/filter", {})), worker, log,
+        wait_until(lambda: bool(stack.prefect.post("/work_pools/stockpipe/workers/filter", {})), worker, log,
                    timeout=60, what="registered with the server")
-        workers = api_post(stack.prefect.url, "/work_pools/stockpipe/workers/filter", {})
+        workers = stack.prefect.post("/work_pools/stockpipe/workers/filter", {})
         assert [w["name"] for w in workers] == ["stockpipe-worker"]
 
         # Triggered by hand as the README says, the deployment runs as a subprocess of this worker, from the
@@ -293,7 +437,7 @@ def test_compose_deploy_and_worker_commands_against_the_servers(stack):
                                  env=env, capture_output=True, text=True, timeout=120)
         assert trigger.returncode == 0, trigger.stdout + trigger.stderr
         flow_run_id = re.search(r"UUID: ([0-9a-f-]{36})", trigger.stdout).group(1)
-        flow_run = wait_for_flow_run(stack.prefect.url, flow_run_id, timeout=400)
+        flow_run = wait_for_flow_run(stack.prefect.url, flow_run_id, timeout=400, auth=stack.prefect.auth)
         assert flow_run["state"]["type"] == "COMPLETED", log_tail(log)
         assert flow_run["work_pool_name"] == "stockpipe" and flow_run["deployment_id"]
     assert worker.returncode is not None, "the worker was stopped"
@@ -306,13 +450,15 @@ def test_compose_deploy_and_worker_commands_against_the_servers(stack):
     assert run.info.status == "FINISHED" and run.data.tags["decision"] in (PROMOTED, KEPT)
     assert client.search_model_versions(f"name = '{MODEL}' and run_id = '{run.info.run_id}'"), "registered"
 
-    (deployment,) = api_post(stack.prefect.url, "/deployments/filter", {"deployments": {"name": {"any_": ["daily"]}}})
+    (deployment,) = stack.prefect.post("/deployments/filter", {"deployments": {"name": {"any_": ["daily"]}}})
     assert deployment["work_pool_name"] == "stockpipe"
     assert deployment["entrypoint"] == "flows/daily.py:daily_pipeline"
     (schedule,) = deployment["schedules"]
     assert (schedule["schedule"]["cron"], schedule["schedule"]["timezone"]) == ("0 18 * * 1-5", "America/New_York")
     (step,) = deployment["pull_steps"]
     assert step["prefect.deployments.steps.set_working_directory"]["directory"] == str(PROJECT_ROOT)
+    assert_no_secret_in(stack, deploy.stdout + deploy.stderr + trigger.stdout + trigger.stderr, "deploy or trigger")
+    assert_no_secret_in(stack, log.read_text(errors="replace"), "the worker (and its flow run)")
 
 
 def test_restarting_the_tracking_server_loses_nothing(stack, tmp_path):
@@ -384,9 +530,9 @@ def test_the_tracking_server_going_away_mid_run_fails_the_ticker_and_changes_not
                      rf"http://127\.0\.0\.1:{stack.mlflow_port} unreachable while tracking {TICKER}: "
                      rf"Connection refused \(gave up after 3 attempts", line), line
     # The Prefect server saw the tracking task tried three times (two retries) before the ticker failed.
-    (flow_run,) = api_post(stack.prefect.url, "/flow_runs/filter", {"sort": "START_TIME_DESC", "limit": 1})
+    (flow_run,) = stack.prefect.post("/flow_runs/filter", {"sort": "START_TIME_DESC", "limit": 1})
     assert flow_run["state"]["type"] == "FAILED"
-    tasks = api_post(stack.prefect.url, "/task_runs/filter", {"flow_runs": {"id": {"any_": [flow_run["id"]]}}})
+    tasks = stack.prefect.post("/task_runs/filter", {"flow_runs": {"id": {"any_": [flow_run["id"]]}}})
     (tracking,) = [t for t in tasks if t["name"] == f"track-and-promote-{TICKER}"]
     assert (tracking["run_count"], tracking["state"]["type"]) == (3, "FAILED")
     journal = json.loads((stack.home / "reports" / TICKER / "last_run.json").read_text())

@@ -1,18 +1,24 @@
-"""docker/compose.yaml, docker/Dockerfile and the README's production section, checked without Docker.
+"""docker/compose.yaml, docker/Dockerfile, the stack's scripts and the README's production section, without Docker.
 
 The compose file is parsed by compose-spec (Python bindings of the Rust `compose_spec` crate, a strict parser of the
 Compose Specification): unknown or duplicate keys, wrong types, bad enum values, durations and ports are refused, as
 `docker compose config` would refuse them. What that parser does not check (depends_on targets, named volumes, build
 contexts, bind-mount sources) and what the stack promises (loopback ports, health checks, the same settings as the
-native test) are checked here too. `docker compose config` itself runs where the docker client has the compose
-plugin. tests/integration/test_production_stack.py runs the same services natively.
+native test, authentication on both servers) are checked here too. `docker compose config` itself runs where the
+docker client has the compose plugin. docker/check-secrets.sh and docker/mlflow-basic-auth.sh run here as the
+containers would run them. tests/integration/test_production_stack.py runs the same services natively.
 """
 
 from __future__ import annotations
 
+import configparser
+import os
 import re
+import secrets
 import shutil
+import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -25,8 +31,9 @@ COMPOSE_FILE = DOCKER / "compose.yaml"
 README = PROJECT_ROOT / "README.md"
 PRODUCTION_HEADING = "## Production: Docker Compose"
 
-PYTHON_SERVICES = ("mlflow", "prefect-server", "prefect-worker", "deploy")
+PYTHON_SERVICES = ("check-secrets", "mlflow", "prefect-server", "prefect-worker", "deploy")
 LONG_RUNNING = ("postgres", "mlflow", "prefect-server", "prefect-worker")
+ONE_SHOT = ("check-secrets", "deploy")
 DEPENDS_ON_CONDITIONS = {"service_started", "service_healthy", "service_completed_successfully"}
 
 
@@ -59,6 +66,17 @@ def interpolated_paths(node, path=()) -> list[tuple]:
     return [path] if isinstance(node, str) and re.search(r"(?<!\$)\$\{", node) else []
 
 
+def env_example() -> dict[str, str]:
+    """docker/.env.example as compose reads it: NAME=value lines, comments and blank lines skipped."""
+    return dict(line.split("=", 1) for line in (DOCKER / ".env.example").read_text().splitlines()
+                if line.strip() and not line.startswith("#"))
+
+
+def is_secret(name: str) -> bool:
+    """What docker/check-secrets.sh holds to its strength rules."""
+    return name.endswith(("_PASSWORD", "_SECRET_KEY"))
+
+
 def production_section(readme: str) -> str:
     start = readme.index(f"\n{PRODUCTION_HEADING}\n")
     end = readme.find("\n## ", start + 1)
@@ -81,17 +99,20 @@ def test_compose_file_follows_the_compose_specification():
 MISTAKES = {
     "misspelt depends_on condition": ("condition: service_healthy", "condition: service_healty", "`service_healty`"),
     "retries not a number": ("retries: 12", "retries: twelve", '"twelve"'),
-    "misspelt service key": ("    restart: unless-stopped\n    # POSTGRES_USER",
-                             "    restrat: unless-stopped\n    # POSTGRES_USER", "`restrat`"),
+    "misspelt service key": ("    restart: unless-stopped\n    depends_on:\n      check-secrets:",
+                             "    restrat: unless-stopped\n    depends_on:\n      check-secrets:", "`restrat`"),
     "misspelt key in the shared x-stockpipe block": ("  init: true\n", "  inti: true\n", "`inti`"),
     "container port out of range": ('"127.0.0.1:5000:5000"', '"127.0.0.1:5000:500000"', "`500000`"),
     "dot for a colon in a port": ('"127.0.0.1:4200:4200"', '"127.0.0.1.4200:4200"', "`127.0.0.1.4200`"),
     "duration without a unit": ("interval: 5s", "interval: 5 seconds", "not a valid duration unit"),
     "unknown restart policy": ('restart: "no"', 'restart: "never"', "`never`"),
     "misspelt health check form": ('["CMD-SHELL", "pg_isready', '["CMD_SHELL", "pg_isready', "`CMD_SHELL`"),
-    "duplicate key": ("    env_file: .env\n", "    env_file: .env\n    env_file: ../.env\n",
-                      'duplicate entry with key "env_file"'),
-    "undeclared network": ("    env_file: .env\n", "    env_file: .env\n    networks: [backend]\n", "network `backend`"),
+    "duplicate key": ("    restart: \"no\"\n    environment:\n", "    restart: \"no\"\n    restart: \"no\"\n    environment:\n",
+                      'duplicate entry with key "restart"'),
+    "undeclared network": ("    restart: \"no\"\n", "    restart: \"no\"\n    networks: [backend]\n", "network `backend`"),
+    "entrypoint not a list or string": ('entrypoint: ["sh", "/etc/stockpipe/mlflow-basic-auth.sh"]',
+                                        "entrypoint: {sh: /etc/stockpipe/mlflow-basic-auth.sh}",
+                                        "expected a string or list of strings"),
     "misspelt top-level key": ("\nvolumes:\n  postgres-data:", "\nvolume:\n  postgres-data:", "`volume`"),
 }
 
@@ -127,7 +148,7 @@ def test_compose_file_structure():
     assert set(spec) <= {"name", "services", "volumes", "networks", "secrets", "configs"} | {
         k for k in spec if k.startswith("x-")}
     services = spec["services"]
-    assert set(services) == {"postgres", "mlflow", "prefect-server", "prefect-worker", "deploy"}
+    assert set(services) == {"check-secrets", "postgres", "mlflow", "prefect-server", "prefect-worker", "deploy"}
     declared_volumes = set(spec.get("volumes") or {})
     used_volumes = set()
 
@@ -164,7 +185,8 @@ def test_compose_file_structure():
     for name in LONG_RUNNING:
         assert "healthcheck" in services[name], f"{name}: no healthcheck"
         assert services[name]["restart"] == "unless-stopped"
-    assert services["deploy"]["restart"] == "no"
+    for name in ONE_SHOT:
+        assert services[name]["restart"] == "no"
     for name in PYTHON_SERVICES:
         assert services[name]["image"] == "stockpipe:local" and services[name]["build"]["dockerfile"] == "docker/Dockerfile"
 
@@ -204,12 +226,214 @@ def test_compose_services_match_what_the_native_test_runs():
     assert deploy.endswith("exec prefect deploy --no-prompt --name daily")
 
     # Every variable the file interpolates is in the committed example, so `cp .env.example .env` is complete.
-    example = dict(line.split("=", 1) for line in (DOCKER / ".env.example").read_text().splitlines()
-                   if line.strip() and not line.startswith("#"))
+    example = env_example()
     interpolated = set(re.findall(r"(?<!\$)\$\{([A-Z_][A-Z0-9_]*)", text))
     assert interpolated and interpolated <= set(example), interpolated - set(example)
     init_script = (DOCKER / "postgres" / "init-databases.sh").read_text()
     assert set(re.findall(r"\$\{?([A-Z_]+_PASSWORD)", init_script)) <= set(example)
+
+
+# -- authentication and secrets -------------------------------------------------------------------
+
+REFERENCE = re.compile(r"(?<!\$)\$\{([A-Z_][A-Z0-9_]*)(:?[-?])?")
+
+
+def references(value: str) -> list[tuple[str, str]]:
+    """The variables a compose value interpolates, each with its modifier (`:?`, `:-`, or '' for none)."""
+    return [(name, modifier or "") for name, modifier in REFERENCE.findall(value)]
+
+
+def depends_on_closure(services: dict, name: str) -> set[str]:
+    """Every service `name` waits for, directly or through the services it waits for."""
+    seen: set[str] = set()
+    pending = [name]
+    while pending:
+        for target in services[pending.pop()].get("depends_on") or {}:
+            if target not in seen:
+                seen.add(target)
+                pending.append(target)
+    return seen
+
+
+def test_nothing_starts_before_check_secrets_has_passed():
+    services = compose()["services"]
+    assert services["postgres"]["depends_on"]["check-secrets"] == {"condition": "service_completed_successfully"}
+    for name in set(services) - {"check-secrets"}:
+        assert "check-secrets" in depends_on_closure(services, name), f"{name} could start before check-secrets"
+
+
+def test_every_credential_is_checked_and_none_may_be_empty():
+    example = env_example()
+    credentials = {name for name in example if is_secret(name) or name.endswith("_USERNAME")}
+    assert {"POSTGRES_PASSWORD", "MLFLOW_DB_PASSWORD", "PREFECT_DB_PASSWORD", "MLFLOW_ADMIN_USERNAME",
+            "MLFLOW_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY", "PREFECT_AUTH_USERNAME",
+            "PREFECT_AUTH_PASSWORD"} <= credentials
+    services = compose()["services"]
+    check = services["check-secrets"]
+    # The script checks the names the example gives: each must reach it under that same name.
+    assert {name: references(value) for name, value in check["environment"].items()} == {
+        name: [(name, ":?")] for name in credentials}
+    assert check["command"] == ["sh", "/etc/stockpipe/check-secrets.sh", "/etc/stockpipe/env.example"]
+    assert {"./check-secrets.sh:/etc/stockpipe/check-secrets.sh:ro",
+            "./.env.example:/etc/stockpipe/env.example:ro"} <= set(check["volumes"])
+    # Wherever a credential is used, compose refuses to go on when it is unset or empty.
+    for name, service in services.items():
+        for key, value in (service.get("environment") or {}).items():
+            for variable, modifier in references(str(value)):
+                if variable in credentials:
+                    assert modifier == ":?", f"{name}: {key} takes {variable} without `:?`"
+
+
+def test_both_servers_require_credentials_and_their_clients_carry_them():
+    services = compose()["services"]
+    mlflow, prefect, worker = services["mlflow"], services["prefect-server"], services["prefect-worker"]
+    mlflow_env, worker_env = mlflow["environment"], worker["environment"]
+
+    assert "--app-name=basic-auth" in mlflow["command"]
+    assert mlflow["entrypoint"] == ["sh", "/etc/stockpipe/mlflow-basic-auth.sh"]
+    assert "./mlflow-basic-auth.sh:/etc/stockpipe/mlflow-basic-auth.sh:ro" in mlflow["volumes"]
+    # The ini lives in the container, not in a volume: regenerated at every start, never shared.
+    config = mlflow_env["MLFLOW_AUTH_CONFIG_PATH"]
+    mounted = [volume.split(":")[1] for volume in mlflow["volumes"]]
+    assert config.startswith("/home/stockpipe/") and not any(config.startswith(f"{m}/") for m in mounted)
+    assert mlflow_env["MLFLOW_AUTH_DATABASE_URI"].startswith("postgresql://mlflow:")
+    assert mlflow_env["MLFLOW_AUTH_DATABASE_URI"].endswith("@postgres:5432/mlflow_auth")
+    assert references(mlflow_env["MLFLOW_FLASK_SERVER_SECRET_KEY"]) == [("MLFLOW_FLASK_SERVER_SECRET_KEY", ":?")]
+    # The pipeline logs in as the admin MLflow creates from the same two variables.
+    assert references(worker_env["MLFLOW_TRACKING_USERNAME"]) == references(mlflow_env["MLFLOW_AUTH_ADMIN_USERNAME"])
+    assert references(worker_env["MLFLOW_TRACKING_PASSWORD"]) == references(mlflow_env["MLFLOW_AUTH_ADMIN_PASSWORD"])
+    assert [v for v, _ in references(worker_env["MLFLOW_TRACKING_PASSWORD"])] == ["MLFLOW_ADMIN_PASSWORD"]
+
+    server_auth = prefect["environment"]["PREFECT_SERVER_API_AUTH_STRING"]
+    assert [v for v, _ in references(server_auth)] == ["PREFECT_AUTH_USERNAME", "PREFECT_AUTH_PASSWORD"]
+    assert worker_env["PREFECT_API_AUTH_STRING"] == server_auth
+    assert services["deploy"]["environment"] == worker_env, "deploy talks to the same servers as the worker"
+
+    # A Prefect Cloud key would be sent instead of the auth string by some clients: nothing may set one.
+    for name, service in services.items():
+        assert "PREFECT_API_KEY" not in (service.get("environment") or {}), name
+    assert "PREFECT_API_KEY" not in (DOCKER / "Dockerfile").read_text()
+
+
+def strong_secrets() -> dict[str, str]:
+    """A docker/.env a careful operator would write: every secret fresh and random, the rest as in the example."""
+    return {name: secrets.token_hex(16) if is_secret(name) else value for name, value in env_example().items()}
+
+
+def check_secrets(env: dict[str, str], shell: str = "sh") -> subprocess.CompletedProcess:
+    """docker/check-secrets.sh as the check-secrets service runs it, with only `env` (and PATH) in its environment."""
+    return subprocess.run([shell, str(DOCKER / "check-secrets.sh"), str(DOCKER / ".env.example")],
+                          env={"PATH": os.environ["PATH"], **env}, capture_output=True, text=True, timeout=30)
+
+
+@pytest.mark.parametrize("shell", ["sh", "bash"])
+def test_check_secrets_accepts_strong_secrets(shell):
+    result = check_secrets(strong_secrets(), shell)
+    assert result.returncode == 0, result.stderr
+    assert "credentials set, none of them an example value" in result.stdout
+
+
+def test_check_secrets_refuses_the_example_file_as_it_is_and_names_every_secret():
+    example = env_example()
+    result = check_secrets(example)
+    assert result.returncode == 1
+    named = set(re.findall(r"^check-secrets: (\w+) is still the example value", result.stderr, flags=re.M))
+    assert named == {name for name in example if is_secret(name)}
+    assert "refusing to start" in result.stderr
+
+
+WEAK = {
+    "the example's value": lambda example: example,
+    "15 characters": lambda example: "a1B2c3D4e5F6g7H",
+    "empty": lambda example: "",
+    "a character that breaks a URL": lambda example: secrets.token_hex(12) + "@x",
+    "a percent sign": lambda example: secrets.token_hex(12) + "%41",
+    "a space": lambda example: secrets.token_hex(12) + " x",
+    "a newline": lambda example: secrets.token_hex(12) + "\nx",
+}
+
+
+@pytest.mark.parametrize("weakness", WEAK)
+@pytest.mark.parametrize("name", ["MLFLOW_ADMIN_PASSWORD", "PREFECT_AUTH_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY"])
+def test_check_secrets_refuses_one_weak_secret_naming_it_and_never_printing_it(name, weakness):
+    env = strong_secrets()
+    env[name] = WEAK[weakness](env_example()[name])
+    result = check_secrets(env)
+    assert result.returncode == 1, result.stdout
+    (problem,) = [line for line in result.stderr.splitlines() if not line.startswith("check-secrets: refusing")]
+    assert problem.startswith(f"check-secrets: {name} ")
+    output = result.stdout + result.stderr
+    assert all(value not in output for value in env.values() if len(value) >= 8), "a value was printed"
+
+
+def test_check_secrets_accepts_exactly_16_characters_and_refuses_a_missing_secret_or_a_colon_in_a_user_name():
+    env = strong_secrets()
+    env["PREFECT_AUTH_PASSWORD"] = "a1B2c3D4e5F6g7H8"
+    assert check_secrets(env).returncode == 0
+
+    missing = {k: v for k, v in strong_secrets().items() if k != "MLFLOW_DB_PASSWORD"}
+    result = check_secrets(missing)
+    assert result.returncode == 1 and "MLFLOW_DB_PASSWORD is not set" in result.stderr
+
+    colon = {**strong_secrets(), "PREFECT_AUTH_USERNAME": "stock:pipe"}
+    result = check_secrets(colon)
+    assert result.returncode == 1 and "PREFECT_AUTH_USERNAME may only hold" in result.stderr
+
+
+def mlflow_basic_auth(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
+    """docker/mlflow-basic-auth.sh as the mlflow service's entrypoint, running a command that shows its arguments."""
+    return subprocess.run(["sh", str(DOCKER / "mlflow-basic-auth.sh"), sys.executable, "-c",
+                           "import sys; print('server', sys.argv[1:])", "--app-name=basic-auth", "--port=5000"],
+                          env={"PATH": os.environ["PATH"], **env}, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=30)
+
+
+def read_ini(path: Path) -> configparser.SectionProxy:
+    """The [mlflow] section as mlflow/server/auth/config.py reads it: a default ConfigParser, `%` interpolation on.
+    (Importing that module would import MLflow's whole server; the production-stack test runs the real one.)"""
+    parser = configparser.ConfigParser()
+    assert parser.read(path) == [str(path)]
+    return parser["mlflow"]
+
+
+def test_mlflow_entrypoint_writes_a_private_ini_mlflow_reads_then_runs_the_server(tmp_path):
+    config = tmp_path / "auth" / "basic_auth.ini"
+    admin_password, key = secrets.token_hex(16), secrets.token_hex(16)
+    # A `%` would be configparser interpolation if written as it is.
+    database_uri = "postgresql://mlflow:p%40ss-" + secrets.token_hex(8) + "@postgres:5432/mlflow_auth"
+    env = {"MLFLOW_AUTH_CONFIG_PATH": str(config), "MLFLOW_AUTH_DATABASE_URI": database_uri,
+           "MLFLOW_AUTH_ADMIN_USERNAME": "stockpipe-admin", "MLFLOW_AUTH_ADMIN_PASSWORD": admin_password,
+           "MLFLOW_FLASK_SERVER_SECRET_KEY": key}
+    result = mlflow_basic_auth(tmp_path, **env)
+    assert result.returncode == 0, result.stderr
+    assert "server ['--app-name=basic-auth', '--port=5000']" in result.stdout, "the server command runs, unchanged"
+    assert not any(secret in result.stdout + result.stderr for secret in (admin_password, key, database_uri))
+
+    assert stat.S_IMODE(config.stat().st_mode) == 0o600 and stat.S_IMODE(config.parent.stat().st_mode) == 0o700
+    assert admin_password not in config.read_text() and key not in config.read_text()
+    assert [p.name for p in config.parent.iterdir()] == ["basic_auth.ini"], "no partial file left behind"
+    ini = read_ini(config)
+    assert (ini["database_uri"], ini["default_permission"]) == (database_uri, "READ")
+    assert ini["authorization_function"] == "mlflow.server.auth:authenticate_request_basic_auth"
+    assert ini.getint("auth_cache_ttl_seconds") == 60
+    # MLflow takes the admin from MLFLOW_AUTH_ADMIN_USERNAME/_PASSWORD, which override the file's anyway.
+    assert "admin_username" not in ini and "admin_password" not in ini
+
+    # Written afresh at every start: a later start with another database replaces the file.
+    again = mlflow_basic_auth(tmp_path, **{**env, "MLFLOW_AUTH_DATABASE_URI": "postgresql://x@postgres/other"})
+    assert again.returncode == 0 and read_ini(config)["database_uri"] == "postgresql://x@postgres/other"
+
+
+@pytest.mark.parametrize("missing", ["MLFLOW_AUTH_DATABASE_URI", "MLFLOW_AUTH_ADMIN_PASSWORD",
+                                     "MLFLOW_FLASK_SERVER_SECRET_KEY"])
+def test_mlflow_entrypoint_refuses_to_start_without_its_settings(tmp_path, missing):
+    env = {"MLFLOW_AUTH_CONFIG_PATH": str(tmp_path / "basic_auth.ini"),
+           "MLFLOW_AUTH_DATABASE_URI": "postgresql://mlflow:pw@postgres:5432/mlflow_auth",
+           "MLFLOW_AUTH_ADMIN_USERNAME": "stockpipe-admin", "MLFLOW_AUTH_ADMIN_PASSWORD": secrets.token_hex(16),
+           "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16)}
+    result = mlflow_basic_auth(tmp_path, **{**env, missing: ""})
+    assert result.returncode != 0 and missing in result.stderr
+    assert "server [" not in result.stdout and not (tmp_path / "basic_auth.ini").exists()
 
 
 def test_dockerfile_builds_a_slim_non_root_image_from_the_lock():
@@ -258,3 +482,18 @@ def test_production_docs_match_the_compose_file():
         assert f"`{volume}`" in docs, f"the docs do not name the volume {volume}"
     major = re.fullmatch(r"postgres:(\d+)(?:[.-].*)?", services["postgres"]["image"]).group(1)
     assert f"PostgreSQL {major}," in docs, "the PostgreSQL version the table gives is the image's"
+
+
+def test_production_docs_say_how_to_log_in():
+    """Both UIs, the CLI on the host and more MLflow accounts: with the variables the stack really uses."""
+    docs = production_section(README.read_text())
+    example = env_example()
+    named = set(re.findall(r"\b((?:MLFLOW_ADMIN|PREFECT_AUTH)_[A-Z_]+)", docs))
+    assert {"PREFECT_AUTH_USERNAME", "PREFECT_AUTH_PASSWORD", "MLFLOW_ADMIN_USERNAME", "MLFLOW_ADMIN_PASSWORD"} <= named
+    assert named <= set(example), named - set(example)
+    assert "`PREFECT_AUTH_USERNAME:PREFECT_AUTH_PASSWORD`" in docs, "the Prefect UI's login is one `user:password`"
+    for client_setting in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "PREFECT_API_AUTH_STRING"):
+        assert f"export {client_setting}" in docs or f" {client_setting}=" in docs, client_setting
+    assert "unset PREFECT_API_KEY" in docs
+    assert "http://127.0.0.1:5000/signup" in docs and 'get_app_client("basic-auth"' in docs
+    assert "check-secrets" in docs and "SECURITY.md" in docs
