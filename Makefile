@@ -32,6 +32,17 @@ run: $(STAMP) ## Run the daily pipeline on the bundled snapshot (MSFT, GSPC)
 test: $(STAMP) ## Run the whole test suite (unit, then integration)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+.PHONY: lint
+lint: $(STAMP) ## Check style and types: ruff lint and format over everything, mypy over pipeline/
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+.PHONY: format
+format: $(STAMP) ## Apply ruff's fixes and formatting
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
 .PHONY: test-unit
 test-unit: $(STAMP) ## Run only the fast unit tests
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)

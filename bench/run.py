@@ -54,8 +54,13 @@ def prefect_server(root: Path):
     env = {**os.environ, "PREFECT_HOME": str(root / "prefect-server"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     env.pop("PREFECT_API_URL", None)
     log = (root / "prefect-server.log").open("w")
-    server = subprocess.Popen([str(Path(sys.executable).with_name("prefect")), "server", "start", "--host", "127.0.0.1",
-                               "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    server = subprocess.Popen(
+        [str(Path(sys.executable).with_name("prefect")), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     api = f"http://127.0.0.1:{port}/api"
     try:
         deadline = time.monotonic() + 180
@@ -90,8 +95,9 @@ def run_cli(args: list[str], home: Path, extra_env: dict[str, str] | None = None
     if api:
         env["PREFECT_API_URL"] = api
     started = time.perf_counter()
-    child = subprocess.Popen([STOCKPIPE, *args], env=env, cwd=home.parent, stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True)
+    child = subprocess.Popen(
+        [STOCKPIPE, *args], env=env, cwd=home.parent, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     peak = [0]
 
     def sample():
@@ -146,15 +152,22 @@ def quality(tickers: list[str], config: TrainingConfig) -> list[dict]:
         test, metrics = challenger.dataset.test, challenger.metrics
         seed = seed_forecasts(challenger.dataset.history, challenger.dataset.val.target_date[0], test.as_of)
         seed_metrics = forecast_metrics(test.next_close, seed, test.last_close)
-        rows.append({
-            "ticker": ticker,
-            "test_days": f"{test.target_date[0].date()}..{test.target_date[-1].date()} ({len(test.y)})",
-            "rmse": metrics["rmse"], "naive_rmse": metrics["naive_rmse"], "u2": metrics["u2"],
-            "directional_accuracy": metrics["directional_accuracy"], "dm_pvalue": metrics["dm_pvalue"],
-            "seed_rmse": seed_metrics["rmse"], "seed_u2": seed_metrics["u2"],
-            "epochs_run": challenger.epochs_run, "train_seconds": challenger.train_seconds,
-            "train_windows": len(challenger.dataset.train.y),
-        })
+        rows.append(
+            {
+                "ticker": ticker,
+                "test_days": f"{test.target_date[0].date()}..{test.target_date[-1].date()} ({len(test.y)})",
+                "rmse": metrics["rmse"],
+                "naive_rmse": metrics["naive_rmse"],
+                "u2": metrics["u2"],
+                "directional_accuracy": metrics["directional_accuracy"],
+                "dm_pvalue": metrics["dm_pvalue"],
+                "seed_rmse": seed_metrics["rmse"],
+                "seed_u2": seed_metrics["u2"],
+                "epochs_run": challenger.epochs_run,
+                "train_seconds": challenger.train_seconds,
+                "train_windows": len(challenger.dataset.train.y),
+            }
+        )
     return rows
 
 
@@ -182,16 +195,21 @@ def main() -> None:
     scaling_epochs = 1 if args.quick else 3
     epochs_env = {"STOCKPIPE_TRAINING__EPOCHS": str(config.epochs)}
     started = time.perf_counter()
-    results: dict = {"mode": "quick" if args.quick else "full", "machine": {
-        "cpus": os.cpu_count(), "python": platform.python_version(), "matmul_gflops": matmul_gflops()}}
+    results: dict = {
+        "mode": "quick" if args.quick else "full",
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "matmul_gflops": matmul_gflops()},
+    }
 
     print("1/5 forecast quality at default settings, and the seeds' approach on the same days", flush=True)
     results["quality"] = quality(tickers, config)
 
     with tempfile.TemporaryDirectory(prefix="stockpipe-bench-") as tmp, ExitStack() as stack:
         root = Path(tmp)
-        print("2/5 a daily run from process start: once as `make run` does (temporary Prefect server), "
-              "then against a running Prefect server", flush=True)
+        print(
+            "2/5 a daily run from process start: once as `make run` does (temporary Prefect server), "
+            "then against a running Prefect server",
+            flush=True,
+        )
         standalone = run_cli(["run", "--tickers", *tickers], root / "standalone", epochs_env)
         results["standalone_run"] = {"wall": standalone["wall"], "peak_rss_gib": standalone["peak_rss"] / 2**30}
         api = stack.enter_context(prefect_server(root))
@@ -201,12 +219,18 @@ def main() -> None:
         for ticker in tickers:
             for step, seconds in journal(home, ticker)["timings"].items():
                 steps[step] = max(steps.get(step, 0.0), seconds)  # tickers run in parallel: the longest one counts
-        ticker_work = sum(steps.get(s, 0.0) for s in ("fetch", "validate", "window_train_evaluate", "track_and_promote"))
+        ticker_work = sum(
+            steps.get(s, 0.0) for s in ("fetch", "validate", "window_train_evaluate", "track_and_promote")
+        )
         results["daily_run"] = {
-            "wall": daily["wall"], "peak_rss_gib": daily["peak_rss"] / 2**30,
+            "wall": daily["wall"],
+            "peak_rss_gib": daily["peak_rss"] / 2**30,
             "startup_imports_prefect_server": daily["wall"] - ticker_work,
-            "fetch": steps.get("fetch"), "validation": steps.get("validate"), "windowing": steps.get("window"),
-            "training": steps.get("train"), "evaluation": steps.get("evaluate"),
+            "fetch": steps.get("fetch"),
+            "validation": steps.get("validate"),
+            "windowing": steps.get("window"),
+            "training": steps.get("train"),
+            "evaluation": steps.get("evaluate"),
             "tracking_and_promotion": steps.get("track_and_promote"),
         }
         results["daily_run"]["overhead_share"] = 1 - results["daily_run"]["training"] / daily["wall"]
@@ -230,20 +254,31 @@ def main() -> None:
         runs = [(n, 2) for n in scaling_counts] + [(scaling_counts[-1], 1)]
         for count, workers in runs:
             folder, names = scaling_folder(root, count)
-            outcome = run_cli(["run", "--source", "csv", "--csv-dir", str(folder), "--tickers", *names],
-                              root / f"scale-{count}-{workers}",
-                              {"STOCKPIPE_TRAINING__EPOCHS": str(scaling_epochs), "STOCKPIPE_MAX_WORKERS": str(workers)},
-                              api)
-            scaling.append({"tickers": count, "workers": workers, "wall": outcome["wall"],
-                            "tickers_per_minute": 60 * count / outcome["wall"]})
+            outcome = run_cli(
+                ["run", "--source", "csv", "--csv-dir", str(folder), "--tickers", *names],
+                root / f"scale-{count}-{workers}",
+                {"STOCKPIPE_TRAINING__EPOCHS": str(scaling_epochs), "STOCKPIPE_MAX_WORKERS": str(workers)},
+                api,
+            )
+            scaling.append(
+                {
+                    "tickers": count,
+                    "workers": workers,
+                    "wall": outcome["wall"],
+                    "tickers_per_minute": 60 * count / outcome["wall"],
+                }
+            )
         results["scaling"] = scaling
 
     training = results["quality"][-1]  # the last ticker's training, after TensorFlow has warmed up
     seconds_per_epoch = training["train_seconds"] / training["epochs_run"]
     gflop = lstm_gflop_per_epoch(training["train_windows"], config)
-    results["training_speed"] = {"seconds_per_epoch": seconds_per_epoch, "gflop_per_epoch": gflop,
-                                 "achieved_gflops": gflop / seconds_per_epoch,
-                                 "matmul_gflops": results["machine"]["matmul_gflops"]}
+    results["training_speed"] = {
+        "seconds_per_epoch": seconds_per_epoch,
+        "gflop_per_epoch": gflop,
+        "achieved_gflops": gflop / seconds_per_epoch,
+        "matmul_gflops": results["machine"]["matmul_gflops"],
+    }
     results["targets"] = evaluate_targets(results)
     results["bench_seconds"] = time.perf_counter() - started
     args.out.mkdir(parents=True, exist_ok=True)
@@ -258,49 +293,95 @@ def evaluate_targets(r: dict) -> dict:
     most = max((s for s in r["scaling"] if s["workers"] > 1), key=lambda s: s["tickers"])
     warm, full = r["warm_start"]["warm"], r["warm_start"]["full"]
     checks = {
-        "overhead share of a daily run <= 15%": (r["daily_run"]["overhead_share"], r["daily_run"]["overhead_share"] <= TARGETS["overhead_share_max"]),
+        "overhead share of a daily run <= 15%": (
+            r["daily_run"]["overhead_share"],
+            r["daily_run"]["overhead_share"] <= TARGETS["overhead_share_max"],
+        ),
         "no-new-data re-run <= 15 s": (r["rerun"]["wall"], r["rerun"]["wall"] <= TARGETS["rerun_seconds_max"]),
-        "warm start <= 35% of a full retrain (training time)": (warm["train"] / full["train"], warm["train"] / full["train"] <= TARGETS["warm_time_ratio_max"]),
-        "warm start U2 <= full U2 + 0.01": (warm["u2"] - full["u2"], warm["u2"] <= full["u2"] + TARGETS["warm_u2_slack"]),
-        f"{most['tickers']} tickers >= 1.7x the throughput of one worker": (most["tickers_per_minute"] / one["tickers_per_minute"], most["tickers_per_minute"] / one["tickers_per_minute"] >= TARGETS["scaling_8_min"]),
-        "peak memory <= 2 GiB": (r["daily_run"]["peak_rss_gib"], r["daily_run"]["peak_rss_gib"] <= TARGETS["peak_rss_gib_max"]),
+        "warm start <= 35% of a full retrain (training time)": (
+            warm["train"] / full["train"],
+            warm["train"] / full["train"] <= TARGETS["warm_time_ratio_max"],
+        ),
+        "warm start U2 <= full U2 + 0.01": (
+            warm["u2"] - full["u2"],
+            warm["u2"] <= full["u2"] + TARGETS["warm_u2_slack"],
+        ),
+        f"{most['tickers']} tickers >= 1.7x the throughput of one worker": (
+            most["tickers_per_minute"] / one["tickers_per_minute"],
+            most["tickers_per_minute"] / one["tickers_per_minute"] >= TARGETS["scaling_8_min"],
+        ),
+        "peak memory <= 2 GiB": (
+            r["daily_run"]["peak_rss_gib"],
+            r["daily_run"]["peak_rss_gib"] <= TARGETS["peak_rss_gib_max"],
+        ),
     }
     return {name: {"value": value, "met": bool(met)} for name, (value, met) in checks.items()}
 
 
 def markdown(r: dict) -> str:
     f = lambda v, d=3: "-" if v is None else f"{v:.{d}f}"  # noqa: E731
-    lines = [f"Benchmark ({r['mode']} mode, {r['machine']['cpus']} cores, Python {r['machine']['python']}, "
-             f"{r['bench_seconds'] / 60:.1f} min)", "",
-             "| ticker | test days | RMSE | naive RMSE | U2 | dir. acc. | DM p | seeds' RMSE | seeds' U2 |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"Benchmark ({r['mode']} mode, {r['machine']['cpus']} cores, Python {r['machine']['python']}, "
+        f"{r['bench_seconds'] / 60:.1f} min)",
+        "",
+        "| ticker | test days | RMSE | naive RMSE | U2 | dir. acc. | DM p | seeds' RMSE | seeds' U2 |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for q in r["quality"]:
-        lines.append(f"| {q['ticker']} | {q['test_days']} | {f(q['rmse'], 4)} | {f(q['naive_rmse'], 4)} | {f(q['u2'])} | "
-                     f"{f(q['directional_accuracy'])} | {f(q['dm_pvalue'])} | {f(q['seed_rmse'], 4)} | {f(q['seed_u2'])} |")
+        lines.append(
+            f"| {q['ticker']} | {q['test_days']} | {f(q['rmse'], 4)} | {f(q['naive_rmse'], 4)} | {f(q['u2'])} | "
+            f"{f(q['directional_accuracy'])} | {f(q['dm_pvalue'])} | {f(q['seed_rmse'], 4)} | {f(q['seed_u2'])} |"
+        )
     d = r["daily_run"]
-    lines += ["", "| daily run (all tickers, from process start, Prefect server running) | seconds |", "|---|---|",
-              *[f"| {k.replace('_', ' ')} | {f(d[k], 2)} |" for k in ("wall", "startup_imports_prefect_server", "fetch",
-                                                                     "validation", "windowing", "training", "evaluation",
-                                                                     "tracking_and_promotion")],
-              f"| overhead share (all but training) | {d['overhead_share']:.0%} |",
-              f"| re-run with no new data | {f(r['rerun']['wall'], 2)} |",
-              f"| the same first run as `make run` does it (temporary Prefect server) | {f(r['standalone_run']['wall'], 2)} |",
-              f"| peak resident memory (process tree) | {d['peak_rss_gib']:.2f} GiB |"]
+    lines += [
+        "",
+        "| daily run (all tickers, from process start, Prefect server running) | seconds |",
+        "|---|---|",
+        *[
+            f"| {k.replace('_', ' ')} | {f(d[k], 2)} |"
+            for k in (
+                "wall",
+                "startup_imports_prefect_server",
+                "fetch",
+                "validation",
+                "windowing",
+                "training",
+                "evaluation",
+                "tracking_and_promotion",
+            )
+        ],
+        f"| overhead share (all but training) | {d['overhead_share']:.0%} |",
+        f"| re-run with no new data | {f(r['rerun']['wall'], 2)} |",
+        f"| the same first run as `make run` does it | {f(r['standalone_run']['wall'], 2)} |",
+        f"| peak resident memory (process tree) | {d['peak_rss_gib']:.2f} GiB |",
+    ]
     w = r["warm_start"]
-    lines += ["", "| MSFT retrain | wall s | training s | U2 |", "|---|---|---|---|",
-              f"| full | {f(w['full']['wall'], 1)} | {f(w['full']['train'], 1)} | {f(w['full']['u2'], 4)} |",
-              f"| warm start | {f(w['warm']['wall'], 1)} | {f(w['warm']['train'], 1)} | {f(w['warm']['u2'], 4)} |"]
+    lines += [
+        "",
+        "| MSFT retrain | wall s | training s | U2 |",
+        "|---|---|---|---|",
+        f"| full | {f(w['full']['wall'], 1)} | {f(w['full']['train'], 1)} | {f(w['full']['u2'], 4)} |",
+        f"| warm start | {f(w['warm']['wall'], 1)} | {f(w['warm']['train'], 1)} | {f(w['warm']['u2'], 4)} |",
+    ]
     one = next(s for s in r["scaling"] if s["workers"] == 1)
     lines += ["", "| tickers | workers | wall s | tickers/min | vs one worker |", "|---|---|---|---|---|"]
     for s in r["scaling"]:
-        lines.append(f"| {s['tickers']} | {s['workers']} | {f(s['wall'], 1)} | {f(s['tickers_per_minute'], 2)} | "
-                     f"{s['tickers_per_minute'] / one['tickers_per_minute']:.2f}x |")
+        lines.append(
+            f"| {s['tickers']} | {s['workers']} | {f(s['wall'], 1)} | {f(s['tickers_per_minute'], 2)} | "
+            f"{s['tickers_per_minute'] / one['tickers_per_minute']:.2f}x |"
+        )
     t = r["training_speed"]
-    lines += ["", f"Training: {t['seconds_per_epoch']:.2f} s/epoch, {t['gflop_per_epoch']:.1f} GFLOP/epoch "
-                  f"(2 LSTM layers, 4 gates, forward x3 for backward), {t['achieved_gflops']:.1f} GFLOP/s achieved vs "
-                  f"{t['matmul_gflops']:.0f} GFLOP/s float32 matmul on this machine.", "",
-              "| target | measured | met |", "|---|---|---|",
-              *[f"| {name} | {f(v['value'], 3)} | {'yes' if v['met'] else 'no'} |" for name, v in r["targets"].items()], ""]
+    lines += [
+        "",
+        f"Training: {t['seconds_per_epoch']:.2f} s/epoch, {t['gflop_per_epoch']:.1f} GFLOP/epoch "
+        f"(2 LSTM layers, 4 gates, forward x3 for backward), {t['achieved_gflops']:.1f} GFLOP/s achieved vs "
+        f"{t['matmul_gflops']:.0f} GFLOP/s float32 matmul on this machine.",
+        "",
+        "| target | measured | met |",
+        "|---|---|---|",
+        *[f"| {name} | {f(v['value'], 3)} | {'yes' if v['met'] else 'no'} |" for name, v in r["targets"].items()],
+        "",
+    ]
     return "\n".join(lines)
 
 

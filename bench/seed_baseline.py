@@ -28,14 +28,16 @@ def seed_forecasts(history: pd.DataFrame, train_end: pd.Timestamp, as_of_dates: 
     target_dates = pd.DatetimeIndex(history["Date"]).to_numpy()[WINDOW:]
     train = target_dates < np.datetime64(train_end)
 
-    model = keras.Sequential([
-        keras.Input(shape=(WINDOW, 1)),
-        keras.layers.LSTM(UNITS, return_sequences=True),
-        keras.layers.Dropout(0.2),
-        keras.layers.LSTM(UNITS),
-        keras.layers.Dropout(0.2),
-        keras.layers.Dense(1),
-    ])
+    model = keras.Sequential(
+        [
+            keras.Input(shape=(WINDOW, 1)),
+            keras.layers.LSTM(UNITS, return_sequences=True),
+            keras.layers.Dropout(0.2),
+            keras.layers.LSTM(UNITS),
+            keras.layers.Dropout(0.2),
+            keras.layers.Dense(1),
+        ]
+    )
     model.compile(optimizer="adam", loss="mse")
     model.fit(windows[train][..., None], targets[train], epochs=EPOCHS, batch_size=BATCH, verbose=0)
 

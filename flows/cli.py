@@ -6,10 +6,8 @@ import contextlib
 import datetime as dt
 import json
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
@@ -21,18 +19,22 @@ from pipeline.symbols import InvalidTicker, parse_ticker
 if TYPE_CHECKING:
     from pipeline.outcome import TickerOutcome
 
-app = typer.Typer(help="Scheduled next-day stock price forecasting: Prefect + Great Expectations + Keras + MLflow.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="Scheduled next-day stock price forecasting: Prefect + Great Expectations + Keras + MLflow.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
 
 
-class ReplaySourceKind(str, Enum):
+class ReplaySourceKind(StrEnum):
     """Yahoo cannot be seen as of a past day, so a replay reads files only."""
 
     snapshot = "snapshot"
     csv = "csv"
 
 
-class TaskRunnerKind(str, Enum):
+class TaskRunnerKind(StrEnum):
     thread = "thread"
     dask = "dask"
 
@@ -44,8 +46,9 @@ def load_settings() -> Settings:
     try:
         return Settings()
     except ValidationError as exc:
-        problems = "; ".join(f"STOCKPIPE_{'__'.join(str(p).upper() for p in e['loc'])}: {e['msg']}"
-                             for e in exc.errors())
+        problems = "; ".join(
+            f"STOCKPIPE_{'__'.join(str(p).upper() for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
         typer.secho(f"invalid settings: {problems}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None
 
@@ -115,15 +118,23 @@ def _use_csv_folder(source: Optional[SourceKind], csv_dir: Optional[Path]) -> No
 @app.command(context_settings={"allow_extra_args": True})
 def run(
     ctx: typer.Context,
-    tickers: Annotated[Optional[list[str]], typer.Option("--tickers", help="Tickers to run: --tickers MSFT GSPC")] = None,
+    tickers: Annotated[
+        Optional[list[str]], typer.Option("--tickers", help="Tickers to run: --tickers MSFT GSPC")
+    ] = None,
     source: Annotated[Optional[SourceKind], typer.Option(help="Where prices come from")] = None,
     csv_dir: Annotated[Optional[Path], typer.Option(help="Folder of <TICKER>.csv files for --source csv")] = None,
     as_of: Annotated[Optional[str], typer.Option(help="Run as if today were YYYY-MM-DD (hides later rows)")] = None,
     epochs: Annotated[Optional[int], typer.Option(min=1, max=1000, help="Override the training epochs")] = None,
     force: Annotated[bool, typer.Option(help="Retrain even when data and settings are unchanged")] = False,
-    warm_start: Annotated[bool, typer.Option(help="Start from the champion's weights (warm_start_epochs only)")] = False,
-    task_runner: Annotated[TaskRunnerKind, typer.Option(help="Where tickers run: local threads or a Dask cluster")] = TaskRunnerKind.thread,
-    dask_address: Annotated[Optional[str], typer.Option(help="Dask scheduler, e.g. tcp://10.0.0.5:8786 (default: a local cluster)")] = None,
+    warm_start: Annotated[
+        bool, typer.Option(help="Start from the champion's weights (warm_start_epochs only)")
+    ] = False,
+    task_runner: Annotated[
+        TaskRunnerKind, typer.Option(help="Where tickers run: local threads or a Dask cluster")
+    ] = TaskRunnerKind.thread,
+    dask_address: Annotated[
+        Optional[str], typer.Option(help="Dask scheduler, e.g. tcp://10.0.0.5:8786 (default: a local cluster)")
+    ] = None,
 ) -> None:
     """Run the daily pipeline once through the Prefect flow. Exit 0 only if every ticker succeeded."""
     chosen = _parse_tickers([*(tickers or []), *ctx.args]) or None
@@ -141,7 +152,12 @@ def run(
 
     with prefect_api(settings, share_with_workers=task_runner is TaskRunnerKind.dask):
         state = daily_pipeline.with_options(task_runner=_task_runner(task_runner, settings.max_workers, dask_address))(
-            tickers=chosen, as_of=as_of_date, epochs=epochs, force=force, warm_start=warm_start, return_state=True,
+            tickers=chosen,
+            as_of=as_of_date,
+            epochs=epochs,
+            force=force,
+            warm_start=warm_start,
+            return_state=True,
         )
         outcomes = state.result(raise_on_failure=False)
     if not isinstance(outcomes, list):  # the flow itself failed before any ticker ran
@@ -162,7 +178,9 @@ def replay(
     ctx: typer.Context,
     start: Annotated[str, typer.Option(help="First day, YYYY-MM-DD")],
     end: Annotated[str, typer.Option(help="Last day, YYYY-MM-DD")],
-    tickers: Annotated[Optional[list[str]], typer.Option("--tickers", help="Tickers to run: --tickers MSFT GSPC")] = None,
+    tickers: Annotated[
+        Optional[list[str]], typer.Option("--tickers", help="Tickers to run: --tickers MSFT GSPC")
+    ] = None,
     source: Annotated[Optional[ReplaySourceKind], typer.Option(help="Where prices come from (files only)")] = None,
     csv_dir: Annotated[Optional[Path], typer.Option(help="Folder of <TICKER>.csv files for --source csv")] = None,
     epochs: Annotated[Optional[int], typer.Option(min=1, max=1000, help="Override the training epochs")] = None,
@@ -189,8 +207,15 @@ def replay(
     except ReplayRefused as exc:
         raise fail(str(exc), 2) from None
     with prefect_api(settings):
-        state = replay_pipeline(start=start_date, end=end_date, tickers=chosen, epochs=epochs, warm_start=warm_start,
-                                sessions=sessions, return_state=True)
+        state = replay_pipeline(
+            start=start_date,
+            end=end_date,
+            tickers=chosen,
+            epochs=epochs,
+            warm_start=warm_start,
+            sessions=sessions,
+            return_state=True,
+        )
         days = state.result(raise_on_failure=False)
     if not isinstance(days, list):
         raise fail(f"replay failed: {days}")
@@ -246,8 +271,11 @@ def _status_rows(settings: Settings) -> list[dict]:
 
     store = PriceStore(settings.store_dir, settings.locks_dir)
     local = known_tickers(store, settings.reports_dir, [])
-    if not local and not Path(settings.tracking_uri().removeprefix("sqlite:///")).exists() \
-            and settings.tracking_uri().startswith("sqlite:///"):
+    if (
+        not local
+        and not Path(settings.tracking_uri().removeprefix("sqlite:///")).exists()
+        and settings.tracking_uri().startswith("sqlite:///")
+    ):
         return []  # a fresh state directory: nothing to show, and nothing to create just to say so
     rows = []
     with _tracker_or_none(settings) as tracker:
@@ -259,7 +287,7 @@ def _status_rows(settings: Settings) -> list[dict]:
                 champion = tracker.champion(ticker) if tracker else None
                 rebuild = (lambda t=ticker: rebuild_outcome(tracker, t)) if tracker else (lambda: None)
                 last = journal.last_outcome(settings.reports_dir, ticker, rebuild)
-            except Exception as exc:  # noqa: BLE001 - one ticker's broken record is that ticker's row, not a crash
+            except Exception as exc:
                 problems.append(f"{type(exc).__name__}: {excerpt(exc)}")
             rows.append(ticker_status(ticker, store, last, champion, settings.quarantine_dir, problems))
     return rows
@@ -281,15 +309,19 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] =
     def num(value: float | None) -> str:
         return "-" if value is None else f"{value:.4f}"
 
-    typer.echo(f"{'ticker':<7}{'data':<25}{'champion':<14}{'challenger':>11}{'champion':>11}{'naive':>11}"
-               f"{'cov80':>7}  decision")
+    typer.echo(
+        f"{'ticker':<7}{'data':<25}{'champion':<14}{'challenger':>11}{'champion':>11}{'naive':>11}"
+        f"{'cov80':>7}  decision"
+    )
     for r in rows:
         span = f"{r['data_start']}..{r['data_end']}" if r["data_end"] else "-"
         champ = f"v{r['champion_version']} {r['champion_kind']}" if r["champion_version"] else "-"
         coverage = "-" if r["coverage_80"] is None else f"{r['coverage_80']:.2f}"
-        typer.echo(f"{r['ticker']:<7}{span:<25}{champ:<14}{num(r['challenger_test_rmse']):>11}"
-                   f"{num(r['champion_test_rmse']):>11}{num(r['naive_test_rmse']):>11}{coverage:>7}  "
-                   f"{r['last_decision'] or '-'}")
+        typer.echo(
+            f"{r['ticker']:<7}{span:<25}{champ:<14}{num(r['challenger_test_rmse']):>11}"
+            f"{num(r['champion_test_rmse']):>11}{num(r['naive_test_rmse']):>11}{coverage:>7}  "
+            f"{r['last_decision'] or '-'}"
+        )
         if r["last_reason"]:
             typer.echo(f"{'':<7}{r['last_reason']}")
         for problem in r["problems"]:
@@ -306,8 +338,11 @@ def serve(
     """Serve the `daily` deployment (weekdays 18:00 New York) from this process, against a Prefect server."""
     chosen = _parse_tickers([*(tickers or []), *ctx.args]) or None
     if not os.environ.get("PREFECT_API_URL"):
-        raise fail("serve needs a Prefect server: run `prefect server start`, then "
-                   "export PREFECT_API_URL=http://127.0.0.1:4200/api", 2)
+        raise fail(
+            "serve needs a Prefect server: run `prefect server start`, then "
+            "export PREFECT_API_URL=http://127.0.0.1:4200/api",
+            2,
+        )
     settings = load_settings()
     prepare_environment(settings)
     share_cores(min(settings.max_workers, len(chosen or settings.tickers)))
@@ -357,8 +392,10 @@ def predict(
     interval = ""
     if forecast.lower_80 is not None and forecast.upper_80 is not None:
         interval = f", 80% [{forecast.lower_80:.4f}, {forecast.upper_80:.4f}]"
-    typer.echo(f"{ticker} {forecast.forecast_date}: {forecast.forecast_close:.4f}{interval} (last close "
-               f"{forecast.last_close:.4f} on {forecast.as_of}; champion v{forecast.model_version}, {forecast.model_kind})")
+    typer.echo(
+        f"{ticker} {forecast.forecast_date}: {forecast.forecast_close:.4f}{interval} (last close "
+        f"{forecast.last_close:.4f} on {forecast.as_of}; champion v{forecast.model_version}, {forecast.model_kind})"
+    )
 
 
 @app.command()

@@ -54,7 +54,7 @@ def _retry_on(*transient: type[BaseException]):
             state.result()
         except transient:
             return True
-        except Exception:  # noqa: BLE001 - any other failure is final
+        except Exception:
             return False
         return False
 
@@ -70,17 +70,38 @@ retry_unreachable_tracking = _retry_on(TrackingUnavailable)
 # the retries of many tickers. Validation and training failures are facts, never retried. Tracking retries resume
 # the same MLflow run (pipeline.recording), so a retry never records anything twice.
 PREFECT_STAGES = Stages(
-    fetch=task(ingest.fetch_batch, name="fetch", task_run_name="fetch-{ticker}", retries=FETCH_RETRIES,
-               retry_delay_seconds=exponential_backoff(backoff_factor=5), retry_jitter_factor=0.5,
-               retry_condition_fn=retry_transient_fetch, cache_policy=NO_CACHE),
+    fetch=task(
+        ingest.fetch_batch,
+        name="fetch",
+        task_run_name="fetch-{ticker}",
+        retries=FETCH_RETRIES,
+        retry_delay_seconds=exponential_backoff(backoff_factor=5),
+        retry_jitter_factor=0.5,
+        retry_condition_fn=retry_transient_fetch,
+        cache_policy=NO_CACHE,
+    ),
     admit=task(ingest.admit, name="validate", task_run_name="validate-{ticker}", cache_policy=NO_CACHE),
     train=task(training.train_challenger, name="train", task_run_name="train-{ticker}", cache_policy=NO_CACHE),
-    evaluate=task(daily.evaluate, name="evaluate", task_run_name="evaluate-{ticker}", retries=TRACKING_RETRIES,
-                  retry_delay_seconds=exponential_backoff(backoff_factor=3), retry_jitter_factor=0.5,
-                  retry_condition_fn=retry_unreachable_tracking, cache_policy=NO_CACHE),
-    publish=task(daily.publish, name="track-and-promote", task_run_name="track-and-promote-{ticker}",
-                 retries=TRACKING_RETRIES, retry_delay_seconds=exponential_backoff(backoff_factor=3),
-                 retry_jitter_factor=0.5, retry_condition_fn=retry_unreachable_tracking, cache_policy=NO_CACHE),
+    evaluate=task(
+        daily.evaluate,
+        name="evaluate",
+        task_run_name="evaluate-{ticker}",
+        retries=TRACKING_RETRIES,
+        retry_delay_seconds=exponential_backoff(backoff_factor=3),
+        retry_jitter_factor=0.5,
+        retry_condition_fn=retry_unreachable_tracking,
+        cache_policy=NO_CACHE,
+    ),
+    publish=task(
+        daily.publish,
+        name="track-and-promote",
+        task_run_name="track-and-promote-{ticker}",
+        retries=TRACKING_RETRIES,
+        retry_delay_seconds=exponential_backoff(backoff_factor=3),
+        retry_jitter_factor=0.5,
+        retry_condition_fn=retry_unreachable_tracking,
+        cache_policy=NO_CACHE,
+    ),
 )
 
 
@@ -89,8 +110,12 @@ def daily_context(settings: Settings) -> DailyContext:
     uri = settings.tracking_uri()
     return DailyContext(
         store=PriceStore(settings.store_dir, settings.locks_dir),
-        source=build_source(settings.source.value, folder=settings.price_folder(), yahoo_symbols=settings.yahoo_symbols,
-                            max_bytes=settings.max_input_bytes),
+        source=build_source(
+            settings.source.value,
+            folder=settings.price_folder(),
+            yahoo_symbols=settings.yahoo_symbols,
+            max_bytes=settings.max_input_bytes,
+        ),
         connect=lambda: Tracker.connect(uri, settings.experiment_name, settings.artifacts_dir, settings.mlflow_ui_url),
         tracking_uri=uri,
         suite=load_suite_definition(settings.suite_path),
@@ -134,31 +159,50 @@ class EpochProgress:
             share = 100 * sum(self.done.values()) / max(1, sum(self.planned.values()))
         try:
             update_progress_artifact(self.artifact_id, share)
-        except Exception as exc:  # noqa: BLE001 - progress is a courtesy, never a reason to fail a ticker
+        except Exception as exc:
             log.debug("progress update failed: %s", exc)
 
 
 @task(cache_policy=NO_CACHE, task_run_name="{ticker}")
-def ticker_day(ticker: str, settings: Settings, as_of: dt.date | None, force: bool, warm_start: bool,
-               progress: EpochProgress | None = None) -> TickerOutcome:
+def ticker_day(
+    ticker: str,
+    settings: Settings,
+    as_of: dt.date | None,
+    force: bool,
+    warm_start: bool,
+    progress: EpochProgress | None = None,
+) -> TickerOutcome:
     """One ticker end to end; any failure is reported as this ticker's outcome and never stops the others."""
     quiet_third_party_logs()  # again here: on a Dask worker this is a fresh process
     point_fluent_mlflow_at(settings)
     run_tags = {"prefect_flow_run_id": str(flow_run.get_id() or "")}
     try:
         ctx = daily_context(settings)
-    except Exception as exc:  # noqa: BLE001 - a bad setting fails this ticker, with the reason
+    except Exception as exc:
         from pipeline.outcome import Decision
 
         return TickerOutcome(ticker, Decision.failed, f"{type(exc).__name__}: {exc}")
-    return run_ticker(ticker, ctx, as_of=as_of, force=force, warm_start=warm_start, run_tags=run_tags,
-                      stages=PREFECT_STAGES, on_epoch=progress)
+    return run_ticker(
+        ticker,
+        ctx,
+        as_of=as_of,
+        force=force,
+        warm_start=warm_start,
+        run_tags=run_tags,
+        stages=PREFECT_STAGES,
+        on_epoch=progress,
+    )
 
 
 # Creating the tracking store (SQLite schema migrations, the experiment) once, before tickers fan out,
 # keeps parallel tickers from racing to migrate a fresh database; it also fails fast on an unreachable server.
-@task(retries=TRACKING_RETRIES, retry_delay_seconds=exponential_backoff(backoff_factor=3), retry_jitter_factor=0.5,
-      retry_condition_fn=retry_unreachable_tracking, cache_policy=NO_CACHE)
+@task(
+    retries=TRACKING_RETRIES,
+    retry_delay_seconds=exponential_backoff(backoff_factor=3),
+    retry_jitter_factor=0.5,
+    retry_condition_fn=retry_unreachable_tracking,
+    cache_policy=NO_CACHE,
+)
 def connect_tracking(settings: Settings) -> None:
     uri = settings.tracking_uri()
     with tracking_errors(uri, "connecting"):
@@ -169,23 +213,38 @@ def summary_rows(outcomes: list[TickerOutcome]) -> list[dict[str, Any]]:
     def number(value: float | None, digits: int = 4) -> float | None:
         return None if value is None else round(float(value), digits)
 
-    return [{
-        "ticker": o.ticker, "decision": o.decision.value, "data end": o.data_end,
-        "challenger RMSE": number(o.challenger_test_rmse), "champion RMSE": number(o.champion_test_rmse),
-        "naive RMSE": number(o.naive_test_rmse), "U2": number(o.u2), "coverage 80%": number(o.coverage_80, 3),
-        "coverage 95%": number(o.coverage_95, 3), "champion": f"v{o.champion_version}" if o.champion_version else "",
-        "reason": o.reason,
-    } for o in outcomes]
+    return [
+        {
+            "ticker": o.ticker,
+            "decision": o.decision.value,
+            "data end": o.data_end,
+            "challenger RMSE": number(o.challenger_test_rmse),
+            "champion RMSE": number(o.champion_test_rmse),
+            "naive RMSE": number(o.naive_test_rmse),
+            "U2": number(o.u2),
+            "coverage 80%": number(o.coverage_80, 3),
+            "coverage 95%": number(o.coverage_95, 3),
+            "champion": f"v{o.champion_version}" if o.champion_version else "",
+            "reason": o.reason,
+        }
+        for o in outcomes
+    ]
 
 
 def publish_summary(outcomes: list[TickerOutcome], as_of: dt.date | None) -> None:
-    create_table_artifact(key=SUMMARY_KEY, table=summary_rows(outcomes),
-                          description=f"stockpipe daily run{f' as of {as_of}' if as_of else ''}: one row per ticker")
+    create_table_artifact(
+        key=SUMMARY_KEY,
+        table=summary_rows(outcomes),
+        description=f"stockpipe daily run{f' as of {as_of}' if as_of else ''}: one row per ticker",
+    )
     for o in outcomes:
         if o.run_url:
-            create_link_artifact(key=f"mlflow-run-{o.ticker.lower().replace('.', '-')}", link=o.run_url,
-                                 link_text=f"{o.ticker}: {o.decision.value} (MLflow run)",
-                                 description=f"The MLflow run behind {o.ticker}'s decision")
+            create_link_artifact(
+                key=f"mlflow-run-{o.ticker.lower().replace('.', '-')}",
+                link=o.run_url,
+                link_text=f"{o.ticker}: {o.decision.value} (MLflow run)",
+                description=f"The MLflow run behind {o.ticker}'s decision",
+            )
 
 
 def quiet_third_party_logs() -> None:
@@ -198,8 +257,12 @@ def quiet_third_party_logs() -> None:
     warnings.filterwarnings("ignore", category=UserWarning, module=r"mlflow\..*")
 
 
-def resolve_settings(tickers: list[str] | None = None, source: SourceKind | str | None = None,
-                     csv_dir: str | None = None, epochs: int | None = None) -> Settings:
+def resolve_settings(
+    tickers: list[str] | None = None,
+    source: SourceKind | str | None = None,
+    csv_dir: str | None = None,
+    epochs: int | None = None,
+) -> Settings:
     """Settings from the environment, with the flow's parameters on top; parameters are untrusted (anyone who can
     trigger a run sets them), so a csv folder must lie inside STOCKPIPE_CSV_ROOT, links followed."""
     settings = Settings()
@@ -210,8 +273,10 @@ def resolve_settings(tickers: list[str] | None = None, source: SourceKind | str 
         updates["source"] = SourceKind(source)
     if csv_dir:
         if not within(csv_dir, settings.csv_root):
-            raise ParameterRefused(f"csv_dir {csv_dir!r} is outside STOCKPIPE_CSV_ROOT ({settings.csv_root}); "
-                                   "refused before reading anything")
+            raise ParameterRefused(
+                f"csv_dir {csv_dir!r} is outside STOCKPIPE_CSV_ROOT ({settings.csv_root}); "
+                "refused before reading anything"
+            )
         updates["csv_dir"] = csv_dir
     if epochs:
         updates["training"] = settings.training.model_copy(update={"epochs": int(epochs)})
@@ -233,8 +298,12 @@ ISO_DATE = r"^\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])$"
 
 
 # `stockpipe run` and `serve` apply the configured Settings.max_workers; deployments get its default.
-@flow(name="daily-pipeline", flow_run_name=daily_run_name, log_prints=True,
-      task_runner=ThreadPoolTaskRunner(max_workers=DEFAULT_MAX_WORKERS))
+@flow(
+    name="daily-pipeline",
+    flow_run_name=daily_run_name,
+    log_prints=True,
+    task_runner=ThreadPoolTaskRunner(max_workers=DEFAULT_MAX_WORKERS),
+)
 def daily_pipeline(
     tickers: Annotated[list[Ticker] | None, Field(max_length=500)] = None,
     source: SourceKind | None = None,
@@ -261,8 +330,9 @@ def daily_pipeline(
     settings = resolve_settings(tickers=tickers, source=source, csv_dir=csv_dir, epochs=epochs)
     point_fluent_mlflow_at(settings)
     connect_tracking(settings)
-    progress_id = create_progress_artifact(progress=0.0, key=PROGRESS_KEY,
-                                           description="Epochs trained across the run's tickers")
+    progress_id = create_progress_artifact(
+        progress=0.0, key=PROGRESS_KEY, description="Epochs trained across the run's tickers"
+    )
     progress = EpochProgress(progress_id, settings.tickers, settings.training.epochs)
     futures = [ticker_day.submit(t, settings, as_of, force, warm_start, progress) for t in settings.tickers]
     outcomes: list[TickerOutcome] = [f.result() for f in futures]

@@ -28,8 +28,11 @@ def deployment_spec(name: str = DEPLOYMENT_NAME, path: Path = PREFECT_YAML) -> d
 
 
 def schedules(spec: dict[str, Any]) -> list[Cron]:
-    return [Cron(s["cron"], timezone=s.get("timezone", "UTC"), active=s.get("active", True))
-            for s in spec.get("schedules", []) if "cron" in s]
+    return [
+        Cron(s["cron"], timezone=s.get("timezone", "UTC"), active=s.get("active", True))
+        for s in spec.get("schedules", [])
+        if "cron" in s
+    ]
 
 
 def serve(settings: Settings, parameters: dict | None = None) -> None:

@@ -95,8 +95,12 @@ def prefect_api(settings: Settings, share_with_workers: bool = False) -> Iterato
     api = InProcessPrefectApi()
     started = time.perf_counter()
     api.start()
-    log.info("local Prefect API on %s (flow runs kept in %s), ready in %.1fs", api.api_url,
-             os.environ.get("PREFECT_HOME", "~/.prefect"), time.perf_counter() - started)
+    log.info(
+        "local Prefect API on %s (flow runs kept in %s), ready in %.1fs",
+        api.api_url,
+        os.environ.get("PREFECT_HOME", "~/.prefect"),
+        time.perf_counter() - started,
+    )
     if share_with_workers:
         os.environ["PREFECT_API_URL"] = api.api_url
     try:
@@ -128,8 +132,18 @@ def start_child(command: list[str], env: dict[str, str] | None = None) -> subpro
 
 def mlflow_ui_command(settings: Settings, port: int) -> list[str]:
     uri = settings.tracking_uri()
-    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
-               "--port", str(port)]
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "ui",
+        "--backend-store-uri",
+        uri,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
     if uri.startswith("sqlite:"):
         command += ["--default-artifact-root", settings.artifacts_dir.as_uri()]
     return command
@@ -148,11 +162,18 @@ def run_local_uis(settings: Settings, mlflow_port: int, prefect_port: int | None
         if os.environ.get("PREFECT_API_URL"):
             print(f"Prefect UI: your server at {os.environ['PREFECT_API_URL'].removesuffix('/api')}", flush=True)
         else:
-            env = {**os.environ, "PREFECT_SERVER_API_HOST": "127.0.0.1", "PREFECT_SERVER_API_PORT": str(prefect_port),
-                   "PREFECT_UI_API_URL": f"http://127.0.0.1:{prefect_port}/api"}
+            env = {
+                **os.environ,
+                "PREFECT_SERVER_API_HOST": "127.0.0.1",
+                "PREFECT_SERVER_API_PORT": str(prefect_port),
+                "PREFECT_UI_API_URL": f"http://127.0.0.1:{prefect_port}/api",
+            }
             children.append(start_child(prefect_ui_command(prefect_port), env))
-            print(f"Prefect UI over the local flow runs ({Path(os.environ['PREFECT_HOME'])}): "
-                  f"http://127.0.0.1:{prefect_port}", flush=True)
+            print(
+                f"Prefect UI over the local flow runs ({Path(os.environ['PREFECT_HOME'])}): "
+                f"http://127.0.0.1:{prefect_port}",
+                flush=True,
+            )
     print("Ctrl-C stops them.", flush=True)
     try:
         while all(child.poll() is None for child in children):

@@ -51,13 +51,23 @@ def replay_pipeline(
     if settings.source is SourceKind.yahoo:
         raise ValueError("replay needs --source snapshot or csv: live Yahoo data cannot be seen as of a past day")
     planned = sessions or plan_replay(settings, start, end)
-    log.info("replaying %d session(s) from %s to %s for %s", len(planned), planned[0], planned[-1],
-             ", ".join(settings.tickers))
+    log.info(
+        "replaying %d session(s) from %s to %s for %s",
+        len(planned),
+        planned[0],
+        planned[-1],
+        ", ".join(settings.tickers),
+    )
     days: list[tuple[dt.date, list[TickerOutcome]]] = []
     for session in planned:
         state = daily_pipeline.with_options(task_runner=ThreadPoolTaskRunner(max_workers=settings.max_workers))(
-            tickers=settings.tickers, source=settings.source, csv_dir=csv_dir, as_of=session,
-            epochs=epochs, warm_start=warm_start, return_state=True,
+            tickers=settings.tickers,
+            source=settings.source,
+            csv_dir=csv_dir,
+            as_of=session,
+            epochs=epochs,
+            warm_start=warm_start,
+            return_state=True,
         )
         outcomes = state.result(raise_on_failure=False)
         if not isinstance(outcomes, list):

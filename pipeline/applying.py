@@ -14,15 +14,30 @@ from pipeline.tracking import Tracker
 log = logging.getLogger(__name__)
 
 
-def apply(tracker: Tracker, run_id: str, *, ticker: str, admitted: Admitted, verdict: Verdict, recorded: Recorded,
-          description: str) -> str | None:
+def apply(
+    tracker: Tracker,
+    run_id: str,
+    *,
+    ticker: str,
+    admitted: Admitted,
+    verdict: Verdict,
+    recorded: Recorded,
+    description: str,
+) -> str | None:
     """Register and crown a promoted challenger, then close the run; returns the new version, if any."""
     tracker.set_tags(run_id, {STAGE: APPLYING})
     version = None
     if verdict.decision is Decision.promoted:
         registered = tracker.version_of_run(ticker, run_id) or tracker.register(
-            ticker, recorded.logged, run_id, description=description,
-            tags={"decision": verdict.decision.value, "data_end": admitted.data_end, "data_digest": admitted.data_digest},
+            ticker,
+            recorded.logged,
+            run_id,
+            description=description,
+            tags={
+                "decision": verdict.decision.value,
+                "data_end": admitted.data_end,
+                "data_digest": admitted.data_digest,
+            },
         )
         version = str(registered.version)
         tracker.make_champion(ticker, version)

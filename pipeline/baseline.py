@@ -28,16 +28,24 @@ def ensure_baseline(tracker: Tracker, ticker: str, history: pd.DataFrame, run_ta
             tracker.make_champion(ticker, str(version.version))
             return tracker.champion(ticker) or _missing(ticker)
     data_end = history["Date"].max().strftime("%Y-%m-%d")
-    run_id = tracker.start_run(f"{ticker} baseline", {**run_tags, "ticker": ticker, "role": BASELINE, "day": data_end},
-                               description=f"The naive forecaster (tomorrow = today) registered as {ticker}'s first "
-                                           "champion.")
+    run_id = tracker.start_run(
+        f"{ticker} baseline",
+        {**run_tags, "ticker": ticker, "role": BASELINE, "day": data_end},
+        description=f"The naive forecaster (tomorrow = today) registered as {ticker}'s first champion.",
+    )
     try:
         forecaster = NaiveForecaster()
-        logged = tracker.logged_forecaster_of(run_id) or tracker.log_forecaster(run_id, forecaster, history,
-                                                                                 min_input_rows(forecaster))
-        version = tracker.register(ticker, logged, run_id, tags={"decision": BASELINE, "data_end": data_end},
-                                   description="Naive baseline: tomorrow's close is today's close; intervals from "
-                                               "the empirical quantiles of the last year's daily returns.")
+        logged = tracker.logged_forecaster_of(run_id) or tracker.log_forecaster(
+            run_id, forecaster, history, min_input_rows(forecaster)
+        )
+        version = tracker.register(
+            ticker,
+            logged,
+            run_id,
+            tags={"decision": BASELINE, "data_end": data_end},
+            description="Naive baseline: tomorrow's close is today's close; intervals from "
+            "the empirical quantiles of the last year's daily returns.",
+        )
         tracker.make_champion(ticker, str(version.version))
         tracker.end_run(run_id, "FINISHED")
     except BaseException:

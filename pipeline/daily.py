@@ -83,8 +83,17 @@ class Evaluation:
     verdict: Verdict
 
 
-def evaluate(tracker: Tracker, run_id: str, *, ticker: str, challenger: Challenger, champion: Forecaster,
-             champion_before: str, policy: PromotionPolicy, blocks: int) -> Evaluation:
+def evaluate(
+    tracker: Tracker,
+    run_id: str,
+    *,
+    ticker: str,
+    challenger: Challenger,
+    champion: Forecaster,
+    champion_before: str,
+    policy: PromotionPolicy,
+    blocks: int,
+) -> Evaluation:
     """Score the three models on the challenger's test sessions and decide (pure, once the champion is loaded)."""
     with tracking_errors(tracker.tracking_uri, f"tracking {ticker}"):
         tracker.set_tags(run_id, {"stage": SCORING})
@@ -94,16 +103,31 @@ def evaluate(tracker: Tracker, run_id: str, *, ticker: str, challenger: Challeng
     return Evaluation(champion_before, scores, verdict)
 
 
-def publish(tracker: Tracker, run_id: str, *, ticker: str, admitted: Admitted, challenger: Challenger,
-            evaluation: Evaluation) -> str | None:
+def publish(
+    tracker: Tracker, run_id: str, *, ticker: str, admitted: Admitted, challenger: Challenger, evaluation: Evaluation
+) -> str | None:
     """Record the decision in the run, then apply it to the registry; safe to call again after a lost connection."""
     with tracking_errors(tracker.tracking_uri, f"tracking {ticker}"):
-        recorded = record(tracker, run_id, ticker=ticker, admitted=admitted, challenger=challenger,
-                          scores=evaluation.scores, verdict=evaluation.verdict,
-                          champion_before=evaluation.champion_before)
+        recorded = record(
+            tracker,
+            run_id,
+            ticker=ticker,
+            admitted=admitted,
+            challenger=challenger,
+            scores=evaluation.scores,
+            verdict=evaluation.verdict,
+            champion_before=evaluation.champion_before,
+        )
         description = describe(ticker, evaluation.verdict, evaluation.scores.evidence, evaluation.champion_before)
-        return apply(tracker, run_id, ticker=ticker, admitted=admitted, verdict=evaluation.verdict, recorded=recorded,
-                     description=description)
+        return apply(
+            tracker,
+            run_id,
+            ticker=ticker,
+            admitted=admitted,
+            verdict=evaluation.verdict,
+            recorded=recorded,
+            description=description,
+        )
 
 
 @dataclass(frozen=True)
@@ -128,8 +152,12 @@ def _timed(timings: dict[str, float], step: str) -> Iterator[None]:
 
 def already_decided(previous: TickerOutcome | None, data_digest: str, settings_digest: str) -> bool:
     """True when the last decision saw the same data with the same settings."""
-    return bool(previous and previous.succeeded and previous.data_digest == data_digest
-                and previous.settings_digest == settings_digest)
+    return bool(
+        previous
+        and previous.succeeded
+        and previous.data_digest == data_digest
+        and previous.settings_digest == settings_digest
+    )
 
 
 def market_closed(ctx: DailyContext, ticker: str, day: dt.date) -> bool:
@@ -152,9 +180,17 @@ def rebuild_outcome(tracker: Tracker, ticker: str) -> TickerOutcome | None:
 EpochHook = Callable[[str, int, int], None]
 
 
-def run_ticker(ticker: str, ctx: DailyContext, *, as_of: dt.date | None = None, force: bool = False,
-               warm_start: bool = False, run_tags: dict[str, str] | None = None,
-               stages: Stages = Stages(), on_epoch: EpochHook | None = None) -> TickerOutcome:
+def run_ticker(
+    ticker: str,
+    ctx: DailyContext,
+    *,
+    as_of: dt.date | None = None,
+    force: bool = False,
+    warm_start: bool = False,
+    run_tags: dict[str, str] | None = None,
+    stages: Stages = Stages(),
+    on_epoch: EpochHook | None = None,
+) -> TickerOutcome:
     """One ticker end to end; any failure is reported as this ticker's outcome.
 
     `on_epoch(ticker, epochs_done, epochs_planned)` follows training (e.g. a progress bar), and is called once more
@@ -166,7 +202,7 @@ def run_ticker(ticker: str, ctx: DailyContext, *, as_of: dt.date | None = None, 
     with ctx.store.lock(ticker):
         try:
             outcome = _run(ticker, ctx, as_of, force, warm_start, run_tags, stages, timings, state, on_epoch)
-        except Exception as exc:  # noqa: BLE001 - every failure becomes this ticker's outcome
+        except Exception as exc:
             outcome = _failed(ticker, ctx, exc, state, as_of)
         if on_epoch is not None:
             with suppress(Exception):
@@ -181,36 +217,64 @@ def run_ticker(ticker: str, ctx: DailyContext, *, as_of: dt.date | None = None, 
     return outcome
 
 
-def _run(ticker: str, ctx: DailyContext, as_of: dt.date | None, force: bool, warm_start: bool,
-         run_tags: dict[str, str], stages: Stages, timings: dict[str, float], state: dict[str, Any],
-         on_epoch: EpochHook | None) -> TickerOutcome:
+def _run(
+    ticker: str,
+    ctx: DailyContext,
+    as_of: dt.date | None,
+    force: bool,
+    warm_start: bool,
+    run_tags: dict[str, str],
+    stages: Stages,
+    timings: dict[str, float],
+    state: dict[str, Any],
+    on_epoch: EpochHook | None,
+) -> TickerOutcome:
     day = as_of or ctx.source.default_as_of(ticker) or ctx.today()
     state["day"] = day
     if market_closed(ctx, ticker, day):
         previous = _cached(ctx, ticker)
-        return TickerOutcome(ticker, Decision.skipped, f"market closed on {day}: no new session to fetch",
-                             **carried_over(previous))
+        return TickerOutcome(
+            ticker, Decision.skipped, f"market closed on {day}: no new session to fetch", **carried_over(previous)
+        )
     unreachable = tracking_errors
     with unreachable(ctx.tracking_uri, f"opening {ticker}'s records"):
         tracker = state["tracker"] = ctx.connect()
         settle_cut_off(tracker, ticker)
-        previous = state["previous"] = journal.last_outcome(ctx.reports_dir, ticker,
-                                                            lambda: rebuild_outcome(tracker, ticker))
+        previous = state["previous"] = journal.last_outcome(
+            ctx.reports_dir, ticker, lambda: rebuild_outcome(tracker, ticker)
+        )
     history = ctx.store.read(ticker)
     with _timed(timings, "fetch"):
         fetched = stages.fetch(ctx.source, history, ticker, day)
     with _timed(timings, "validate"):
         admitted = state["admitted"] = stages.admit(
-            ticker, history, fetched, suite=ctx.suite, as_of=day, config=ctx.config, quarantine_dir=ctx.quarantine_dir,
-            reports_dir=ctx.reports_dir, today=ctx.today())
+            ticker,
+            history,
+            fetched,
+            suite=ctx.suite,
+            as_of=day,
+            config=ctx.config,
+            quarantine_dir=ctx.quarantine_dir,
+            reports_dir=ctx.reports_dir,
+            today=ctx.today(),
+        )
     check_freshness(ticker, admitted.history, day, ctx.max_staleness_sessions)
     settings_digest = ctx.config.digest()
     if not force and already_decided(previous, admitted.data_digest, settings_digest):
         return TickerOutcome(
-            ticker, Decision.skipped,
-            f"no new data since {admitted.data_end} and the same settings: model is up to date (use --force to retrain)",
-            **{**carried_over(previous), "data_start": admitted.data_start, "data_end": admitted.data_end,
-               "rows": len(admitted.history), "data_digest": admitted.data_digest, "settings_digest": settings_digest})
+            ticker,
+            Decision.skipped,
+            f"no new data since {admitted.data_end} and the same settings: model is up to date "
+            "(use --force to retrain)",
+            **{
+                **carried_over(previous),
+                "data_start": admitted.data_start,
+                "data_end": admitted.data_end,
+                "rows": len(admitted.history),
+                "data_digest": admitted.data_digest,
+                "settings_digest": settings_digest,
+            },
+        )
     if admitted.changed:
         ctx.store.write(ticker, admitted.history)
 
@@ -220,23 +284,39 @@ def _run(ticker: str, ctx: DailyContext, as_of: dt.date | None, force: bool, war
         attempt = tracker.next_attempt(ticker, admitted.data_end)
         run_id = state["run_id"] = tracker.start_run(
             run_name(ticker, admitted.data_end, attempt),
-            {**start_tags(ticker, admitted.data_end, attempt, day, ctx.source_name, run_tags, TRAINING),
-             **admitted_tags(admitted, settings_digest), CHAMPION_BEFORE: champion_before},
-            description=f"Training a challenger for {ticker} on data to {admitted.data_end}…")
-        tracker.log_params(run_id, training_params(ctx.config, ctx.policy.min_relative_gain, ctx.policy.promotion_alpha))
-        tracker.log_dataset(run_id, admitted.history, name=f"{ticker}-prices", source=ctx.source_name,
-                            digest=admitted.data_digest)
+            {
+                **start_tags(ticker, admitted.data_end, attempt, day, ctx.source_name, run_tags, TRAINING),
+                **admitted_tags(admitted, settings_digest),
+                CHAMPION_BEFORE: champion_before,
+            },
+            description=f"Training a challenger for {ticker} on data to {admitted.data_end}…",
+        )
+        tracker.log_params(
+            run_id, training_params(ctx.config, ctx.policy.min_relative_gain, ctx.policy.promotion_alpha)
+        )
+        tracker.log_dataset(
+            run_id, admitted.history, name=f"{ticker}-prices", source=ctx.source_name, digest=admitted.data_digest
+        )
         champion_model = _load_champion(tracker, ticker, champion)
     start = warm_start_from(champion_model, champion.version, ctx.config) if warm_start else None
     callbacks = [epoch_callback(run_id), *([_epoch_hook(ticker, on_epoch, ctx.config)] if on_epoch else [])]
     with _timed(timings, "train"):
         challenger = stages.train(admitted.history, ctx.config, ticker, start, callbacks)
     with _timed(timings, "evaluate"):
-        evaluation = stages.evaluate(tracker, run_id, ticker=ticker, challenger=challenger, champion=champion_model,
-                                     champion_before=champion_before, policy=ctx.policy, blocks=ctx.config.eval_blocks)
+        evaluation = stages.evaluate(
+            tracker,
+            run_id,
+            ticker=ticker,
+            challenger=challenger,
+            champion=champion_model,
+            champion_before=champion_before,
+            policy=ctx.policy,
+            blocks=ctx.config.eval_blocks,
+        )
     with _timed(timings, "track"):
-        version = stages.publish(tracker, run_id, ticker=ticker, admitted=admitted, challenger=challenger,
-                                 evaluation=evaluation)
+        version = stages.publish(
+            tracker, run_id, ticker=ticker, admitted=admitted, challenger=challenger, evaluation=evaluation
+        )
     with unreachable(ctx.tracking_uri, f"reading {ticker}'s champion"):
         current = tracker.champion(ticker)
     scores = evaluation.scores
@@ -290,7 +370,9 @@ def failure_reason(exc: BaseException, run_open: bool) -> str:
     return reason
 
 
-def _failed(ticker: str, ctx: DailyContext, exc: Exception, state: dict[str, Any], as_of: dt.date | None) -> TickerOutcome:
+def _failed(
+    ticker: str, ctx: DailyContext, exc: Exception, state: dict[str, Any], as_of: dt.date | None
+) -> TickerOutcome:
     """The ticker's failure, recorded where it can be: its MLflow run (best effort) and the cache."""
     tracker: Tracker | None = state.get("tracker")
     run_id: str | None = state.get("run_id")
@@ -302,18 +384,27 @@ def _failed(ticker: str, ctx: DailyContext, exc: Exception, state: dict[str, Any
                 if run_id is None:
                     run_id = _failure_run(tracker, ticker, ctx, state, as_of)
                     refused = exc if isinstance(exc, BatchRefused) else None
-                    record_failure(tracker, run_id, reason, validation_html=_refusal_html(refused),
-                                   validation_json=[r.to_json() for r in refused.reports] if refused else None)
+                    record_failure(
+                        tracker,
+                        run_id,
+                        reason,
+                        validation_html=_refusal_html(refused),
+                        validation_json=[r.to_json() for r in refused.reports] if refused else None,
+                    )
                 else:
                     settle_run(tracker, ticker, tracker.get_run(run_id), reason)
-        except Exception as record_exc:  # noqa: BLE001 - never mask the ticker's real failure
+        except Exception as record_exc:
             log.warning("%s: could not record the failure in MLflow: %s", ticker, excerpt(record_exc))
     previous = state.get("previous") or _cached(ctx, ticker)
     kept = carried_over(previous)
     for stale in ("run_id", "run_url", "model_version"):
         kept.pop(stale, None)
-    return TickerOutcome(ticker, Decision.failed, reason, **{**kept, "run_id": run_id,
-                                                            "run_url": tracker.run_url(run_id) if tracker and run_id else None})
+    return TickerOutcome(
+        ticker,
+        Decision.failed,
+        reason,
+        **{**kept, "run_id": run_id, "run_url": tracker.run_url(run_id) if tracker and run_id else None},
+    )
 
 
 def _failure_run(tracker: Tracker, ticker: str, ctx: DailyContext, state: dict[str, Any], as_of: dt.date | None) -> str:
@@ -322,8 +413,10 @@ def _failure_run(tracker: Tracker, ticker: str, ctx: DailyContext, state: dict[s
     day_value = admitted.data_end if admitted else (state.get("day") or as_of or ctx.today()).isoformat()
     attempt = tracker.next_attempt(ticker, day_value)
     day = state.get("day") or as_of or ctx.today()
-    return tracker.start_run(run_name(ticker, day_value, attempt),
-                             start_tags(ticker, day_value, attempt, day, ctx.source_name, state["run_tags"], "failed"))
+    return tracker.start_run(
+        run_name(ticker, day_value, attempt),
+        start_tags(ticker, day_value, attempt, day, ctx.source_name, state["run_tags"], "failed"),
+    )
 
 
 def _refusal_html(refused: BatchRefused | None) -> str | None:

@@ -88,8 +88,9 @@ def dm_one_sided(actual: np.ndarray, challenger: np.ndarray, champion: np.ndarra
     differential has zero variance (e.g. identical forecasts) or there are fewer than 3 sessions;
     (nan, nan) when any input is not finite.
     """
-    actual, challenger, champion = (_vector(v, name) for v, name in
-                                    ((actual, "actual"), (challenger, "challenger"), (champion, "champion")))
+    actual, challenger, champion = (
+        _vector(v, name) for v, name in ((actual, "actual"), (challenger, "challenger"), (champion, "champion"))
+    )
     if not actual.shape == challenger.shape == champion.shape:
         raise ValueError("actual, challenger and champion must have the same length")
     if not (np.all(np.isfinite(actual)) and np.all(np.isfinite(challenger)) and np.all(np.isfinite(champion))):
@@ -157,8 +158,11 @@ def gather_evidence(
 ) -> Evidence:
     """Score the three forecasts of the same sessions overall and per block, and run the DM test."""
     actual = _vector(actual, "actual")
-    models = {CHALLENGER: _vector(challenger, CHALLENGER), CHAMPION: _vector(champion, CHAMPION),
-              NAIVE: _vector(naive, NAIVE)}
+    models = {
+        CHALLENGER: _vector(challenger, CHALLENGER),
+        CHAMPION: _vector(champion, CHAMPION),
+        NAIVE: _vector(naive, NAIVE),
+    }
     table = block_rmse(actual, models, blocks, dates)
     rmse = {name: _rmse(actual, values) for name, values in models.items()}
     dm_stat, dm_pvalue = dm_one_sided(actual, models[CHALLENGER], models[CHAMPION])

@@ -57,7 +57,11 @@ def _scaler_from(state: dict) -> StandardScaler:
 
 def _scaler_state(scaler: StandardScaler) -> dict:
     """A fitted StandardScaler as plain JSON numbers: models are stored as data, never as pickles."""
-    return {"mean": scaler.mean_.tolist(), "scale": scaler.scale_.tolist(), "n_samples_seen": int(scaler.n_samples_seen_)}
+    return {
+        "mean": scaler.mean_.tolist(),
+        "scale": scaler.scale_.tolist(),
+        "n_samples_seen": int(scaler.n_samples_seen_),
+    }
 
 
 @dataclass(frozen=True, eq=False)

@@ -53,7 +53,9 @@ def closes_and_dates(model_input: pd.DataFrame) -> tuple[np.ndarray, pd.Series]:
 
 
 def forecast_frame(as_of: pd.Series, forecast: np.ndarray, bounds: dict[str, np.ndarray] | None = None) -> pd.DataFrame:
-    frame = pd.DataFrame({"as_of": as_of.to_numpy(dtype=object), "forecast_close": np.asarray(forecast, dtype="float64")})
+    frame = pd.DataFrame(
+        {"as_of": as_of.to_numpy(dtype=object), "forecast_close": np.asarray(forecast, dtype="float64")}
+    )
     for column, values in (bounds or {}).items():
         frame[column] = np.asarray(values, dtype="float64")
     return frame
@@ -82,8 +84,14 @@ class LstmForecaster:
 
     kind = LSTM
 
-    def __init__(self, keras_model: Any, scaling: Scaling, window: int, shrinkage: float = 1.0,
-                 calibration: IntervalCalibration | None = None):
+    def __init__(
+        self,
+        keras_model: Any,
+        scaling: Scaling,
+        window: int,
+        shrinkage: float = 1.0,
+        calibration: IntervalCalibration | None = None,
+    ):
         self.keras_model = keras_model
         self.scaling = scaling
         self.window = int(window)
@@ -117,21 +125,31 @@ class LstmForecaster:
         return self.scaling.inverse_target(scaled.reshape(-1))
 
     def spec(self) -> dict[str, Any]:
-        return {"kind": LSTM, "format": SPEC_FORMAT, "window": self.window, "features": list(FEATURE_NAMES),
-                "scaling": self.scaling.to_dict(), "shrinkage": self.shrinkage,
-                "intervals": None if self.calibration is None else self.calibration.to_dict()}
+        return {
+            "kind": LSTM,
+            "format": SPEC_FORMAT,
+            "window": self.window,
+            "features": list(FEATURE_NAMES),
+            "scaling": self.scaling.to_dict(),
+            "shrinkage": self.shrinkage,
+            "intervals": None if self.calibration is None else self.calibration.to_dict(),
+        }
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any], keras_model: Any) -> LstmForecaster:
         if list(spec.get("features", [])) != list(FEATURE_NAMES):
-            raise ValueError(f"the model was trained on features {spec.get('features')}, this code computes "
-                             f"{list(FEATURE_NAMES)}")
+            raise ValueError(
+                f"the model was trained on features {spec.get('features')}, this code computes {list(FEATURE_NAMES)}"
+            )
         calibration = IntervalCalibration.from_dict(spec["intervals"]) if spec.get("intervals") else None
-        return cls(keras_model, Scaling.from_dict(spec["scaling"]), int(spec["window"]), float(spec["shrinkage"]),
-                   calibration)
+        return cls(
+            keras_model, Scaling.from_dict(spec["scaling"]), int(spec["window"]), float(spec["shrinkage"]), calibration
+        )
 
 
-def forecasts_on(predictions: pd.DataFrame, as_of_dates: pd.DatetimeIndex, column: str = "forecast_close") -> np.ndarray:
+def forecasts_on(
+    predictions: pd.DataFrame, as_of_dates: pd.DatetimeIndex, column: str = "forecast_close"
+) -> np.ndarray:
     """A model's forecasts for the given as-of sessions; fails loudly if any is missing."""
     by_date = predictions.set_index("as_of")[column]
     wanted = as_of_dates.strftime("%Y-%m-%d")

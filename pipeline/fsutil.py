@@ -8,6 +8,7 @@ created, never by changing the process umask (which would race with other thread
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 from collections.abc import Callable
@@ -31,10 +32,8 @@ def private_dir(path: Path) -> Path:
         missing.append(current)
         current = current.parent
     for folder in reversed(missing):
-        try:
+        with contextlib.suppress(FileExistsError):  # created by a concurrent run in the meantime
             folder.mkdir(mode=PRIVATE_DIR)
-        except FileExistsError:  # created by a concurrent run in the meantime
-            pass
     return path
 
 
@@ -46,7 +45,7 @@ def fsync_dir(path: Path) -> None:
         os.close(descriptor)
 
 
-def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
+def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
     """Replace `path` with what `write` puts into a file handle; readers never see a partial file."""
     path = Path(path)
     private_dir(path.parent)

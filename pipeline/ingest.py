@@ -8,7 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +33,7 @@ OVERLAP_DAYS = 7
 class BatchRefused(RuntimeError):
     """New prices were refused and quarantined; the store was left as it was."""
 
-    def __init__(self, ticker: str, message: str, quarantined: Path | None,
-                 reports: tuple[ValidationReport, ...] = ()):
+    def __init__(self, ticker: str, message: str, quarantined: Path | None, reports: tuple[ValidationReport, ...] = ()):
         self.ticker = ticker
         self.quarantined = quarantined
         self.reports = reports
@@ -109,7 +108,9 @@ def fetch_batch(source: PriceSource, history: pd.DataFrame, ticker: str, as_of: 
     changed = overlap_disagreement(history, rows.loc[rows["Date"] <= pd.Timestamp(since)])
     if changed:
         full = source.receive(ticker, None, as_of)
-        note = f"history re-adjusted by {source.name} ({changed}): re-fetched {len(full.rows)} row(s) to replace the store"
+        note = (
+            f"history re-adjusted by {source.name} ({changed}): re-fetched {len(full.rows)} row(s) to replace the store"
+        )
         log.warning("%s: %s", ticker, note)
         return Fetched(full, replaces_history=True, note=note)
     new = rows.loc[(rows["Date"] > pd.Timestamp(since)) | rows["Date"].isna()].reset_index(drop=True)
@@ -161,13 +162,23 @@ def admit(
     if fetched.replaces_history:
         lacking = missing_sessions(history, batch)
         if lacking:
-            raise refuse(HistoryWouldShrink, f"{ticker}: the re-fetched history lacks {_date_span(lacking)}; "
-                                             "refusing to replace the stored history with it", [])
+            raise refuse(
+                HistoryWouldShrink,
+                f"{ticker}: the re-fetched history lacks {_date_span(lacking)}; "
+                "refusing to replace the stored history with it",
+                [],
+            )
         merged = batch.reset_index(drop=True)
     else:
         merged = merge_new_rows(history, batch)
-    merged_report = validate_prices(merged, subject=f"{ticker} merged history", suite_definition=suite, as_of=as_of,
-                                    today=today, min_rows=min_rows_for(config))
+    merged_report = validate_prices(
+        merged,
+        subject=f"{ticker} merged history",
+        suite_definition=suite,
+        as_of=as_of,
+        today=today,
+        min_rows=min_rows_for(config),
+    )
     reports.append(merged_report)
     if not merged_report.passed:
         raise refuse(DataContractViolation, _contract_message(ticker, merged_report), [merged_report])
@@ -175,9 +186,16 @@ def admit(
     for report in reports:
         log.info("%s", report.summary())
     admitted = to_store_schema(merged)
-    return Admitted(ticker, admitted, len(admitted) - len(history), digest(admitted), tuple(reports),
-                    replaced_history=fetched.replaces_history, note=fetched.note,
-                    validation_html=render_html(reports, title=f"{ticker}: data contract"))
+    return Admitted(
+        ticker,
+        admitted,
+        len(admitted) - len(history),
+        digest(admitted),
+        tuple(reports),
+        replaced_history=fetched.replaces_history,
+        note=fetched.note,
+        validation_html=render_html(reports, title=f"{ticker}: data contract"),
+    )
 
 
 def _contract_message(ticker: str, report: ValidationReport) -> str:
@@ -210,5 +228,7 @@ def check_freshness(ticker: str, history: pd.DataFrame, as_of: dt.date, max_sess
     behind = sessions_behind(history, as_of)
     if behind > max_sessions:
         last = history["Date"].max().date()
-        raise StaleData(f"stale data: last price {last}, {behind} sessions before as-of {as_of} "
-                        f"(at most {max_sessions} allowed: STOCKPIPE_MAX_STALENESS_SESSIONS)")
+        raise StaleData(
+            f"stale data: last price {last}, {behind} sessions before as-of {as_of} "
+            f"(at most {max_sessions} allowed: STOCKPIPE_MAX_STALENESS_SESSIONS)"
+        )

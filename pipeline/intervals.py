@@ -154,7 +154,7 @@ class IntervalCalibration:
             raise ValueError(f"step must be non-negative, got {self.step}")
 
     def quantile(self, level: float) -> float:
-        for known, q in zip(self.levels, self.quantiles):
+        for known, q in zip(self.levels, self.quantiles, strict=False):
             if math.isclose(known, level):
                 return q
         raise KeyError(f"no calibrated quantile for level {level}; have {self.levels}")
@@ -265,7 +265,7 @@ def prediction_intervals(
     forecasts = _forecasts_for(positions, forecasts)
     sigma = ewma_volatility(closes, calibration.ewma_lambda, calibration.ewma_window, calibration.min_returns)
     intervals: dict[str, np.ndarray] = {}
-    for level, q in zip(calibration.levels, calibration.quantiles):
+    for level, q in zip(calibration.levels, calibration.quantiles, strict=False):
         lower, upper = interval_columns(level)
         intervals[lower], intervals[upper] = _bounds(forecasts, q, sigma[positions])
     return intervals
@@ -299,7 +299,7 @@ def tracked_intervals(
 
     intervals: dict[str, np.ndarray] = {}
     tracked = []
-    for level, q, q0 in zip(calibration.levels, calibration.quantiles, calibration.calibrated_quantiles):
+    for level, q, q0 in zip(calibration.levels, calibration.quantiles, calibration.calibrated_quantiles, strict=False):
         lower_name, upper_name = interval_columns(level)
         alpha, eta = 1 - level, calibration.step * q0
         quantile_used = np.empty(positions.size)
@@ -312,7 +312,9 @@ def tracked_intervals(
             q = max(0.0, q + eta * (missed - alpha))
         intervals[lower_name], intervals[upper_name] = _bounds(forecasts, quantile_used, sigma)
         tracked.append(float(q))
-    return intervals, replace(calibration, quantiles=tuple(tracked), n_tracked=calibration.n_tracked + int(learns.sum()))
+    return intervals, replace(
+        calibration, quantiles=tuple(tracked), n_tracked=calibration.n_tracked + int(learns.sum())
+    )
 
 
 def naive_intervals(
@@ -333,7 +335,7 @@ def naive_intervals(
     returns = _log_returns(closes)
     intervals = {name: np.full(positions.size, np.nan) for level in levels for name in interval_columns(level)}
     for out, i in enumerate(positions):
-        recent = returns[max(0, i - lookback):i]  # returns into closes i-lookback+1 .. i
+        recent = returns[max(0, i - lookback) : i]  # returns into closes i-lookback+1 .. i
         if recent.size < min_returns:
             continue
         for level in levels:

@@ -50,8 +50,7 @@ def read(reports_dir: Path, ticker: str) -> TickerOutcome | None:
         raise CacheUnreadable(f"{target}: {type(exc).__name__}") from None
 
 
-def last_outcome(reports_dir: Path, ticker: str,
-                 rebuild: Callable[[], TickerOutcome | None]) -> TickerOutcome | None:
+def last_outcome(reports_dir: Path, ticker: str, rebuild: Callable[[], TickerOutcome | None]) -> TickerOutcome | None:
     """The cached outcome, or the one rebuilt from the record when the cache is missing or unreadable."""
     try:
         cached = read(reports_dir, ticker)

@@ -63,14 +63,23 @@ def _epoch_logger(label: str, epochs: int):
 
     def log_epoch(epoch: int, logs: dict | None) -> None:
         logs = logs or {}
-        log.info("%s: epoch %d/%d loss=%.4f val_loss=%.4f", label, epoch + 1, epochs, logs.get("loss", np.nan),
-                 logs.get("val_loss", np.nan))
+        log.info(
+            "%s: epoch %d/%d loss=%.4f val_loss=%.4f",
+            label,
+            epoch + 1,
+            epochs,
+            logs.get("loss", np.nan),
+            logs.get("val_loss", np.nan),
+        )
 
     return keras.callbacks.LambdaCallback(on_epoch_end=log_epoch)
 
 
 def train_lstm(
-    dataset: Dataset, config: TrainingConfig, label: str = "model", initial_weights: list | None = None,
+    dataset: Dataset,
+    config: TrainingConfig,
+    label: str = "model",
+    initial_weights: list | None = None,
     callbacks: Sequence[Any] = (),
 ) -> TrainedModel:
     """Fit from fresh seeded weights, or, given `initial_weights` (a warm start), for `warm_start_epochs` only.

@@ -58,7 +58,7 @@ def load_keras(path: Path) -> Any:
     try:
         # safe_mode refuses Lambda layers and other deserialised code; compile=False: no custom losses to resolve.
         return keras.saving.load_model(path, safe_mode=True, compile=False)
-    except Exception as exc:  # noqa: BLE001 - any failure here is "this file is not a model we accept"
+    except Exception as exc:
         raise ModelRefused(f"{path} is not a loadable Keras model: {type(exc).__name__}: {str(exc)[:200]}") from None
 
 
@@ -102,10 +102,15 @@ def verify(root: Path, recorded: str | None, what: str) -> None:
     missing = sorted(expected.keys() - actual.keys())
     extra = sorted(actual.keys() - expected.keys())
     if changed or missing or extra:
-        problems = "; ".join(part for part in (
-            f"changed: {', '.join(changed)}" if changed else "",
-            f"missing: {', '.join(missing)}" if missing else "",
-            f"unexpected: {', '.join(extra)}" if extra else "",
-        ) if part)
-        raise ModelRefused(f"{what}: files differ from the SHA-256 digests recorded at registration ({problems}); "
-                           "refusing to load it")
+        problems = "; ".join(
+            part
+            for part in (
+                f"changed: {', '.join(changed)}" if changed else "",
+                f"missing: {', '.join(missing)}" if missing else "",
+                f"unexpected: {', '.join(extra)}" if extra else "",
+            )
+            if part
+        )
+        raise ModelRefused(
+            f"{what}: files differ from the SHA-256 digests recorded at registration ({problems}); refusing to load it"
+        )

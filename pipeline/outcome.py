@@ -70,9 +70,24 @@ class TickerOutcome:
 
 
 # The figures a skip or a closed market carries over from the last real decision, so `status` keeps showing them.
-CARRIED_OVER = ("data_start", "data_end", "rows", "data_digest", "settings_digest", "run_id", "run_url",
-                "model_version", "champion_version", "champion_kind", "challenger_test_rmse", "champion_test_rmse",
-                "naive_test_rmse", "u2", "coverage_80", "coverage_95")
+CARRIED_OVER = (
+    "data_start",
+    "data_end",
+    "rows",
+    "data_digest",
+    "settings_digest",
+    "run_id",
+    "run_url",
+    "model_version",
+    "champion_version",
+    "champion_kind",
+    "challenger_test_rmse",
+    "champion_test_rmse",
+    "naive_test_rmse",
+    "u2",
+    "coverage_80",
+    "coverage_95",
+)
 
 
 def carried_over(previous: TickerOutcome | None) -> dict[str, Any]:

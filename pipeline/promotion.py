@@ -29,9 +29,13 @@ class Verdict:
         return self.decision is Decision.promoted
 
     def to_dict(self) -> dict:
-        return {"decision": self.decision.value, "reason": self.reason,
-                "checks": [check.to_dict() for check in self.checks],
-                "min_relative_gain": self.policy.min_relative_gain, "promotion_alpha": self.policy.promotion_alpha}
+        return {
+            "decision": self.decision.value,
+            "reason": self.reason,
+            "checks": [check.to_dict() for check in self.checks],
+            "min_relative_gain": self.policy.min_relative_gain,
+            "promotion_alpha": self.policy.promotion_alpha,
+        }
 
 
 def decide(evidence: Evidence, policy: PromotionPolicy) -> Verdict:
@@ -47,22 +51,32 @@ def _num(value: float | None, digits: int = 4) -> str:
 
 def describe(ticker: str, verdict: Verdict, evidence: Evidence, champion_before: str) -> str:
     """The run's description (Markdown): the decision in one sentence, then the figures the rule used."""
-    outcome = (f"**Promoted**: the challenger replaces {champion_before} as {ticker}'s champion"
-               if verdict.promote else f"**Kept** {champion_before} as {ticker}'s champion")
+    outcome = (
+        f"**Promoted**: the challenger replaces {champion_before} as {ticker}'s champion"
+        if verdict.promote
+        else f"**Kept** {champion_before} as {ticker}'s champion"
+    )
     rows = ["| test | figure | needed | passed |", "|---|---|---|---|"]
     for check in verdict.checks:
-        rows.append(f"| {check.name} | {_num(check.figure)} | {_num(check.threshold)} | {'yes' if check.passed else 'no'} |")
-    rmse = ["| model | test RMSE |", "|---|---|",
-            f"| challenger | {_num(evidence.challenger_rmse)} |",
-            f"| champion ({champion_before}) | {_num(evidence.champion_rmse)} |",
-            f"| naive (tomorrow = today) | {_num(evidence.naive_rmse)} |"]
-    return "\n".join([
-        f"{outcome}: {verdict.reason}.",
-        "",
-        *rows,
-        "",
-        *rmse,
-        "",
-        f"{evidence.sessions} test sessions in {evidence.blocks} blocks; Diebold-Mariano (HLN-corrected, one-sided) "
-        f"statistic {_num(evidence.dm_stat, 3)}.",
-    ])
+        rows.append(
+            f"| {check.name} | {_num(check.figure)} | {_num(check.threshold)} | {'yes' if check.passed else 'no'} |"
+        )
+    rmse = [
+        "| model | test RMSE |",
+        "|---|---|",
+        f"| challenger | {_num(evidence.challenger_rmse)} |",
+        f"| champion ({champion_before}) | {_num(evidence.champion_rmse)} |",
+        f"| naive (tomorrow = today) | {_num(evidence.naive_rmse)} |",
+    ]
+    return "\n".join(
+        [
+            f"{outcome}: {verdict.reason}.",
+            "",
+            *rows,
+            "",
+            *rmse,
+            "",
+            f"{evidence.sessions} test sessions in {evidence.blocks} blocks; Diebold-Mariano (HLN-corrected, "
+            f"one-sided) statistic {_num(evidence.dm_stat, 3)}.",
+        ]
+    )

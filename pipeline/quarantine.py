@@ -34,8 +34,15 @@ class Usage:
     bytes: int
 
 
-def keep(root: Path, ticker: str, raw: bytes, raw_name: str, report: dict[str, Any], html: str | None,
-         now: dt.datetime | None = None) -> Path:
+def keep(
+    root: Path,
+    ticker: str,
+    raw: bytes,
+    raw_name: str,
+    report: dict[str, Any],
+    html: str | None,
+    now: dt.datetime | None = None,
+) -> Path:
     """Store one rejected batch; returns its folder."""
     stamp = (now or dt.datetime.now(dt.UTC)).strftime(STAMP_FORMAT)
     folder = private_dir(Path(root) / validate_ticker(ticker) / stamp)

@@ -58,10 +58,19 @@ def run_name(ticker: str, day: str, attempt: int) -> str:
     return f"{ticker} {day} #{attempt}"
 
 
-def start_tags(ticker: str, day: str, attempt: int, as_of: dt.date, source: str, run_tags: dict[str, str],
-               stage: str) -> dict[str, str]:
-    return {**run_tags, TICKER: ticker, ROLE: DAILY, DAY: day, ATTEMPT: str(attempt), AS_OF: as_of.isoformat(),
-            SOURCE: source, STAGE: stage}
+def start_tags(
+    ticker: str, day: str, attempt: int, as_of: dt.date, source: str, run_tags: dict[str, str], stage: str
+) -> dict[str, str]:
+    return {
+        **run_tags,
+        TICKER: ticker,
+        ROLE: DAILY,
+        DAY: day,
+        ATTEMPT: str(attempt),
+        AS_OF: as_of.isoformat(),
+        SOURCE: source,
+        STAGE: stage,
+    }
 
 
 def admitted_tags(admitted: Admitted, settings_digest: str) -> dict[str, str]:
@@ -90,13 +99,26 @@ def data_params(admitted: Admitted, challenger: Challenger) -> dict[str, Any]:
 
 
 def score_metrics(scores: Scores) -> dict[str, float]:
-    metrics = {f"{model}_{measure}": value for model, measures in scores.metrics.items()
-               for measure, value in measures.items()}
-    metrics.update({f"{model}_{measure}": value for model, measures in scores.interval_metrics.items()
-                    for measure, value in measures.items()})
+    metrics = {
+        f"{model}_{measure}": value for model, measures in scores.metrics.items() for measure, value in measures.items()
+    }
+    metrics.update(
+        {
+            f"{model}_{measure}": value
+            for model, measures in scores.interval_metrics.items()
+            for measure, value in measures.items()
+        }
+    )
     evidence = scores.evidence
-    metrics.update({"u2": evidence.u2, "relative_gain": evidence.relative_gain, "dm_stat": evidence.dm_stat,
-                    "dm_pvalue": evidence.dm_pvalue, "blocks_won": evidence.blocks_won})
+    metrics.update(
+        {
+            "u2": evidence.u2,
+            "relative_gain": evidence.relative_gain,
+            "dm_stat": evidence.dm_stat,
+            "dm_pvalue": evidence.dm_pvalue,
+            "blocks_won": evidence.blocks_won,
+        }
+    )
     return metrics
 
 
@@ -106,12 +128,17 @@ def block_series(scores: Scores) -> dict[str, list[float]]:
 
 
 def training_metrics(challenger: Challenger) -> dict[str, float]:
-    return {"best_epoch": challenger.best_epoch, "epochs_run": challenger.epochs_run,
-            "train_seconds": challenger.train_seconds, "shrinkage": challenger.forecaster.shrinkage}
+    return {
+        "best_epoch": challenger.best_epoch,
+        "epochs_run": challenger.epochs_run,
+        "train_seconds": challenger.train_seconds,
+        "shrinkage": challenger.forecaster.shrinkage,
+    }
 
 
-def decision_report(ticker: str, admitted: Admitted, scores: Scores, verdict: Verdict, champion_before: str,
-                    run_id: str) -> dict[str, Any]:
+def decision_report(
+    ticker: str, admitted: Admitted, scores: Scores, verdict: Verdict, champion_before: str, run_id: str
+) -> dict[str, Any]:
     """Everything a reviewer needs to audit one decision, as plain JSON values."""
     return {
         "ticker": ticker,
@@ -119,8 +146,9 @@ def decision_report(ticker: str, admitted: Admitted, scores: Scores, verdict: Ve
         **verdict.to_dict(),
         "champion_before": champion_before,
         "evidence": scores.evidence.to_dict(),
-        "models": {model: {**scores.metrics.get(model, {}), **scores.interval_metrics.get(model, {})}
-                   for model in MODELS},
+        "models": {
+            model: {**scores.metrics.get(model, {}), **scores.interval_metrics.get(model, {})} for model in MODELS
+        },
         "test_sessions": len(scores.test_days),
         "test_start": scores.test_days[0],
         "test_end": scores.test_days[-1],
@@ -134,8 +162,17 @@ class Recorded:
     forecaster: LstmForecaster
 
 
-def record(tracker: Tracker, run_id: str, *, ticker: str, admitted: Admitted, challenger: Challenger, scores: Scores,
-           verdict: Verdict, champion_before: str) -> Recorded:
+def record(
+    tracker: Tracker,
+    run_id: str,
+    *,
+    ticker: str,
+    admitted: Admitted,
+    challenger: Challenger,
+    scores: Scores,
+    verdict: Verdict,
+    champion_before: str,
+) -> Recorded:
     """Everything about the decision into the run, and the challenger as a logged model linked to it."""
     tracker.set_tags(run_id, {STAGE: RECORDING})
     tracker.log_params(run_id, data_params(admitted, challenger))
@@ -150,24 +187,32 @@ def record(tracker: Tracker, run_id: str, *, ticker: str, admitted: Admitted, ch
     if scores.challenger_calibration is not None:
         forecaster = forecaster.with_calibration(scores.challenger_calibration)
     logged = tracker.logged_forecaster_of(run_id) or tracker.log_forecaster(
-        run_id, forecaster, admitted.history, min_input_rows(forecaster))
-    tracker.set_tags(run_id, {
-        DECISION: verdict.decision.value, REASON: excerpt(verdict.reason, 1000), CHAMPION_BEFORE: champion_before,
-        DESCRIPTION_TAG: describe(ticker, verdict, scores.evidence, champion_before),
-    })
+        run_id, forecaster, admitted.history, min_input_rows(forecaster)
+    )
+    tracker.set_tags(
+        run_id,
+        {
+            DECISION: verdict.decision.value,
+            REASON: excerpt(verdict.reason, 1000),
+            CHAMPION_BEFORE: champion_before,
+            DESCRIPTION_TAG: describe(ticker, verdict, scores.evidence, champion_before),
+        },
+    )
     return Recorded(logged, forecaster)
 
 
-def record_failure(tracker: Tracker, run_id: str, reason: str, *, validation_html: str | None = None,
-                   validation_json: Any = None) -> None:
+def record_failure(
+    tracker: Tracker, run_id: str, reason: str, *, validation_html: str | None = None, validation_json: Any = None
+) -> None:
     """A failed run says why, in its tags and description, then ends FAILED."""
     short = excerpt(reason, 1000)
     if validation_html:
         tracker.log_text(run_id, validation_html, VALIDATION_HTML)
     if validation_json is not None:
         tracker.log_json(run_id, validation_json, VALIDATION_JSON)
-    tracker.set_tags(run_id, {DECISION: Decision.failed.value, REASON: short, STAGE: DONE,
-                              DESCRIPTION_TAG: f"**Failed**: {short}"})
+    tracker.set_tags(
+        run_id, {DECISION: Decision.failed.value, REASON: short, STAGE: DONE, DESCRIPTION_TAG: f"**Failed**: {short}"}
+    )
     tracker.end_run(run_id, "FAILED")
 
 
@@ -200,5 +245,7 @@ def outcome_from_run(run: Run, champion: Champion | None, tracker: Tracker) -> T
         u2=metrics.get("u2"),
         coverage_80=metrics.get("challenger_coverage_80"),
         coverage_95=metrics.get("challenger_coverage_95"),
-        finished_at=dt.datetime.fromtimestamp(finished / 1000, dt.UTC).isoformat(timespec="seconds") if finished else "",
+        finished_at=dt.datetime.fromtimestamp(finished / 1000, dt.UTC).isoformat(timespec="seconds")
+        if finished
+        else "",
     )

@@ -13,8 +13,10 @@ MASK = "***"
 # scheme://user:password@host — the password part, in any URL-like text.
 _URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^:/@\s]+:)(?P<secret>[^@\s/]+)(?=@)")
 # key=value secrets as they appear in DSNs and headers (password=..., token=...).
-_KEYED_SECRET = re.compile(r"(?i)\b(?P<key>password|passwd|pwd|secret|token|api[_-]?key|auth[_-]?string)"
-                           r"(?P<sep>\s*[=:]\s*)(?P<value>[^\s,;&'\"]+)")
+_KEYED_SECRET = re.compile(
+    r"(?i)\b(?P<key>password|passwd|pwd|secret|token|api[_-]?key|auth[_-]?string)"
+    r"(?P<sep>\s*[=:]\s*)(?P<value>[^\s,;&'\"]+)"
+)
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 

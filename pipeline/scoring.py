@@ -56,18 +56,33 @@ def score(dataset: Dataset, challenger: LstmForecaster, champion: Forecaster, bl
         NAIVE: test.last_close.astype("float64"),
     }
     metrics = {name: point_metrics(test.next_close, values, test.last_close) for name, values in forecasts.items()}
-    evidence = gather_evidence(test.next_close, forecasts[CHALLENGER], forecasts[CHAMPION], forecasts[NAIVE], blocks,
-                               dates=test.target_date)
+    evidence = gather_evidence(
+        test.next_close, forecasts[CHALLENGER], forecasts[CHAMPION], forecasts[NAIVE], blocks, dates=test.target_date
+    )
     bounds: dict[str, dict[str, np.ndarray]] = {NAIVE: intervals.naive_intervals(closes, positions)}
     calibration = None
     if challenger.calibration is not None:
         # Each test session's interval uses only earlier outcomes; the state after the last one is what serves next.
-        bounds[CHALLENGER], calibration = intervals.tracked_intervals(closes, forecasts[CHALLENGER],
-                                                                      challenger.calibration, positions)
-    champion_columns = [c for level in intervals.LEVELS for c in intervals.interval_columns(level) if c in champion_frame]
+        bounds[CHALLENGER], calibration = intervals.tracked_intervals(
+            closes, forecasts[CHALLENGER], challenger.calibration, positions
+        )
+    champion_columns = [
+        c for level in intervals.LEVELS for c in intervals.interval_columns(level) if c in champion_frame
+    ]
     if champion_columns:
         bounds[CHAMPION] = {column: forecasts_on(champion_frame, test.as_of, column) for column in champion_columns}
-    interval_metrics = {name: intervals.score_intervals(test.next_close, values, test.last_close)
-                        for name, values in bounds.items()}
-    return Scores(test.as_of, test.target_date, test.next_close, test.last_close, forecasts, metrics, evidence,
-                  bounds, interval_metrics, calibration)
+    interval_metrics = {
+        name: intervals.score_intervals(test.next_close, values, test.last_close) for name, values in bounds.items()
+    }
+    return Scores(
+        test.as_of,
+        test.target_date,
+        test.next_close,
+        test.last_close,
+        forecasts,
+        metrics,
+        evidence,
+        bounds,
+        interval_metrics,
+        calibration,
+    )

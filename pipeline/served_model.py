@@ -6,13 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import mlflow.pyfunc
 import pandas as pd
+from mlflow.pyfunc import PythonModel
 
 from pipeline import model_files
 
 
-class ServedModel(mlflow.pyfunc.PythonModel):
+class ServedModel(PythonModel):
     def load_context(self, context: Any) -> None:
         self._forecaster = model_files.load(Path(context.artifacts["spec"]).parent)
 

@@ -46,8 +46,13 @@ class TrainingConfig(BaseModel):
     learning_rate: float = Field(1e-3, gt=0)
     patience: int = Field(5, ge=1, description="Epochs without validation improvement before early stopping.")
     warm_start_epochs: int = Field(8, ge=1, description="Epochs when retraining from the champion's weights.")
-    val_fraction: float = Field(0.1, gt=0, lt=0.5, description="Share of windows before the test sessions used for "
-                                "early stopping, shrinkage and interval calibration.")
+    val_fraction: float = Field(
+        0.1,
+        gt=0,
+        lt=0.5,
+        description="Share of windows before the test sessions used for "
+        "early stopping, shrinkage and interval calibration.",
+    )
     eval_sessions: int = Field(250, ge=20, description="The last sessions every model is scored on (never trained on).")
     eval_blocks: int = Field(5, ge=1, description="Consecutive blocks the test sessions are split into.")
     seed: int = 42
@@ -80,23 +85,32 @@ class Settings(BaseSettings):
     )
     experiment_name: str = "stockpipe"
     min_relative_gain: float = Field(
-        DEFAULT_MIN_RELATIVE_GAIN, ge=0, lt=1,
+        DEFAULT_MIN_RELATIVE_GAIN,
+        ge=0,
+        lt=1,
         description="Relative RMSE improvement over the champion a challenger needs to be promoted.",
     )
     promotion_alpha: float = Field(
-        DEFAULT_PROMOTION_ALPHA, gt=0, le=1,
+        DEFAULT_PROMOTION_ALPHA,
+        gt=0,
+        le=1,
         description="A challenger is promoted only if the one-sided Diebold-Mariano p-value is below this.",
     )
     max_staleness_sessions: int = Field(
-        3, ge=0, description="Newest stored session at most this many exchange sessions before the as-of date.",
+        3,
+        ge=0,
+        description="Newest stored session at most this many exchange sessions before the as-of date.",
     )
     csv_root: Path = Field(
-        PROJECT_ROOT / "data", description="Deployed runs read --csv-dir folders only inside this root.",
+        PROJECT_ROOT / "data",
+        description="Deployed runs read --csv-dir folders only inside this root.",
     )
     max_input_bytes: int = Field(256 * 2**20, ge=1, description="Largest price file one source read accepts.")
     quarantine_max_age_days: float = Field(30, ge=0, description="Rejected batches older than this are deleted.")
     quarantine_max_bytes: int = Field(
-        200 * 2**20, ge=0, description="Quarantine is pruned, oldest first, to stay under this size.",
+        200 * 2**20,
+        ge=0,
+        description="Quarantine is pruned, oldest first, to stay under this size.",
     )
     mlflow_ui_url: str = Field("http://127.0.0.1:5000", description="Base URL of the MLflow UI links point at.")
     max_workers: int = Field(DEFAULT_MAX_WORKERS, ge=1, description="Tickers processed at once.")

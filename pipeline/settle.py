@@ -37,11 +37,15 @@ def settle_run(tracker: Tracker, ticker: str, run: Run, reason: str) -> str:
         return f"run {run_id} finished: v{version.version} was registered before it stopped"
     if version is not None:
         kept = f"v{champion.version}" if champion else "unset"
-        tracker.tag_version(ticker, version.version, {
-            "decision": Decision.failed.value,
-            "reason": f"never applied: registered, but the run stopped before `champion` moved; the champion "
-                      f"stayed {kept}",
-        })
+        tracker.tag_version(
+            ticker,
+            version.version,
+            {
+                "decision": Decision.failed.value,
+                "reason": f"never applied: registered, but the run stopped before `champion` moved; the champion "
+                f"stayed {kept}",
+            },
+        )
         reason += f"; v{version.version} was registered but never became champion"
     record_failure(tracker, run_id, reason)
     return f"run {run_id} marked FAILED ({reason})"
@@ -51,12 +55,18 @@ def settle_cut_off(tracker: Tracker, ticker: str) -> list[str]:
     """Settle every run of `ticker` still marked RUNNING; returns one line per run settled."""
     settled = []
     runs = tracker.client.search_runs(
-        [tracker.experiment_id], filter_string=f"tags.ticker = '{ticker}' and attributes.status = 'RUNNING'",
-        order_by=["attributes.start_time ASC"])
+        [tracker.experiment_id],
+        filter_string=f"tags.ticker = '{ticker}' and attributes.status = 'RUNNING'",
+        order_by=["attributes.start_time ASC"],
+    )
     for run in runs:
         stage = run.data.tags.get(STAGE, "starting")
-        line = settle_run(tracker, ticker, run,
-                          f"cut off while {stage}: the process stopped before this run ended (settled by a later run)")
+        line = settle_run(
+            tracker,
+            ticker,
+            run,
+            f"cut off while {stage}: the process stopped before this run ended (settled by a later run)",
+        )
         log.warning("%s: settled an interrupted run: %s", ticker, line)
         settled.append(line)
     return settled

@@ -18,7 +18,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -61,7 +61,8 @@ class Received:
 
 
 class PriceSource(Protocol):
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def receive(self, ticker: str, since: dt.date | None, as_of: dt.date) -> Received:
         """Rows with `since` < Date <= `as_of` (all rows up to `as_of` when `since` is None), plus rows dated after
@@ -77,7 +78,9 @@ class PriceSource(Protocol):
 
 def describe_columns(columns) -> str:
     """Column names for an error message, without echoing content: a header row may be anything (an environment)."""
-    shown = [str(c) if re.fullmatch(r"[A-Za-z][A-Za-z0-9 _.-]{0,19}", str(c)) else "<unreadable>" for c in list(columns)[:8]]
+    shown = [
+        str(c) if re.fullmatch(r"[A-Za-z][A-Za-z0-9 _.-]{0,19}", str(c)) else "<unreadable>" for c in list(columns)[:8]
+    ]
     more = f" and {len(columns) - 8} more" if len(columns) > 8 else ""
     return f"{len(columns)} column(s): {', '.join(shown)}{more}"
 
@@ -121,7 +124,7 @@ def _volume(volume: pd.Series) -> pd.Series:
     return rounded.astype("Int64") if np.isnan(values).any() else rounded.astype("int64")
 
 
-def _local_wall_time(value: object) -> pd.Timestamp:
+def _local_wall_time(value: Any) -> Any:
     try:
         stamp = pd.Timestamp(value)
     except (ValueError, TypeError):
@@ -229,7 +232,9 @@ def yfinance_history(symbol: str, start: dt.date | None, end_inclusive: dt.date)
         raise UnknownSymbol(f"Yahoo does not know {symbol!r} (unknown or delisted symbol): {excerpt(exc)}") from exc
     except YFPricesMissingError as exc:
         if start is None:  # not even one price in the symbol's whole history
-            raise UnknownSymbol(f"Yahoo has no prices at all for {symbol!r} (unknown or delisted symbol): {excerpt(exc)}") from exc
+            raise UnknownSymbol(
+                f"Yahoo has no prices at all for {symbol!r} (unknown or delisted symbol): {excerpt(exc)}"
+            ) from exc
         return pd.DataFrame(columns=COLUMNS)
     except (OSError, ConnectionError) as exc:
         raise TransientSourceError(f"network error reaching Yahoo for {symbol}: {excerpt(exc)}") from exc
@@ -271,15 +276,24 @@ class YahooSource:
         except SourceError as exc:
             raise type(exc)(f"{ticker}: {exc}") from exc
         except Exception as exc:  # yfinance raises many unrelated types; name the ticker and keep the cause
-            raise SourceError(f"{ticker}: Yahoo download failed for {symbol}: {type(exc).__name__}: {excerpt(exc)}") from exc
+            raise SourceError(
+                f"{ticker}: Yahoo download failed for {symbol}: {type(exc).__name__}: {excerpt(exc)}"
+            ) from exc
         if raw.empty:
             return Received(normalize(pd.DataFrame(columns=COLUMNS)))
         answer = raw.to_csv(index=False).encode()
-        return Received(_window(normalize(raw), since, as_of, self.today()), answer, f"{validate_ticker(ticker)}.yahoo.csv")
+        return Received(
+            _window(normalize(raw), since, as_of, self.today()), answer, f"{validate_ticker(ticker)}.yahoo.csv"
+        )
 
 
-def build_source(kind: str, *, folder: Path | None = None, yahoo_symbols: dict[str, str] | None = None,
-                 max_bytes: int = DEFAULT_MAX_INPUT_BYTES) -> PriceSource:
+def build_source(
+    kind: str,
+    *,
+    folder: Path | None = None,
+    yahoo_symbols: dict[str, str] | None = None,
+    max_bytes: int = DEFAULT_MAX_INPUT_BYTES,
+) -> PriceSource:
     """The source for a kind; file sources need the folder that `Settings.price_folder()` checked."""
     if kind in ("snapshot", "csv"):
         if folder is None:

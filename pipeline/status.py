@@ -14,15 +14,21 @@ from pipeline.store import PriceStore, StoreUnreadable
 from pipeline.tracking import Champion
 
 
-def ticker_status(ticker: str, store: PriceStore, last: TickerOutcome | None, champion: Champion | None,
-                  quarantine_dir: Path, problems: list[str] | None = None) -> dict[str, Any]:
+def ticker_status(
+    ticker: str,
+    store: PriceStore,
+    last: TickerOutcome | None,
+    champion: Champion | None,
+    quarantine_dir: Path,
+    problems: list[str] | None = None,
+) -> dict[str, Any]:
     """`champion` is the registry's current champion (the last outcome may predate a rollback)."""
     problems = list(problems or [])
     try:
         prices = store.read(ticker)
         start = None if prices.empty else prices["Date"].min().strftime("%Y-%m-%d")
         end = None if prices.empty else prices["Date"].max().strftime("%Y-%m-%d")
-        rows = int(len(prices))
+        rows = len(prices)
     except StoreUnreadable as exc:
         problems.append(str(exc))
         start = end = None

@@ -84,7 +84,7 @@ class PriceStore:
             missing = [c for c in COLUMNS if c not in prices.columns]
             if missing:
                 raise ValueError(f"lacks column(s) {missing}")
-        except Exception as exc:  # noqa: BLE001 - pyarrow raises many types for a torn file; all mean the same here
+        except Exception as exc:
             raise StoreUnreadable(
                 f"{path} is unreadable ({type(exc).__name__}); move it aside and run again to rebuild "
                 f"{ticker}'s history from the source (the model registry is not affected)"

@@ -34,7 +34,8 @@ def parse_ticker(typed: str) -> str:
     if not isinstance(typed, str) or not TYPED_TICKER_PATTERN.fullmatch(typed):
         raise InvalidTicker(
             f"invalid ticker {typed[:40]!r}: use 1-15 letters or digits, with '.' or '-' only inside (e.g. MSFT, BRK-B)"
-            if isinstance(typed, str) else f"invalid ticker of type {type(typed).__name__}"
+            if isinstance(typed, str)
+            else f"invalid ticker of type {type(typed).__name__}"
         )
     return validate_ticker(typed.upper())
 

@@ -85,8 +85,14 @@ def unreachable_reason(exc: BaseException) -> str | None:
     """
     import requests
 
-    transport = (ConnectionError, TimeoutError, requests.ConnectionError, requests.Timeout,
-                 requests.exceptions.RetryError, requests.exceptions.ChunkedEncodingError)
+    transport = (
+        ConnectionError,
+        TimeoutError,
+        requests.ConnectionError,
+        requests.Timeout,
+        requests.exceptions.RetryError,
+        requests.exceptions.ChunkedEncodingError,
+    )
     chain = _chain(exc)
     for link in chain:
         if isinstance(link, transport):
@@ -124,7 +130,7 @@ def _transport_reason(exc: BaseException) -> str:
         if isinstance(current, OSError) and current.strerror:
             return current.strerror
         nested = current.args[0] if getattr(current, "args", None) else None
-        current = nested.reason if hasattr(nested, "reason") else (current.__cause__ or current.__context__)
+        current = getattr(nested, "reason", None) or current.__cause__ or current.__context__
     return type(exc).__name__
 
 
@@ -140,7 +146,8 @@ def tracking_errors(tracking_uri: str, doing: str) -> Iterator[None]:
         if reason is None:
             raise
         raise TrackingUnavailable(
-            f"MLflow tracking server {masked_uri(tracking_uri)} unreachable while {doing}: {reason}") from exc
+            f"MLflow tracking server {masked_uri(tracking_uri)} unreachable while {doing}: {reason}"
+        ) from exc
 
 
 def _sqlite_init_lock(tracking_uri: str):
@@ -172,7 +179,7 @@ def model_requirements(kind: str) -> list[str]:
     for package in packages:
         try:
             pins.append(f"{package}=={installed_version(package)}")
-        except Exception:  # noqa: BLE001 - a missing optional package is simply not pinned
+        except Exception:
             continue
     return pins
 
@@ -205,8 +212,9 @@ class Tracker:
         self.ui_url = ui_url
 
     @classmethod
-    def connect(cls, tracking_uri: str, experiment_name: str, artifact_root: Path | None = None,
-                ui_url: str | None = None) -> Tracker:
+    def connect(
+        cls, tracking_uri: str, experiment_name: str, artifact_root: Path | None = None, ui_url: str | None = None
+    ) -> Tracker:
         """A Tracker on `experiment_name`, creating the experiment (classic ML, artifacts under `artifact_root` for a
         local store) the first time."""
         client = open_client(tracking_uri)
@@ -215,12 +223,16 @@ class Tracker:
             local = tracking_uri.startswith(("sqlite:", "file:")) or "://" not in tracking_uri
             location = Path(artifact_root).as_uri() if artifact_root is not None and local else None
             try:
-                experiment_id = client.create_experiment(experiment_name, artifact_location=location,
-                                                         tags={EXPERIMENT_KIND_TAG: CLASSIC_ML})
+                experiment_id = client.create_experiment(
+                    experiment_name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: CLASSIC_ML}
+                )
             except MlflowException as exc:
                 if not is_already_there(exc):  # created by a concurrent run in the meantime
                     raise
-                experiment_id = client.get_experiment_by_name(experiment_name).experiment_id
+                created = client.get_experiment_by_name(experiment_name)
+                if created is None:
+                    raise
+                experiment_id = created.experiment_id
         else:
             experiment_id = experiment.experiment_id
             if EXPERIMENT_KIND_TAG not in experiment.tags:
@@ -254,8 +266,14 @@ class Tracker:
         return None if version is None else self.client.get_model_version(name, str(version))
 
     def _as_champion(self, version: ModelVersion) -> Champion:
-        return Champion(str(version.version), version.tags.get(KIND_TAG, "unknown"), version.source,
-                        version.tags.get("data_end"), version.tags.get(MANIFEST_TAG), version.run_id)
+        return Champion(
+            str(version.version),
+            version.tags.get(KIND_TAG, "unknown"),
+            version.source or "",
+            version.tags.get("data_end"),
+            version.tags.get(MANIFEST_TAG),
+            version.run_id,
+        )
 
     def load(self, champion: Champion, ticker: str) -> Forecaster:
         """The champion's forecaster, from its files checked against the digests recorded at registration."""
@@ -265,31 +283,40 @@ class Tracker:
 
             # The version's own artifact location, through this tracker's store: a `models:/` URI would be resolved
             # against MLflow's process-wide registry URI and add registry metadata beside the model's files.
-            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=champion.model_uri, dst_path=folder,
-                                                             tracking_uri=self.tracking_uri))
+            local = Path(
+                mlflow.artifacts.download_artifacts(
+                    artifact_uri=champion.model_uri, dst_path=folder, tracking_uri=self.tracking_uri
+                )
+            )
             model_files.verify(local, champion.manifest, what)
             return model_files.load(local / model_files.ARTIFACTS_DIR)
 
     def ensure_registered_model(self, ticker: str) -> None:
         try:
             self.client.create_registered_model(
-                registered_model_name(ticker), tags={"ticker": ticker},
+                registered_model_name(ticker),
+                tags={"ticker": ticker},
                 description=f"Next-session close forecasts for {ticker}. Alias `{CHAMPION_ALIAS}` serves; each version "
-                            "is a model that served, with the decision that made it champion.")
+                "is a model that served, with the decision that made it champion.",
+            )
         except MlflowException as exc:
             if not is_already_there(exc):
                 raise
 
-    def register(self, ticker: str, logged: LoggedForecaster, run_id: str, tags: dict[str, str],
-                 description: str) -> ModelVersion:
+    def register(
+        self, ticker: str, logged: LoggedForecaster, run_id: str, tags: dict[str, str], description: str
+    ) -> ModelVersion:
         """A new version from a logged model; its tags (decision, digests) go in with it, never after."""
         self.ensure_registered_model(ticker)
         # The logged model's artifact location with its id: the form both a local store and a tracking server accept
         # (a `models:/m-...` source is resolved through MLflow's process-wide URI by a local store).
         return self.client.create_model_version(
-            registered_model_name(ticker), source=logged.artifact_location, run_id=run_id,
+            registered_model_name(ticker),
+            source=logged.artifact_location,
+            run_id=run_id,
             tags={**{k: str(v) for k, v in tags.items()}, KIND_TAG: logged.kind, MANIFEST_TAG: logged.manifest},
-            description=description, model_id=logged.model_id,
+            description=description,
+            model_id=logged.model_id,
         )
 
     def make_champion(self, ticker: str, version: str) -> None:
@@ -317,7 +344,9 @@ class Tracker:
         self.client.set_registered_model_alias(name, PREVIOUS_ALIAS, demoted)
         self.client.set_model_version_tag(name, demoted, "rolled_back", excerpt(reason, 500))
         self.client.set_model_version_tag(name, restored, "restored_by_rollback_from", f"v{demoted}")
-        self.client.set_registered_model_tag(name, "last_rollback", f"v{demoted} -> v{restored}: {excerpt(reason, 500)}")
+        self.client.set_registered_model_tag(
+            name, "last_rollback", f"v{demoted} -> v{restored}: {excerpt(reason, 500)}"
+        )
         log.info("%s: rolled back %s from v%s to v%s", ticker, name, demoted, restored)
         return demoted, restored
 
@@ -342,8 +371,9 @@ class Tracker:
 
     def start_run(self, run_name: str, tags: dict[str, str], description: str | None = None) -> str:
         all_tags = {**tags, **({DESCRIPTION_TAG: description} if description else {})}
-        return self.client.create_run(self.experiment_id, run_name=run_name,
-                                      tags={k: str(v) for k, v in all_tags.items()}).info.run_id
+        return self.client.create_run(
+            self.experiment_id, run_name=run_name, tags={k: str(v) for k, v in all_tags.items()}
+        ).info.run_id
 
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status)
@@ -376,27 +406,37 @@ class Tracker:
         self.client.log_figure(run_id, figure, artifact_file)
 
     def log_dataset(self, run_id: str, history: pd.DataFrame, name: str, source: str, digest: str) -> None:
-        import mlflow.data
+        from mlflow.data.pandas_dataset import from_pandas
         from mlflow.entities import DatasetInput, InputTag
 
-        dataset = mlflow.data.from_pandas(history, source=source, name=name, digest=digest)
-        self.client.log_inputs(run_id, datasets=[
-            DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag(key="mlflow.data.context", value="training")])])
+        dataset = from_pandas(history, source=source, name=name, digest=digest)
+        self.client.log_inputs(
+            run_id,
+            datasets=[
+                DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag(key="mlflow.data.context", value="training")])
+            ],
+        )
 
     def artifact_paths(self, run_id: str, folder: str | None = None) -> set[str]:
         return {a.path for a in self.client.list_artifacts(run_id, folder)}
 
     # -- logged models --------------------------------------------------------------------------
 
-    def log_forecaster(self, run_id: str, forecaster: Forecaster, history: pd.DataFrame,
-                       min_input_rows: int) -> LoggedForecaster:
+    def log_forecaster(
+        self, run_id: str, forecaster: Forecaster, history: pd.DataFrame, min_input_rows: int
+    ) -> LoggedForecaster:
         """Log a forecaster as a logged model of the run: data files plus a models-from-code pyfunc entry, so
         `mlflow.pyfunc.load_model` works without any pickle. Returns its id and file digests."""
         import mlflow.pyfunc
         from mlflow.models import Model, infer_signature
 
-        model = self.client.create_logged_model(self.experiment_id, name=MODEL_NAME_IN_RUN, source_run_id=run_id,
-                                                tags={KIND_TAG: forecaster.kind}, model_type="forecaster")
+        model = self.client.create_logged_model(
+            self.experiment_id,
+            name=MODEL_NAME_IN_RUN,
+            source_run_id=run_id,
+            tags={KIND_TAG: forecaster.kind},
+            model_type="forecaster",
+        )
         with tempfile.TemporaryDirectory(prefix="stockpipe-model-") as tmp:
             data = model_files.save(forecaster, Path(tmp) / "data")
             code = Path(tmp) / "stockpipe_model.py"
@@ -411,8 +451,12 @@ class Tracker:
                 input_example=example,
                 pip_requirements=model_requirements(forecaster.kind),
                 metadata={KIND_TAG: forecaster.kind, "min_input_rows": min_input_rows},
-                mlflow_model=Model(artifact_path=model.artifact_location, model_uuid=model.model_id, run_id=run_id,
-                                   model_id=model.model_id),
+                mlflow_model=Model(
+                    artifact_path=model.artifact_location,
+                    model_uuid=model.model_id,
+                    run_id=run_id,
+                    model_id=model.model_id,
+                ),
             )
             manifest = model_files.manifest_text(model_files.manifest(local))
             self.client.log_model_artifacts(model.model_id, str(local))
@@ -429,16 +473,22 @@ class Tracker:
         if not ready:
             return None
         model = ready[0]
-        return LoggedForecaster(model.model_id, model.tags[MANIFEST_TAG], model.tags.get(KIND_TAG, "unknown"),
-                                model.artifact_location)
+        return LoggedForecaster(
+            model.model_id, model.tags[MANIFEST_TAG], model.tags.get(KIND_TAG, "unknown"), model.artifact_location
+        )
 
     # -- queries --------------------------------------------------------------------------------
 
     def runs(self, ticker: str, *, filters: str = "", order: str = "DESC", max_results: int = 100) -> list[Run]:
         extra = f" and {filters}" if filters else ""
-        return list(self.client.search_runs(
-            [self.experiment_id], filter_string=f"tags.ticker = '{ticker}' and tags.role = 'daily'{extra}",
-            order_by=[f"attributes.start_time {order}"], max_results=max_results))
+        return list(
+            self.client.search_runs(
+                [self.experiment_id],
+                filter_string=f"tags.ticker = '{ticker}' and tags.role = 'daily'{extra}",
+                order_by=[f"attributes.start_time {order}"],
+                max_results=max_results,
+            )
+        )
 
     def last_run(self, ticker: str) -> Run | None:
         found = self.runs(ticker, max_results=1)
@@ -459,8 +509,17 @@ def baseline_tags(ticker: str, history: pd.DataFrame) -> dict[str, str]:
     return {"ticker": ticker, "decision": "baseline", "data_end": history["Date"].max().strftime("%Y-%m-%d")}
 
 
-__all__ = ["NAIVE", "LSTM", "Champion", "LoggedForecaster", "Tracker", "TrackingUnavailable", "tracking_errors",
-           "unreachable_reason", "is_not_found"]
+__all__ = [
+    "LSTM",
+    "NAIVE",
+    "Champion",
+    "LoggedForecaster",
+    "Tracker",
+    "TrackingUnavailable",
+    "is_not_found",
+    "tracking_errors",
+    "unreachable_reason",
+]
 
 
 def epoch_callback(run_id: str) -> Any:

@@ -45,8 +45,10 @@ def warm_start_from(champion: Forecaster | None, version: str | None, config: Tr
     from pipeline.model import weights_fit
 
     if not isinstance(champion, LstmForecaster):
-        log.info("no LSTM champion to warm-start from (%s); training from scratch",
-                 "none registered" if champion is None else f"champion is {champion.kind}")
+        log.info(
+            "no LSTM champion to warm-start from (%s); training from scratch",
+            "none registered" if champion is None else f"champion is {champion.kind}",
+        )
         return None
     weights = champion.keras_model.get_weights()
     if champion.window != config.window or not weights_fit(weights, config.window, len(FEATURE_NAMES), config):
@@ -71,17 +73,28 @@ def train_challenger(
     windowed = time.perf_counter()
     log.info(
         "%s: %d train / %d validation / %d test windows (test %s..%s)",
-        ticker, len(dataset.train.y), len(dataset.val.y), len(dataset.test.y),
-        dataset.test.target_date[0].date(), dataset.test.target_date[-1].date(),
+        ticker,
+        len(dataset.train.y),
+        len(dataset.val.y),
+        len(dataset.test.y),
+        dataset.test.target_date[0].date(),
+        dataset.test.target_date[-1].date(),
     )
-    trained = train_lstm(dataset, config, label=ticker, initial_weights=warm_start.weights if warm_start else None,
-                         callbacks=callbacks)
+    trained = train_lstm(
+        dataset, config, label=ticker, initial_weights=warm_start.weights if warm_start else None, callbacks=callbacks
+    )
     fitted = time.perf_counter()
     shrinkage = validation_shrinkage(trained.keras_model, dataset)
     forecaster = LstmForecaster(trained.keras_model, dataset.scaler, dataset.window, shrinkage)
     forecaster = forecaster.with_calibration(calibrate_intervals(forecaster, dataset))
-    log.info("%s: trained %d epochs in %.1fs (best %d, shrinkage %.2f)", ticker, trained.epochs_run, fitted - windowed,
-             trained.best_epoch, shrinkage)
+    log.info(
+        "%s: trained %d epochs in %.1fs (best %d, shrinkage %.2f)",
+        ticker,
+        trained.epochs_run,
+        fitted - windowed,
+        trained.best_epoch,
+        shrinkage,
+    )
     return Challenger(
         dataset=dataset,
         forecaster=forecaster,
@@ -90,8 +103,11 @@ def train_challenger(
         epochs_run=trained.epochs_run,
         train_seconds=fitted - windowed,
         warm_start_from=warm_start.origin if warm_start else None,
-        timings={"window": round(windowed - started, 3), "train": round(fitted - windowed, 3),
-                 "calibrate": round(time.perf_counter() - fitted, 3)},
+        timings={
+            "window": round(windowed - started, 3),
+            "train": round(fitted - windowed, 3),
+            "calibrate": round(time.perf_counter() - fitted, 3),
+        },
     )
 
 

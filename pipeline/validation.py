@@ -75,8 +75,10 @@ def safe_value(value: Any, limit: int = EXCERPT_CHARS) -> Any:
         return _iso(value) or "NaT"
     if isinstance(value, (list, tuple, set, frozenset, np.ndarray, pd.Index)):
         items = list(value)
-        kept = [safe_value(v, limit) if not isinstance(v, (list, tuple, dict)) else excerpt(v, limit)
-                for v in items[:LIST_CAP]]
+        kept = [
+            safe_value(v, limit) if not isinstance(v, (list, tuple, dict)) else excerpt(v, limit)
+            for v in items[:LIST_CAP]
+        ]
         return kept + ([f"… {len(items) - LIST_CAP} more"] if len(items) > LIST_CAP else [])
     return excerpt(value, limit)
 
@@ -224,8 +226,16 @@ class ExpectationOutcome:
         return "failed" if self.severity == CRITICAL else "warning"
 
     def as_failure(self) -> FailedExpectation:
-        return FailedExpectation(self.expectation, self.column, self.severity, self.unexpected_count, self.observed,
-                                 self.purpose, rows=self.rows, error=self.error)
+        return FailedExpectation(
+            self.expectation,
+            self.column,
+            self.severity,
+            self.unexpected_count,
+            self.observed,
+            self.purpose,
+            rows=self.rows,
+            error=self.error,
+        )
 
 
 @dataclass(frozen=True)
@@ -271,8 +281,10 @@ class ValidationReport:
             "evaluated": self.evaluated,
             "parameters": {k: _jsonable(v) for k, v in self.parameters.items()},
             "failures": [asdict(f) | {"observed": _jsonable(f.observed), "rows": list(f.rows)} for f in self.failures],
-            "outcomes": [asdict(o) | {"observed": _jsonable(o.observed), "rows": list(o.rows), "result": o.result}
-                         for o in self.outcomes],
+            "outcomes": [
+                asdict(o) | {"observed": _jsonable(o.observed), "rows": list(o.rows), "result": o.result}
+                for o in self.outcomes
+            ],
             "gx_result": self.raw,
         }
 
@@ -349,8 +361,15 @@ def verdict(subject: str, rows: int, gx_result: dict[str, Any], **extra: Any) ->
     """
     outcomes = [_outcome(result) for result in gx_result.get("results", [])]
     failures = [o.as_failure() for o in outcomes if not o.success]
-    return ValidationReport(subject=subject, rows=rows, failures=failures, evaluated=len(outcomes), raw=gx_result,
-                            outcomes=outcomes, **extra)
+    return ValidationReport(
+        subject=subject,
+        rows=rows,
+        failures=failures,
+        evaluated=len(outcomes),
+        raw=gx_result,
+        outcomes=outcomes,
+        **extra,
+    )
 
 
 def _outcome(result: dict[str, Any]) -> ExpectationOutcome:
@@ -389,8 +408,17 @@ def _failing_rows(details: dict[str, Any]) -> tuple[str, ...]:
     return tuple(row_label(v) for v in values[:ROW_CAP] if not (isinstance(v, str) and v.startswith("… ")))
 
 
-_RULE_SKIP = {"batch_id", "column", "column_A", "column_B", "column_list", "result_format", "catch_exceptions",
-              "include_config", "meta"}
+_RULE_SKIP = {
+    "batch_id",
+    "column",
+    "column_A",
+    "column_B",
+    "column_list",
+    "result_format",
+    "catch_exceptions",
+    "include_config",
+    "meta",
+}
 
 
 def _rule(kwargs: dict[str, Any]) -> str:
@@ -466,10 +494,13 @@ def validate_prices(
         suite, order = state.suite(suite_definition)  # a broken suite is a configuration error: it raises
         try:
             raw = _run_suite(state, frame, suite, order, parameters)
-        except Exception as exc:  # noqa: BLE001 - a table GX cannot even evaluate is a failed contract, not a crash
+        except Exception as exc:
             raw = _unevaluated(suite_definition, exc)
-            log.error("%s: GX could not evaluate the contract: %s", subject, raw["results"][0]["exception_info"]
-                      ["exception_message"])
+            log.error(
+                "%s: GX could not evaluate the contract: %s",
+                subject,
+                raw["results"][0]["exception_info"]["exception_message"],
+            )
             log.debug("GX could not evaluate %s", subject, exc_info=True)
     report = verdict(subject, len(prices), raw, **extra)
     if docs_dir is not None:  # kept for callers that render per validation (GX keeps the last one's pages)
@@ -482,13 +513,19 @@ def _unevaluated(suite_definition: dict[str, Any], exc: BaseException) -> dict[s
     return {
         "success": False,
         "suite_name": suite_definition.get("name", "prices"),
-        "results": [{
-            "success": False,
-            "expectation_config": {"type": "contract_evaluation", "kwargs": {}, "severity": CRITICAL,
-                                   "meta": {"purpose": "The table can be evaluated at all (GX raised on it)."}},
-            "result": {},
-            "exception_info": {"raised_exception": True, "exception_traceback": None, "exception_message": message},
-        }],
+        "results": [
+            {
+                "success": False,
+                "expectation_config": {
+                    "type": "contract_evaluation",
+                    "kwargs": {},
+                    "severity": CRITICAL,
+                    "meta": {"purpose": "The table can be evaluated at all (GX raised on it)."},
+                },
+                "result": {},
+                "exception_info": {"raised_exception": True, "exception_traceback": None, "exception_message": message},
+            }
+        ],
     }
 
 
@@ -506,11 +543,12 @@ class _GxState:
     def __init__(self) -> None:
         os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
         import great_expectations as gx
+        from great_expectations.data_context.types.base import ProgressBarsConfig
 
         self.gx = gx
         self.pid = os.getpid()
         self.context = gx.get_context(mode="ephemeral")
-        self.context.variables.progress_bars = {"globally": False}
+        self.context.variables.progress_bars = ProgressBarsConfig(globally=False)
         asset = self.context.data_sources.add_pandas("stockpipe").add_dataframe_asset("prices")
         self.batch_definition = asset.add_batch_definition_whole_dataframe("whole")
         self.suites: OrderedDict[str, tuple[Any, dict[str, int]]] = OrderedDict()
@@ -521,11 +559,13 @@ class _GxState:
         if key in self.suites:
             self.suites.move_to_end(key)
             return self.suites[key]
-        suite = self.context.suites.add(self.gx.ExpectationSuite(
-            name=f"{definition.get('name', 'prices')}-{key}",
-            expectations=json.loads(json.dumps(definition["expectations"])),  # GX keeps what it is given
-            meta=definition.get("meta", {}),
-        ))
+        suite = self.context.suites.add(
+            self.gx.ExpectationSuite(
+                name=f"{definition.get('name', 'prices')}-{key}",
+                expectations=json.loads(json.dumps(definition["expectations"])),  # GX keeps what it is given
+                meta=definition.get("meta", {}),
+            )
+        )
         order = {str(e.id): i for i, e in enumerate(suite.expectations)}
         self.suites[key] = (suite, order)
         while len(self.suites) > _SUITES_KEPT:
@@ -542,13 +582,14 @@ def _gx() -> _GxState:
     return _GX
 
 
-def _run_suite(state: _GxState, frame: pd.DataFrame, suite: Any, order: dict[str, int],
-               parameters: dict[str, Any]) -> dict[str, Any]:
+def _run_suite(
+    state: _GxState, frame: pd.DataFrame, suite: Any, order: dict[str, int], parameters: dict[str, Any]
+) -> dict[str, Any]:
     batch = state.batch_definition.get_batch(batch_parameters={"dataframe": frame})
     result = batch.validate(suite, result_format=RESULT_FORMAT, expectation_parameters=parameters)
     raw = sanitize_gx_result(result.to_json_dict())
     raw["results"].sort(key=lambda r: order.get(str((r.get("expectation_config") or {}).get("id")), len(order)))
-    raw.setdefault("meta", {})["validation_time"] = dt.datetime.now(dt.timezone.utc).isoformat()
+    raw.setdefault("meta", {})["validation_time"] = dt.datetime.now(dt.UTC).isoformat()
     return raw
 
 
@@ -571,27 +612,35 @@ def render_data_docs(reports: Sequence[ValidationReport], docs_dir: Path, *, rep
         state = _gx()
         from great_expectations.core.expectation_validation_result import expectationSuiteValidationResultSchema
         from great_expectations.core.run_identifier import RunIdentifier
+        from great_expectations.data_context.types.base import ProgressBarsConfig
         from great_expectations.data_context.types.resource_identifiers import (
             ExpectationSuiteIdentifier,
             ValidationResultIdentifier,
         )
 
         context = state.gx.get_context(mode="ephemeral")
-        context.variables.progress_bars = {"globally": False}
-        context.add_data_docs_site(site_name=DOCS_SITE, site_config={
-            "class_name": "SiteBuilder",
-            "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir)},
-            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
-        })
+        context.variables.progress_bars = ProgressBarsConfig(globally=False)
+        context.add_data_docs_site(
+            site_name=DOCS_SITE,
+            site_config={
+                "class_name": "SiteBuilder",
+                "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir)},
+                "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+            },
+        )
         identifiers = []
         for number, report in enumerate(reports):
-            raw = {k: v for k, v in report.raw.items() if k in {"success", "results", "suite_name", "suite_parameters",
-                                                                 "statistics", "meta"}}
+            raw = {
+                k: v
+                for k, v in report.raw.items()
+                if k in {"success", "results", "suite_name", "suite_parameters", "statistics", "meta"}
+            }
             if not raw.get("results"):
                 continue
             raw.setdefault("suite_name", "prices")
-            raw["results"] = [r for r in raw["results"] if (r.get("expectation_config") or {}).get("type")
-                              != "contract_evaluation"] or raw["results"][:0]
+            raw["results"] = [
+                r for r in raw["results"] if (r.get("expectation_config") or {}).get("type") != "contract_evaluation"
+            ] or raw["results"][:0]
             result = expectationSuiteValidationResultSchema.load(_docs_ready(raw))
             run_time = _run_time(raw)
             identifier = ValidationResultIdentifier(
@@ -600,7 +649,8 @@ def render_data_docs(reports: Sequence[ValidationReport], docs_dir: Path, *, rep
                 batch_identifier=f"{number:02d}-{_slug(report.subject)}",
             )
             context.validation_results_store.store_validation_results(
-                suite_validation_result=result, suite_validation_result_identifier=identifier)
+                suite_validation_result=result, suite_validation_result_identifier=identifier
+            )
             identifiers.append(identifier)
         context.build_data_docs(site_names=[DOCS_SITE], resource_identifiers=identifiers or None)
     return docs_dir / "index.html"
@@ -610,9 +660,14 @@ def _docs_ready(raw: dict[str, Any]) -> dict[str, Any]:
     out = dict(raw)
     out["meta"] = {k: v for k, v in (raw.get("meta") or {}).items() if k != "validation_time"}
     # GX's templates do not escape observed values (a column named <script> would run): escape them here.
-    out["results"] = [{**r, "result": _escaped(r.get("result") or {}),
-                       "exception_info": _escaped(_with_tracebacks(r.get("exception_info") or {}))}
-                      for r in raw.get("results", [])]
+    out["results"] = [
+        {
+            **r,
+            "result": _escaped(r.get("result") or {}),
+            "exception_info": _escaped(_with_tracebacks(r.get("exception_info") or {})),
+        }
+        for r in raw.get("results", [])
+    ]
     out.setdefault("statistics", {})
     out.setdefault("success", False)
     return out
@@ -642,9 +697,9 @@ def _with_tracebacks(info: Any) -> Any:
 def _run_time(raw: dict[str, Any]) -> dt.datetime:
     stamp = (raw.get("meta") or {}).get("validation_time")
     try:
-        return dt.datetime.fromisoformat(stamp) if stamp else dt.datetime.now(dt.timezone.utc)
+        return dt.datetime.fromisoformat(stamp) if stamp else dt.datetime.now(dt.UTC)
     except (TypeError, ValueError):
-        return dt.datetime.now(dt.timezone.utc)
+        return dt.datetime.now(dt.UTC)
 
 
 def _slug(text: str) -> str:

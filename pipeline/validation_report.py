@@ -35,7 +35,7 @@ def render_html(reports: Sequence[ValidationReport], *, title: str) -> str:
     sections = "\n".join(_section(report) for report in reports) or "<p class=meta>No validation ran.</p>"
     return (
         "<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8>"
-        "<meta name=viewport content=\"width=device-width,initial-scale=1\">"
+        '<meta name=viewport content="width=device-width,initial-scale=1">'
         f"<title>{_e(title)}</title><style>{_CSS}</style></head>\n<body>\n"
         f"<h1>{_e(title)}</h1>\n{_overview(reports)}\n{sections}\n</body></html>\n"
     )
@@ -58,7 +58,7 @@ def _verdict(report: ValidationReport) -> tuple[str, str]:
 
 def _verdict_badge(report: ValidationReport) -> str:
     text, css = _verdict(report)
-    return f"<span class=\"verdict {css}\">{_e(text)}</span>"
+    return f'<span class="verdict {css}">{_e(text)}</span>'
 
 
 def _section(report: ValidationReport) -> str:
@@ -67,13 +67,16 @@ def _section(report: ValidationReport) -> str:
         span = f", {_e(report.first_date or '?')} to {_e(report.last_date or '?')}"
     params = ", ".join(f"{_e(k)}={_e(v)}" for k, v in report.parameters.items())
     failed = len(report.critical_failures)
-    counts = (f"{report.evaluated} expectation(s) evaluated: {report.evaluated - len(report.failures)} passed, "
-              f"{failed} failed, {len(report.failures) - failed} warning(s)")
+    counts = (
+        f"{report.evaluated} expectation(s) evaluated: {report.evaluated - len(report.failures)} passed, "
+        f"{failed} failed, {len(report.failures) - failed} warning(s)"
+    )
     rows = "\n".join(_row(number, outcome) for number, outcome in enumerate(_outcomes(report), 1))
     return (
         f"<section>\n<h2>{_e(report.subject)} {_verdict_badge(report)}</h2>\n"
         f"<p class=meta>{report.rows} row(s){span}. {counts}."
-        + (f" Parameters: {params}." if params else "") + "</p>\n"
+        + (f" Parameters: {params}." if params else "")
+        + "</p>\n"
         "<table>\n<thead><tr><th>#</th><th>Expectation</th><th>Column(s)</th><th>Severity</th><th>Purpose</th>"
         "<th>Result</th><th>Observed</th><th>Failing rows</th></tr></thead>\n"
         f"<tbody>\n{rows}\n</tbody>\n</table>\n</section>"
@@ -84,9 +87,20 @@ def _outcomes(report: ValidationReport) -> list[ExpectationOutcome]:
     """Every evaluated expectation; a report built without outcomes still shows its failures."""
     if report.outcomes:
         return list(report.outcomes)
-    return [ExpectationOutcome(f.expectation, f.column, f.severity, f.purpose, False, observed=f.observed,
-                               unexpected_count=f.unexpected_count, rows=f.rows, error=f.error)
-            for f in report.failures]
+    return [
+        ExpectationOutcome(
+            f.expectation,
+            f.column,
+            f.severity,
+            f.purpose,
+            False,
+            observed=f.observed,
+            unexpected_count=f.unexpected_count,
+            rows=f.rows,
+            error=f.error,
+        )
+        for f in report.failures
+    ]
 
 
 def _row(number: int, outcome: ExpectationOutcome) -> str:
@@ -96,7 +110,7 @@ def _row(number: int, outcome: ExpectationOutcome) -> str:
         f"<tr class={result}><td class=num>{number}</td><td><code>{_e(outcome.expectation)}</code>{rule}</td>"
         f"<td>{_e(outcome.column or '')}</td><td>{_e(outcome.severity)}</td>"
         f"<td class=purpose>{_e(outcome.purpose)}</td>"
-        f"<td><span class=\"verdict {_RESULT_CLASS.get(result, 'warn')}\">{_e(result)}</span></td>"
+        f'<td><span class="verdict {_RESULT_CLASS.get(result, "warn")}">{_e(result)}</span></td>'
         f"<td>{_observed(outcome)}</td><td class=rows>{_rows(outcome)}</td></tr>"
     )
 

@@ -40,7 +40,7 @@ class Dataset:
 def training_history(prices: pd.DataFrame, history_years: float) -> pd.DataFrame:
     """The most recent `history_years` of sessions, ending at the last stored date."""
     end = prices["Date"].max()
-    start = end - pd.DateOffset(days=int(round(history_years * 365.25)))
+    start = end - pd.DateOffset(days=round(history_years * 365.25))
     return prices.loc[prices["Date"] > start].reset_index(drop=True)
 
 
@@ -52,7 +52,7 @@ def split_sizes(n_windows: int, config: TrainingConfig) -> tuple[int, int, int]:
     """Train, validation and test window counts: the test split is the last `eval_sessions` windows, validation a
     fraction of all windows just before it, training everything earlier."""
     n_test = config.eval_sessions
-    n_val = max(SMALLEST_SPLIT, int(round(n_windows * config.val_fraction)))
+    n_val = max(SMALLEST_SPLIT, round(n_windows * config.val_fraction))
     return n_windows - n_val - n_test, n_val, n_test
 
 
@@ -79,7 +79,7 @@ def build_dataset(prices: pd.DataFrame, config: TrainingConfig) -> Dataset:
     as_of_index = np.arange(config.window, len(closes) - 1)
 
     n = len(targets)
-    n_train, n_val, n_test = split_sizes(n, config)
+    n_train, n_val, _n_test = split_sizes(n, config)
     bounds = {"train": (0, n_train), "val": (n_train, n_train + n_val), "test": (n_train + n_val, n)}
 
     train_lo, train_hi = bounds["train"]

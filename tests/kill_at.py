@@ -81,12 +81,12 @@ def main(argv: list[str]) -> None:
     if "--" not in argv:
         raise SystemExit(USAGE)
     split = argv.index("--")
-    ours, command = argv[:split], argv[split + 1:]
+    ours, command = argv[:split], argv[split + 1 :]
     call = 1
     if "--call" in ours:
         at = ours.index("--call")
         call = int(ours[at + 1])
-        del ours[at:at + 2]
+        del ours[at : at + 2]
     if len(ours) != 2 or not command:
         raise SystemExit(USAGE)
     dotted, when = ours

@@ -42,9 +42,9 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Mapping, Sequence
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -91,7 +91,7 @@ class RunAs:
     gid: int
 
     @classmethod
-    def lookup(cls, *names: str) -> "RunAs":
+    def lookup(cls, *names: str) -> RunAs:
         for name in names:
             try:
                 entry = pwd.getpwnam(name)
@@ -154,8 +154,14 @@ def started(
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as out:
         child = subprocess.Popen(
-            list(command), env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True, **(run_as.popen_kwargs() if run_as else {}),
+            list(command),
+            env=env,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            **(run_as.popen_kwargs() if run_as else {}),
         )
     try:
         yield child
@@ -226,8 +232,9 @@ class Postgres:
     log: Path
     host: str = "127.0.0.1"
 
-    def url(self, database: str, user: str | None = None, password: str | None = None,
-            driver: str = "postgresql") -> str:
+    def url(
+        self, database: str, user: str | None = None, password: str | None = None, driver: str = "postgresql"
+    ) -> str:
         """A SQLAlchemy URL, e.g. driver 'postgresql' (psycopg2, MLflow) or 'postgresql+asyncpg' (Prefect)."""
         user = user or self.superuser
         password = self.password if password is None else password
@@ -235,25 +242,44 @@ class Postgres:
 
     def client_env(self, **extra: str) -> dict[str, str]:
         """Environment for libpq clients (psql, shell scripts) to reach this server as the superuser."""
-        return {**os.environ, "PATH": f"{self.bindir}{os.pathsep}{os.environ.get('PATH', '')}",
-                "PGHOST": self.host, "PGPORT": str(self.port), "PGUSER": self.superuser,
-                "PGPASSWORD": self.password, "PGDATABASE": "postgres", **extra}
+        return {
+            **os.environ,
+            "PATH": f"{self.bindir}{os.pathsep}{os.environ.get('PATH', '')}",
+            "PGHOST": self.host,
+            "PGPORT": str(self.port),
+            "PGUSER": self.superuser,
+            "PGPASSWORD": self.password,
+            "PGDATABASE": "postgres",
+            **extra,
+        }
 
     def psql(self, sql: str, database: str = "postgres") -> str:
-        result = subprocess.run([self.bindir / "psql", "-v", "ON_ERROR_STOP=1", "-X", "-At", "-d", database, "-c", sql],
-                                env=self.client_env(), capture_output=True, text=True, timeout=60)
+        result = subprocess.run(
+            [self.bindir / "psql", "-v", "ON_ERROR_STOP=1", "-X", "-At", "-d", database, "-c", sql],
+            env=self.client_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         if result.returncode != 0:
             raise RuntimeError(f"psql failed: {result.stderr}")
         return result.stdout.strip()
 
     def ready(self) -> bool:
-        return subprocess.run([self.bindir / "pg_isready", "-q", "-h", self.host, "-p", str(self.port)],
-                              capture_output=True, timeout=10).returncode == 0
+        return (
+            subprocess.run(
+                [self.bindir / "pg_isready", "-q", "-h", self.host, "-p", str(self.port)],
+                capture_output=True,
+                timeout=10,
+            ).returncode
+            == 0
+        )
 
 
 @contextlib.contextmanager
-def postgres_server(logs: Path, *, port: int | None = None, superuser: str = "stockpipe",
-                    bindir: Path | None = None) -> Iterator[Postgres]:
+def postgres_server(
+    logs: Path, *, port: int | None = None, superuser: str = "stockpipe", bindir: Path | None = None
+) -> Iterator[Postgres]:
     """A throwaway PostgreSQL cluster on a free loopback port, removed afterwards; its log is copied into `logs`.
 
     PostgreSQL refuses to run as root, so as root the cluster belongs to the `postgres` account (or `nobody`), in a
@@ -274,23 +300,52 @@ def postgres_server(logs: Path, *, port: int | None = None, superuser: str = "st
             os.chown(root, run_as.uid, run_as.gid)
             os.chown(pwfile, run_as.uid, run_as.gid)
         initdb = subprocess.run(
-            [bindir / "initdb", "-D", root / "data", "-U", superuser, f"--pwfile={pwfile}", "--auth=scram-sha-256",
-             "--encoding=UTF8", "--locale=C", "--no-sync"],
-            cwd=root, capture_output=True, text=True, timeout=120, **(run_as.popen_kwargs() if run_as else {}),
+            [
+                bindir / "initdb",
+                "-D",
+                root / "data",
+                "-U",
+                superuser,
+                f"--pwfile={pwfile}",
+                "--auth=scram-sha-256",
+                "--encoding=UTF8",
+                "--locale=C",
+                "--no-sync",
+            ],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            **(run_as.popen_kwargs() if run_as else {}),
         )
         pwfile.unlink()
         if initdb.returncode != 0:
             raise ServerFailed(f"initdb failed ({initdb.returncode}):\n{initdb.stdout}\n{initdb.stderr}")
         port = port or free_port()
         log = root / "postgres.log"
-        command = [bindir / "postgres", "-D", root / "data", "-p", str(port), "-k", root,
-                   "-c", "listen_addresses=127.0.0.1",
-                   # A test cluster: durability across power loss is not what is being tested, speed is welcome.
-                   "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
+        command = [
+            bindir / "postgres",
+            "-D",
+            root / "data",
+            "-p",
+            str(port),
+            "-k",
+            root,
+            "-c",
+            "listen_addresses=127.0.0.1",
+            # A test cluster: durability across power loss is not what is being tested, speed is welcome.
+            "-c",
+            "fsync=off",
+            "-c",
+            "synchronous_commit=off",
+            "-c",
+            "full_page_writes=off",
+        ]
         try:
             # SIGINT is PostgreSQL's fast shutdown: it does not wait for connected clients to leave.
-            with started([str(c) for c in command], log=log, cwd=root, run_as=run_as,
-                         stop_signal=signal.SIGINT, stop_timeout=30) as child:
+            with started(
+                [str(c) for c in command], log=log, cwd=root, run_as=run_as, stop_signal=signal.SIGINT, stop_timeout=30
+            ) as child:
                 server = Postgres(bindir, root, port, superuser, password, child, log)
                 wait_until(server.ready, child, log, timeout=60, what="accepting connections")
                 yield server
@@ -309,17 +364,25 @@ def basic_auth(credentials: str) -> dict[str, str]:
     return {"Authorization": "Basic " + base64.b64encode(credentials.encode()).decode()}
 
 
-def _request(url: str, body: dict | None, auth: str | None,
-             headers: Mapping[str, str] | None = None) -> urllib.request.Request:
+def _request(
+    url: str, body: dict | None, auth: str | None, headers: Mapping[str, str] | None = None
+) -> urllib.request.Request:
     all_headers = {**(headers or {}), **(basic_auth(auth) if auth else {})}
     if body is None:
         return urllib.request.Request(url, headers=all_headers)
-    return urllib.request.Request(url, data=json.dumps(body).encode(),
-                                  headers={"Content-Type": "application/json", **all_headers})
+    return urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json", **all_headers}
+    )
 
 
-def http_status(url: str, *, body: dict | None = None, auth: str | None = None,
-                headers: Mapping[str, str] | None = None, timeout: float = 30) -> int:
+def http_status(
+    url: str,
+    *,
+    body: dict | None = None,
+    auth: str | None = None,
+    headers: Mapping[str, str] | None = None,
+    timeout: float = 30,
+) -> int:
     """The HTTP status a GET (or, with `body`, a JSON POST) gets, refusals included: 401 is an answer here."""
     request = _request(url, body, auth, headers)
     try:
@@ -364,8 +427,17 @@ class HttpServer:
 
 
 @contextlib.contextmanager
-def http_server(command: Sequence[str], env: dict[str, str], log: Path, url: str, health_url: str, *,
-                wait: bool, timeout: float, auth: str | None = None) -> Iterator[HttpServer]:
+def http_server(
+    command: Sequence[str],
+    env: dict[str, str],
+    log: Path,
+    url: str,
+    health_url: str,
+    *,
+    wait: bool,
+    timeout: float,
+    auth: str | None = None,
+) -> Iterator[HttpServer]:
     """`started` for a server that answers `health_url` once it is up; waits for that unless wait=False."""
     with started(command, log=log, env=env) as child:
         server = HttpServer(url, health_url, child, log, timeout, auth)
@@ -375,10 +447,20 @@ def http_server(command: Sequence[str], env: dict[str, str], log: Path, url: str
 
 
 @contextlib.contextmanager
-def mlflow_server(backend_store_uri: str, artifacts: Path, log: Path, *, port: int | None = None,
-                  workers: int = 1, extra_args: Sequence[str] = (), wait: bool = True,
-                  timeout: float = 120, env: Mapping[str, str] | None = None, entrypoint: Sequence[str] = (),
-                  auth: str | None = None) -> Iterator[HttpServer]:
+def mlflow_server(
+    backend_store_uri: str,
+    artifacts: Path,
+    log: Path,
+    *,
+    port: int | None = None,
+    workers: int = 1,
+    extra_args: Sequence[str] = (),
+    wait: bool = True,
+    timeout: float = 120,
+    env: Mapping[str, str] | None = None,
+    entrypoint: Sequence[str] = (),
+    auth: str | None = None,
+) -> Iterator[HttpServer]:
     """`mlflow server` on 127.0.0.1 with served artifacts (`mlflow-artifacts:/`, stored under `artifacts`).
 
     `extra_args` come last, so they override the defaults (click keeps an option's last value). `env` adds to
@@ -390,21 +472,41 @@ def mlflow_server(backend_store_uri: str, artifacts: Path, log: Path, *, port: i
     port = port or free_port()
     # The store URI goes through the environment, as in docker/compose.yaml: its password stays out of `ps`.
     # No GenAI job runner (a pool of huey consumer processes): the pipeline never submits server-side jobs.
-    server_env = clean_env(**{"MLFLOW_BACKEND_STORE_URI": backend_store_uri,
-                              "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **(env or {})})
-    command = [*entrypoint, str(VENV_BIN / "mlflow"), "server", "--serve-artifacts",
-               "--artifacts-destination", str(artifacts), "--host", "127.0.0.1", "--port", str(port),
-               "--workers", str(workers), *extra_args]
+    server_env = clean_env(
+        **{"MLFLOW_BACKEND_STORE_URI": backend_store_uri, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **(env or {})}
+    )
+    command = [
+        *entrypoint,
+        str(VENV_BIN / "mlflow"),
+        "server",
+        "--serve-artifacts",
+        "--artifacts-destination",
+        str(artifacts),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        *extra_args,
+    ]
     url = f"http://127.0.0.1:{port}"
-    with http_server(command, server_env, log, url, f"{url}/health", wait=wait, timeout=timeout,
-                     auth=auth) as server:
+    with http_server(command, server_env, log, url, f"{url}/health", wait=wait, timeout=timeout, auth=auth) as server:
         yield server
 
 
 @contextlib.contextmanager
-def prefect_server(home: Path, log: Path, *, database_url: str | None = None, port: int | None = None,
-                   ui: bool = False, wait: bool = True, timeout: float = 180,
-                   auth_string: str | None = None) -> Iterator[HttpServer]:
+def prefect_server(
+    home: Path,
+    log: Path,
+    *,
+    database_url: str | None = None,
+    port: int | None = None,
+    ui: bool = False,
+    wait: bool = True,
+    timeout: float = 180,
+    auth_string: str | None = None,
+) -> Iterator[HttpServer]:
     """`prefect server start` on 127.0.0.1 with PREFECT_HOME `home`: on PostgreSQL when `database_url` is given
     (postgresql+asyncpg://...), else on a SQLite file in `home`. `.url` is the API URL (http://127.0.0.1:<port>/api).
     With `auth_string` (`user:password`) every API request but GET /health must carry it as basic auth; clients
@@ -413,16 +515,16 @@ def prefect_server(home: Path, log: Path, *, database_url: str | None = None, po
     With wait=False it yields as soon as the process is started: call `.wait_ready()`.
     """
     port = port or free_port()
-    env = clean_env(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false",
-                    PREFECT_UI_ENABLED=str(ui).lower())
+    env = clean_env(
+        PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_UI_ENABLED=str(ui).lower()
+    )
     if database_url:
         env["PREFECT_API_DATABASE_CONNECTION_URL"] = database_url
     if auth_string:
         env["PREFECT_SERVER_API_AUTH_STRING"] = auth_string
     command = [str(VENV_BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
     api = f"http://127.0.0.1:{port}/api"
-    with http_server(command, env, log, api, f"{api}/health", wait=wait, timeout=timeout,
-                     auth=auth_string) as server:
+    with http_server(command, env, log, api, f"{api}/health", wait=wait, timeout=timeout, auth=auth_string) as server:
         yield server
 
 

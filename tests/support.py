@@ -33,8 +33,16 @@ TINY_TRAINING = {
 
 def tiny_config(**overrides: Any) -> TrainingConfig:
     """A few-second training for unit tests: 2 years, window 10, 4 units, a 60-session test span in 3 blocks."""
-    values: dict[str, Any] = {"window": 10, "units": 4, "epochs": 1, "batch_size": 32, "history_years": 2.0,
-                              "patience": 2, "eval_sessions": 60, "eval_blocks": 3}
+    values: dict[str, Any] = {
+        "window": 10,
+        "units": 4,
+        "epochs": 1,
+        "batch_size": 32,
+        "history_years": 2.0,
+        "patience": 2,
+        "eval_sessions": 60,
+        "eval_blocks": 3,
+    }
     values.update(overrides)
     return TrainingConfig(**values)
 
@@ -53,14 +61,16 @@ def clean_env(**overrides: str) -> dict[str, str]:
     return env
 
 
-def stockpipe(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 600,
-              **settings: str) -> subprocess.CompletedProcess:
+def stockpipe(
+    *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 600, **settings: str
+) -> subprocess.CompletedProcess:
     """The CLI in a subprocess, as a person runs it: `env` (default: nothing inherited but the basics) plus
     `settings`; a wide terminal keeps Typer's error box from wrapping the message being checked."""
     base = clean_env() if env is None else dict(env)
     base.update(settings, PYTHONPATH=str(PROJECT_ROOT), COLUMNS="300")
-    return subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=cwd, env=base, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "flows.cli", *args], cwd=cwd, env=base, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def closed_port() -> int:
@@ -106,8 +116,9 @@ class FailingOnce:
         raise self.error
 
 
-def plant_lstm_champion(tracker: Any, ticker: str, history: pd.DataFrame, config: TrainingConfig,
-                        return_bias: float) -> str:
+def plant_lstm_champion(
+    tracker: Any, ticker: str, history: pd.DataFrame, config: TrainingConfig, return_bias: float
+) -> str:
     """Register a (seeded, untrained) LSTM whose every forecast is `return_bias` above the last close, as the
     ticker's champion, through the pipeline's own logging and registration: a champion any trained challenger
     beats (a large bias) or one that ties the naive forecast (zero shrinkage)."""

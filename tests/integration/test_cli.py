@@ -18,8 +18,17 @@ pytestmark = pytest.mark.integration
 STOCKPIPE = [sys.executable, "-m", "flows.cli"]
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 STATUS_FIELDS = {
-    "ticker", "data_start", "data_end", "rows", "champion_version", "champion_kind", "champion_test_rmse",
-    "challenger_test_rmse", "naive_test_rmse", "last_decision", "last_reason",
+    "ticker",
+    "data_start",
+    "data_end",
+    "rows",
+    "champion_version",
+    "champion_kind",
+    "champion_test_rmse",
+    "challenger_test_rmse",
+    "naive_test_rmse",
+    "last_decision",
+    "last_reason",
 }
 
 
@@ -59,8 +68,9 @@ def test_bad_csv_exits_non_zero_naming_the_expectation_and_others_go_on(tmp_path
     prices.loc[100, "High"] = prices.loc[100, "Low"] / 2  # High below Low
     prices.to_csv(csv_dir / "MSFT.csv", index=False)
 
-    result = stockpipe("run", "--source", "csv", "--csv-dir", str(csv_dir), "--tickers", "MSFT", "GSPC",
-                       home=home, cwd=tmp_path)
+    result = stockpipe(
+        "run", "--source", "csv", "--csv-dir", str(csv_dir), "--tickers", "MSFT", "GSPC", home=home, cwd=tmp_path
+    )
     assert result.returncode == 1, result.stdout + result.stderr
     assert "expect_column_pair_values_a_to_be_greater_than_b" in result.stdout
     assert not (home / "store" / "MSFT.parquet").exists(), "a rejected first batch must not create a store"
@@ -70,7 +80,7 @@ def test_bad_csv_exits_non_zero_naming_the_expectation_and_others_go_on(tmp_path
     rows = {row["ticker"]: row for row in status}
     assert set(rows) == {"MSFT", "GSPC"}
     for row in rows.values():
-        assert STATUS_FIELDS <= set(row), STATUS_FIELDS - set(row)
+        assert set(row) >= STATUS_FIELDS, STATUS_FIELDS - set(row)
     assert rows["MSFT"]["last_decision"] == "failed"
     assert "High" in rows["MSFT"]["last_reason"]
     assert rows["GSPC"]["last_decision"] in ("promoted", "kept")
@@ -80,8 +90,9 @@ def test_bad_csv_exits_non_zero_naming_the_expectation_and_others_go_on(tmp_path
 
 def test_tickers_run_on_a_local_dask_cluster(tmp_path):
     home = tmp_path / "state"
-    result = stockpipe("run", "--tickers", "MSFT", "--as-of", "2017-11-10", "--task-runner", "dask",
-                       home=home, cwd=tmp_path)
+    result = stockpipe(
+        "run", "--tickers", "MSFT", "--as-of", "2017-11-10", "--task-runner", "dask", home=home, cwd=tmp_path
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "distributed.scheduler" in result.stdout + result.stderr, "the work went through a Dask scheduler"
     assert "Error logging to API" not in result.stdout + result.stderr, "workers log to the run's Prefect server"

@@ -61,8 +61,9 @@ def expand(pattern: str) -> set[str]:
     match = re.search(r"\{([^}]+)\}", pattern)
     if not match:
         return {pattern}
-    return set().union(*(expand(pattern[:match.start()] + option + pattern[match.end():])
-                         for option in match.group(1).split(",")))
+    return set().union(
+        *(expand(pattern[: match.start()] + option + pattern[match.end() :]) for option in match.group(1).split(","))
+    )
 
 
 def documented(name: str, names: set[str]) -> bool:
@@ -89,7 +90,9 @@ def test_a_daily_run_trains_records_and_decides_each_ticker(settings):
         expected = ["naive", "lstm"] if outcome.decision is Decision.promoted else ["naive"]
         assert [v.tags["model_kind"] for v in versions] == expected
         champion = client.get_model_version_by_alias(name, CHAMPION_ALIAS)
-        assert str(champion.version) == outcome.champion_version == ("2" if outcome.decision is Decision.promoted else "1")
+        assert (
+            str(champion.version) == outcome.champion_version == ("2" if outcome.decision is Decision.promoted else "1")
+        )
 
         run = client.get_run(outcome.run_id)
         assert run.info.run_name == f"{ticker} {outcome.data_end} #1"
@@ -102,25 +105,46 @@ def test_a_daily_run_trains_records_and_decides_each_ticker(settings):
         undocumented_metrics = {m for m in run.data.metrics if not documented(m, metrics)}
         undocumented_tags = {t for t in run.data.tags if not t.startswith("mlflow.") and not documented(t, tags)}
         assert not (undocumented_params or undocumented_metrics or undocumented_tags), (
-            undocumented_params, undocumented_metrics, undocumented_tags)
+            undocumented_params,
+            undocumented_metrics,
+            undocumented_tags,
+        )
         assert not set(run.data.params) & set(run.data.tags), "a param is never repeated as a tag"
-        for metric in ("challenger_rmse", "champion_rmse", "naive_rmse", "u2", "dm_pvalue", "blocks_won",
-                       "challenger_coverage_80", "challenger_coverage_95", "relative_gain"):
+        for metric in (
+            "challenger_rmse",
+            "champion_rmse",
+            "naive_rmse",
+            "u2",
+            "dm_pvalue",
+            "blocks_won",
+            "challenger_coverage_80",
+            "challenger_coverage_95",
+            "relative_gain",
+        ):
             assert metric in run.data.metrics, metric
         epochs = client.get_metric_history(run.info.run_id, "loss")
         assert [m.step for m in epochs] == list(range(int(run.data.metrics["epochs_run"]))), "one point per epoch"
         blocks = client.get_metric_history(run.info.run_id, "challenger_rmse_by_block")
         assert [m.step for m in blocks] == [1, 2, 3, 4, 5]
         assert run.info.end_time - run.info.start_time >= 1000 * run.data.metrics["train_seconds"] * 0.9, (
-            "the run opens before training, so its duration includes it")
-        artifacts = {a.path for folder in ("plots", "validation", "decision") for a in client.list_artifacts(
-            run.info.run_id, folder)}
-        assert {"plots/forecast.png", "validation/report.html", "validation/result.json",
-                "decision/decision.json"} <= artifacts
+            "the run opens before training, so its duration includes it"
+        )
+        artifacts = {
+            a.path
+            for folder in ("plots", "validation", "decision")
+            for a in client.list_artifacts(run.info.run_id, folder)
+        }
+        assert {
+            "plots/forecast.png",
+            "validation/report.html",
+            "validation/result.json",
+            "decision/decision.json",
+        } <= artifacts
         assert artifact_bytes(client, run.info.run_id) < RUN_ARTIFACTS_BUDGET
         assert run.inputs.dataset_inputs, "the training data is logged as an MLflow dataset"
-        (logged,) = client.search_logged_models([run.info.experiment_id],
-                                                filter_string=f"source_run_id = '{run.info.run_id}'")
+        (logged,) = client.search_logged_models(
+            [run.info.experiment_id], filter_string=f"source_run_id = '{run.info.run_id}'"
+        )
         assert logged.tags["model_kind"] == "lstm", "every challenger stays a logged model of its run"
 
     # The champion serves through MLflow's pyfunc loader too, with pickles refused (models-from-code).
@@ -140,7 +164,8 @@ def test_the_flow_run_shows_a_table_links_and_progress_in_prefect(settings):
     with get_client(sync_client=True) as client:
         run = client.read_flow_run(flow_run_id)
         artifacts = client.read_artifacts(
-            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
     assert run.name == "daily 2017-11-10 MSFT", "runs are named after what they are about"
     by_key = {a.key: a for a in artifacts}
     summary = by_key[SUMMARY_KEY]
@@ -216,7 +241,9 @@ CORRUPTIONS = {
 
 
 def test_bad_batches_are_quarantined_as_received_and_change_nothing(settings, csv_dir):
-    good = by_ticker(run_flow(tickers=["MSFT", "GSPC"], source="csv", csv_dir=str(csv_dir), as_of=dt.date(2017, 10, 31)))
+    good = by_ticker(
+        run_flow(tickers=["MSFT", "GSPC"], source="csv", csv_dir=str(csv_dir), as_of=dt.date(2017, 10, 31))
+    )
     assert good["MSFT"].succeeded
     store = PriceStore(settings.store_dir, settings.locks_dir)
     before = store.path("MSFT").read_bytes()
@@ -242,11 +269,15 @@ def test_bad_batches_are_quarantined_as_received_and_change_nothing(settings, cs
     assert len(kept) == len(CORRUPTIONS)
     assert all((q / "validation.json").exists() and (q / "validation.html").exists() for q in kept)
     assert journal.read(settings.reports_dir, "MSFT").decision is Decision.failed
-    rejected = client.search_runs([client.get_experiment_by_name(settings.experiment_name).experiment_id],
-                                  filter_string="tags.ticker = 'MSFT' and tags.decision = 'failed'")
+    rejected = client.search_runs(
+        [client.get_experiment_by_name(settings.experiment_name).experiment_id],
+        filter_string="tags.ticker = 'MSFT' and tags.decision = 'failed'",
+    )
     assert len(rejected) == len(CORRUPTIONS), "each rejection is visible in MLflow as a failed run"
     assert {a.path for a in client.list_artifacts(rejected[0].info.run_id, "validation")} >= {
-        "validation/report.html", "validation/result.json"}
+        "validation/report.html",
+        "validation/result.json",
+    }
 
     clean.to_csv(csv_dir / "MSFT.csv", index=False)
     repaired = by_ticker(run_flow(tickers=["MSFT"], source="csv", csv_dir=str(csv_dir), as_of=AS_OF))["MSFT"]

@@ -33,8 +33,9 @@ def prefect_api(tmp_path_factory):
 
 
 def pipeline_env(api: str, home: Path) -> dict[str, str]:
-    return clean_env(**TINY_TRAINING, STOCKPIPE_HOME=str(home), PREFECT_API_URL=api, PYTHONPATH=str(PROJECT_ROOT),
-                     COLUMNS="300")
+    return clean_env(
+        **TINY_TRAINING, STOCKPIPE_HOME=str(home), PREFECT_API_URL=api, PYTHONPATH=str(PROJECT_ROOT), COLUMNS="300"
+    )
 
 
 def test_served_deployment_runs_when_triggered_and_refuses_bad_parameters(prefect_api, tmp_path):
@@ -53,13 +54,31 @@ def test_served_deployment_runs_when_triggered_and_refuses_bad_parameters(prefec
         assert schedule["schedule"]["cron"] == "0 18 * * 1-5"
         assert schedule["schedule"]["timezone"] == "America/New_York"
 
-        refused = subprocess.run([PREFECT, "deployment", "run", "daily-pipeline/daily", "--param", 'tickers=["../x"]'],
-                                 env=env, capture_output=True, text=True, timeout=120)
+        refused = subprocess.run(
+            [PREFECT, "deployment", "run", "daily-pipeline/daily", "--param", 'tickers=["../x"]'],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert refused.returncode != 0 and "does not match" in refused.stdout + refused.stderr
 
         triggered = subprocess.run(
-            [PREFECT, "deployment", "run", "daily-pipeline/daily", "--param", 'tickers=["MSFT"]',
-             "--param", 'as_of="2017-11-10"'], env=env, capture_output=True, text=True, timeout=120)
+            [
+                PREFECT,
+                "deployment",
+                "run",
+                "daily-pipeline/daily",
+                "--param",
+                'tickers=["MSFT"]',
+                "--param",
+                'as_of="2017-11-10"',
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert triggered.returncode == 0, triggered.stdout + triggered.stderr
         flow_run_id = next(line.split("UUID:")[1].strip() for line in triggered.stdout.splitlines() if "UUID:" in line)
         run = wait_for_flow_run(prefect_api, flow_run_id)
@@ -88,7 +107,9 @@ def test_two_concurrent_runs_of_one_ticker_train_once_and_promote_at_most_once(p
     outputs = [p.communicate(timeout=600)[0] for p in (first, second)]
     assert first.returncode == 0 and second.returncode == 0, outputs
 
-    decisions = sorted(line.split()[1] for out in outputs for line in out.splitlines() if line.strip().startswith("MSFT "))
+    decisions = sorted(
+        line.split()[1] for out in outputs for line in out.splitlines() if line.strip().startswith("MSFT ")
+    )
     assert len(decisions) == 2 and decisions.count(SKIPPED) == 1, decisions
     assert set(decisions) - {SKIPPED} <= {PROMOTED, KEPT}
 
@@ -120,7 +141,7 @@ def test_the_schedule_fires_on_trading_days_after_the_close():
     from pipeline.trading_calendar import exchange_calendar
 
     schedule = CronSchedule(cron=SCHEDULE_CRON, timezone=SCHEDULE_TIMEZONE)
-    start = dt.datetime(2026, 11, 20, 12, tzinfo=dt.timezone.utc)  # a Friday; Thanksgiving is the 26th
+    start = dt.datetime(2026, 11, 20, 12, tzinfo=dt.UTC)  # a Friday; Thanksgiving is the 26th
     fires = [f.astimezone(ZoneInfo(SCHEDULE_TIMEZONE)) for f in asyncio.run(schedule.get_dates(n=10, start=start))]
     calendar = exchange_calendar()
     assert all(f.weekday() < 5 and (f.hour, f.minute) == (18, 0) for f in fires)

@@ -32,8 +32,8 @@ import yaml
 
 from pipeline.promotion import CHAMPION_ALIAS, KEPT, PROMOTED
 from pipeline.symbols import registered_model_name
-from tests.integration.conftest import TINY_TRAINING
 from tests import servers
+from tests.integration.conftest import TINY_TRAINING
 from tests.servers import (
     VENV_BIN,
     HttpServer,
@@ -60,8 +60,15 @@ COMPOSE_FILE = DOCKER / "compose.yaml"
 PREFECT = str(VENV_BIN / "prefect")
 TICKER, AS_OF = "MSFT", "2017-11-10"
 MODEL = registered_model_name(TICKER)
-TEST_METRICS = {"test_rmse", "test_naive_rmse", "test_u2", "test_mae", "test_mape", "test_directional_accuracy",
-                "champion_test_rmse"}
+TEST_METRICS = {
+    "test_rmse",
+    "test_naive_rmse",
+    "test_u2",
+    "test_mae",
+    "test_mape",
+    "test_directional_accuracy",
+    "champion_test_rmse",
+}
 # What the worker's environment says about reaching the two servers (URLs and credentials); the pipeline settings
 # it also carries (tickers, source, state directory) are each test's own.
 SERVER_SETTINGS = ("PREFECT_API_", "MLFLOW_TRACKING_")
@@ -82,8 +89,11 @@ def is_secret(name: str) -> bool:
 def operator_dotenv(pg: Postgres) -> dict[str, str]:
     """The docker/.env an operator would write: the example's names, every password and key fresh and random (as
     README says, `openssl rand -hex 24`), and this machine's PostgreSQL superuser."""
-    example = dict(line.split("=", 1) for line in (DOCKER / ".env.example").read_text().splitlines()
-                   if line.strip() and not line.startswith("#"))
+    example = dict(
+        line.split("=", 1)
+        for line in (DOCKER / ".env.example").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    )
     dotenv = {name: secrets.token_hex(24) if is_secret(name) else value for name, value in example.items()}
     return {**dotenv, "POSTGRES_USER": pg.superuser, "POSTGRES_PASSWORD": pg.password}
 
@@ -94,6 +104,7 @@ INTERPOLATION = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:[-?])([^}]*))
 
 def interpolate(value: str, dotenv: dict[str, str]) -> str:
     """A compose value as compose reads it with `dotenv` as docker/.env; refuses what compose would refuse."""
+
     def one(match: re.Match) -> str:
         if match.group(0) == "$$":
             return "$"
@@ -103,6 +114,7 @@ def interpolate(value: str, dotenv: dict[str, str]) -> str:
         if modifier == ":?":
             raise LookupError(f"compose would refuse to start: {argument}")
         return argument if modifier == ":-" else ""
+
     return INTERPOLATION.sub(one, value)
 
 
@@ -146,9 +158,11 @@ class Stack:
     @property
     def addresses(self) -> dict[str, str]:
         """Each host name of the compose network, as where its native server listens."""
-        return {"@postgres:5432/": f"@127.0.0.1:{self.pg.port}/",
-                "http://mlflow:5000": f"http://127.0.0.1:{self.mlflow_port}",
-                "http://prefect-server:4200/api": f"http://127.0.0.1:{self.prefect_port}/api"}
+        return {
+            "@postgres:5432/": f"@127.0.0.1:{self.pg.port}/",
+            "http://mlflow:5000": f"http://127.0.0.1:{self.mlflow_port}",
+            "http://prefect-server:4200/api": f"http://127.0.0.1:{self.prefect_port}/api",
+        }
 
     def environment(self, service: str) -> dict[str, str]:
         """The service's `environment` from the compose file, interpolated with this stack's docker/.env."""
@@ -173,8 +187,13 @@ class Stack:
     def start_prefect(self, wait: bool = True) -> contextlib.AbstractContextManager[HttpServer]:
         env = self.environment("prefect-server")
         return servers.prefect_server(
-            self.root / "prefect-home", self.root / "logs" / "prefect-server.log", wait=wait, port=self.prefect_port,
-            database_url=env["PREFECT_API_DATABASE_CONNECTION_URL"], auth_string=env["PREFECT_SERVER_API_AUTH_STRING"])
+            self.root / "prefect-home",
+            self.root / "logs" / "prefect-server.log",
+            wait=wait,
+            port=self.prefect_port,
+            database_url=env["PREFECT_API_DATABASE_CONNECTION_URL"],
+            auth_string=env["PREFECT_SERVER_API_AUTH_STRING"],
+        )
 
     def start_mlflow(self, wait: bool = True) -> HttpServer:
         """The compose file's entrypoint, `mlflow server` options and environment, with this machine's address,
@@ -182,10 +201,19 @@ class Stack:
         env = self.environment("mlflow")
         backend_store_uri = env.pop("MLFLOW_BACKEND_STORE_URI")
         env["MLFLOW_AUTH_CONFIG_PATH"] = str(self.auth_config)
-        self.mlflow = self._mlflow_context.enter_context(mlflow_server(
-            backend_store_uri, self.artifacts, self.root / "logs" / "mlflow.log", port=self.mlflow_port,
-            extra_args=compose_mlflow_options(self.mlflow_port), wait=wait, env=env,
-            entrypoint=self.command("mlflow", "entrypoint"), auth=self.mlflow_auth))
+        self.mlflow = self._mlflow_context.enter_context(
+            mlflow_server(
+                backend_store_uri,
+                self.artifacts,
+                self.root / "logs" / "mlflow.log",
+                port=self.mlflow_port,
+                extra_args=compose_mlflow_options(self.mlflow_port),
+                wait=wait,
+                env=env,
+                entrypoint=self.command("mlflow", "entrypoint"),
+                auth=self.mlflow_auth,
+            )
+        )
         return self.mlflow
 
     def stop_mlflow(self) -> None:
@@ -196,9 +224,17 @@ class Stack:
         """What a pipeline process on another machine would be given: the two servers' URLs and credentials, as
         the compose file gives them to the worker."""
         reach = {k: v for k, v in self.environment("prefect-worker").items() if k.startswith(SERVER_SETTINGS)}
-        return clean_env(**{**TINY_TRAINING, **reach, "STOCKPIPE_HOME": str(self.home),
-                            "PREFECT_HOME": str(self.root / "client-prefect"), "PYTHONPATH": str(PROJECT_ROOT),
-                            "COLUMNS": "300", **extra})
+        return clean_env(
+            **{
+                **TINY_TRAINING,
+                **reach,
+                "STOCKPIPE_HOME": str(self.home),
+                "PREFECT_HOME": str(self.root / "client-prefect"),
+                "PYTHONPATH": str(PROJECT_ROOT),
+                "COLUMNS": "300",
+                **extra,
+            }
+        )
 
     def logs(self) -> str:
         return "\n".join(f"--- {log.name}\n{log_tail(log, 3000)}" for log in sorted((self.root / "logs").glob("*.log")))
@@ -234,7 +270,7 @@ def prefect_server():
     """Overrides the integration suite's in-process Prefect test server: every test here runs its own real servers
     (or none), in subprocesses given their URLs explicitly, so that one need not start for them."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    yield
+    return
 
 
 @pytest.fixture(scope="module")
@@ -248,12 +284,22 @@ def stack(tmp_path_factory):
         stack = Stack(root, pg, operator_dotenv(pg), prefect_port=free_port(), mlflow_port=free_port())
 
         # The one-shot check-secrets service, which everything else waits for, accepts this .env.
-        check = subprocess.run(stack.command("check-secrets"), env=clean_env(**stack.environment("check-secrets")),
-                               capture_output=True, text=True, timeout=60)
+        check = subprocess.run(
+            stack.command("check-secrets"),
+            env=clean_env(**stack.environment("check-secrets")),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert check.returncode == 0, check.stdout + check.stderr
         # The very script the postgres container runs on its first start, with that container's environment.
-        init = subprocess.run(["bash", str(DOCKER / "postgres" / "init-databases.sh")], capture_output=True, text=True,
-                              env=pg.client_env(**stack.environment("postgres")), timeout=60)
+        init = subprocess.run(
+            ["bash", str(DOCKER / "postgres" / "init-databases.sh")],
+            capture_output=True,
+            text=True,
+            env=pg.client_env(**stack.environment("postgres")),
+            timeout=60,
+        )
         assert init.returncode == 0, init.stdout + init.stderr
 
         began = time.monotonic()
@@ -262,7 +308,9 @@ def stack(tmp_path_factory):
         stack.start_mlflow(wait=False)
         stack.mlflow.wait_ready()  # both start at once
         stack.prefect.wait_ready()
-        print(f"mlflow server and prefect server on PostgreSQL, authenticated, ready in {time.monotonic() - began:.1f} s")
+        print(
+            f"mlflow server and prefect server on PostgreSQL, authenticated, ready in {time.monotonic() - began:.1f} s"
+        )
         # This process's own MLflow client (registry snapshots) logs in as the pipeline does: from the environment.
         with pytest.MonkeyPatch.context() as env:
             for name, value in stack.client_env().items():
@@ -272,13 +320,22 @@ def stack(tmp_path_factory):
 
 
 def stockpipe(stack: Stack, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=stack.root, env=stack.client_env(),
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "flows.cli", *args],
+        cwd=stack.root,
+        env=stack.client_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def mlflow_status(server: HttpServer, host: str) -> int:
-    return http_status(f"{server.url}/api/2.0/mlflow/experiments/get-by-name?experiment_name=stockpipe",
-                       auth=server.auth, headers={"Host": host})
+    return http_status(
+        f"{server.url}/api/2.0/mlflow/experiments/get-by-name?experiment_name=stockpipe",
+        auth=server.auth,
+        headers={"Host": host},
+    )
 
 
 def registry_snapshot(tracking_uri: str, dst: Path) -> dict:
@@ -292,14 +349,26 @@ def registry_snapshot(tracking_uri: str, dst: Path) -> dict:
     runs = {v.run_id: client.get_run(v.run_id) for v in versions}
     lstm_run = next(runs[v.run_id] for v in versions if v.tags.get("model_kind") == "lstm")
     dst.mkdir(parents=True, exist_ok=True)
-    decision = Path(download_artifacts(run_id=lstm_run.info.run_id, artifact_path="promotion/decision.json",
-                                       dst_path=str(dst), tracking_uri=tracking_uri))
+    decision = Path(
+        download_artifacts(
+            run_id=lstm_run.info.run_id,
+            artifact_path="promotion/decision.json",
+            dst_path=str(dst),
+            tracking_uri=tracking_uri,
+        )
+    )
     champion = model.aliases[CHAMPION_ALIAS]
-    champion_dir = Path(download_artifacts(artifact_uri=client.get_model_version_download_uri(MODEL, champion),
-                                           dst_path=str(dst / "champion"), tracking_uri=tracking_uri))
+    champion_dir = Path(
+        download_artifacts(
+            artifact_uri=client.get_model_version_download_uri(MODEL, champion),
+            dst_path=str(dst / "champion"),
+            tracking_uri=tracking_uri,
+        )
+    )
     return {
-        "versions": [(str(v.version), v.tags.get("model_kind"), v.tags.get("decision"), v.run_id, v.source)
-                     for v in versions],
+        "versions": [
+            (str(v.version), v.tags.get("model_kind"), v.tags.get("decision"), v.run_id, v.source) for v in versions
+        ],
         "aliases": dict(model.aliases),
         "metrics": {run_id: run.data.metrics for run_id, run in runs.items()},
         "artifact_uris": {run_id: run.info.artifact_uri for run_id, run in runs.items()},
@@ -319,7 +388,7 @@ def test_daily_pipeline_against_postgres_backed_mlflow_and_prefect_servers(stack
     result = stockpipe(stack, "run", "--tickers", TICKER, "--as-of", AS_OF)
     print(f"stockpipe run against the servers: {time.monotonic() - began:.1f} s")
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:] + stack.logs()
-    (line,) = [l for l in result.stdout.splitlines() if l.strip().startswith(f"{TICKER} ")]
+    (line,) = [row for row in result.stdout.splitlines() if row.strip().startswith(f"{TICKER} ")]
     decision = line.split()[1]
     assert decision in (PROMOTED, KEPT), line
 
@@ -328,7 +397,7 @@ def test_daily_pipeline_against_postgres_backed_mlflow_and_prefect_servers(stack
     assert [(v[0], v[1]) for v in state["versions"]] == [("1", "naive"), ("2", "lstm")]
     assert state["aliases"][CHAMPION_ALIAS] == ("2" if decision == PROMOTED else "1")
     lstm_metrics = state["metrics"][state["lstm_run_id"]]
-    assert TEST_METRICS <= set(lstm_metrics), TEST_METRICS - set(lstm_metrics)
+    assert set(lstm_metrics) >= TEST_METRICS, TEST_METRICS - set(lstm_metrics)
     assert lstm_metrics["test_rmse"] > 0 and lstm_metrics["test_naive_rmse"] > 0
     assert state["lstm_tags"]["ticker"] == TICKER and state["lstm_tags"]["data_end"] == AS_OF
     assert (state["decision"]["ticker"], state["decision"]["verdict"]) == (TICKER, decision), state["decision"]
@@ -351,8 +420,10 @@ def test_daily_pipeline_against_postgres_backed_mlflow_and_prefect_servers(stack
     # And it all lives in PostgreSQL, in the databases the init script created for each service.
     assert stack.pg.psql(f"SELECT count(*) FROM model_versions WHERE name = '{MODEL}'", database="mlflow") == "2"
     assert stack.pg.psql("SELECT count(*) FROM flow_run", database="prefect") == "1"
-    owners = stack.pg.psql("SELECT datname || '=' || pg_get_userbyid(datdba) FROM pg_database "
-                           "WHERE datname IN ('mlflow', 'prefect') ORDER BY 1")
+    owners = stack.pg.psql(
+        "SELECT datname || '=' || pg_get_userbyid(datdba) FROM pg_database "
+        "WHERE datname IN ('mlflow', 'prefect') ORDER BY 1"
+    )
     assert owners.split() == ["mlflow=mlflow", "prefect=prefect"]
     assert_no_secret_in(stack, result.stdout + result.stderr, "stockpipe run")
 
@@ -392,8 +463,9 @@ def test_both_servers_refuse_requests_without_valid_credentials(stack):
     password = secrets.token_hex(16)
     users.create_user("alice", password)
     model = f"/api/2.0/mlflow/registered-models/get?name={MODEL}"
-    (champion,) = [a["version"] for a in stack.mlflow.get(model)["registered_model"]["aliases"]
-                   if a["alias"] == CHAMPION_ALIAS]
+    (champion,) = [
+        a["version"] for a in stack.mlflow.get(model)["registered_model"]["aliases"] if a["alias"] == CHAMPION_ALIAS
+    ]
     move = {"name": MODEL, "alias": CHAMPION_ALIAS, "version": champion}  # to where it is: changes nothing
     alias = f"{stack.mlflow.url}/api/2.0/mlflow/registered-models/alias"
     assert http_status(f"{stack.mlflow.url}{model}", auth=f"alice:{password}") == 200
@@ -411,11 +483,16 @@ def test_compose_deploy_and_worker_commands_against_the_servers(stack):
     """
     services = compose()["services"]
     health_port = free_port()
-    env = stack.client_env(PATH=f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", STOCKPIPE_PROJECT_DIR=str(PROJECT_ROOT),
-                           PREFECT_WORKER_WEBSERVER_HOST="127.0.0.1", PREFECT_WORKER_WEBSERVER_PORT=str(health_port),
-                           PREFECT_WORKER_QUERY_SECONDS="2")  # the compose worker polls every 10 s
-    deploy = subprocess.run(services["deploy"]["command"], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True,
-                            timeout=180)
+    env = stack.client_env(
+        PATH=f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}",
+        STOCKPIPE_PROJECT_DIR=str(PROJECT_ROOT),
+        PREFECT_WORKER_WEBSERVER_HOST="127.0.0.1",
+        PREFECT_WORKER_WEBSERVER_PORT=str(health_port),
+        PREFECT_WORKER_QUERY_SECONDS="2",
+    )  # the compose worker polls every 10 s
+    deploy = subprocess.run(
+        services["deploy"]["command"], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=180
+    )
     assert deploy.returncode == 0, deploy.stdout[-3000:] + deploy.stderr[-3000:]
     pool = stack.prefect.get("/work_pools/stockpipe")
     assert pool["type"] == "process"
@@ -425,16 +502,36 @@ def test_compose_deploy_and_worker_commands_against_the_servers(stack):
         # The compose health check's URL, on the port given to this worker.
         wait_for_http(f"http://127.0.0.1:{health_port}/health", worker, log, timeout=120)
         # And the server sees it polling the pool (its first heartbeat may follow the health server by a moment).
-        wait_until(lambda: bool(stack.prefect.post("/work_pools/stockpipe/workers/filter", {})), worker, log,
-                   timeout=60, what="registered with the server")
+        wait_until(
+            lambda: bool(stack.prefect.post("/work_pools/stockpipe/workers/filter", {})),
+            worker,
+            log,
+            timeout=60,
+            what="registered with the server",
+        )
         workers = stack.prefect.post("/work_pools/stockpipe/workers/filter", {})
         assert [w["name"] for w in workers] == ["stockpipe-worker"]
 
         # Triggered by hand as the README says, the deployment runs as a subprocess of this worker, from the
         # directory of prefect.yaml's pull step, and tracks into the MLflow server.
-        trigger = subprocess.run([PREFECT, "deployment", "run", "daily-pipeline/daily", "--param", f'tickers=["{TICKER}"]',
-                                  "--param", f'as_of="{AS_OF}"', "--param", "force=true"],
-                                 env=env, capture_output=True, text=True, timeout=120)
+        trigger = subprocess.run(
+            [
+                PREFECT,
+                "deployment",
+                "run",
+                "daily-pipeline/daily",
+                "--param",
+                f'tickers=["{TICKER}"]',
+                "--param",
+                f'as_of="{AS_OF}"',
+                "--param",
+                "force=true",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert trigger.returncode == 0, trigger.stdout + trigger.stderr
         flow_run_id = re.search(r"UUID: ([0-9a-f-]{36})", trigger.stdout).group(1)
         flow_run = wait_for_flow_run(stack.prefect.url, flow_run_id, timeout=400, auth=stack.prefect.auth)
@@ -445,8 +542,10 @@ def test_compose_deploy_and_worker_commands_against_the_servers(stack):
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=stack.mlflow.url, registry_uri=stack.mlflow.url)
-    (run,) = client.search_runs([client.get_experiment_by_name("stockpipe").experiment_id],
-                                filter_string=f"tags.prefect_flow_run_id = '{flow_run_id}'")
+    (run,) = client.search_runs(
+        [client.get_experiment_by_name("stockpipe").experiment_id],
+        filter_string=f"tags.prefect_flow_run_id = '{flow_run_id}'",
+    )
     assert run.info.status == "FINISHED" and run.data.tags["decision"] in (PROMOTED, KEPT)
     assert client.search_model_versions(f"name = '{MODEL}' and run_id = '{run.info.run_id}'"), "registered"
 
@@ -483,8 +582,10 @@ def test_restarting_the_tracking_server_loses_nothing(stack, tmp_path):
 
 
 # A run that has logged its metrics but not yet registered a version: the moment to pull the server away.
-MID_RUN = ("SELECT count(*) FROM runs r JOIN latest_metrics m ON m.run_uuid = r.run_uuid "
-           "WHERE r.status = 'RUNNING' AND m.key = 'test_rmse'")
+MID_RUN = (
+    "SELECT count(*) FROM runs r JOIN latest_metrics m ON m.run_uuid = r.run_uuid "
+    "WHERE r.status = 'RUNNING' AND m.key = 'test_rmse'"
+)
 # The MLflow client's own retries, short here (its default waits about 4 minutes per request); the flow still
 # retries the tracking task twice with backoff on top of them.
 QUICK_CLIENT_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
@@ -510,12 +611,21 @@ def test_the_tracking_server_going_away_mid_run_fails_the_ticker_and_changes_not
     server = stack.mlflow.process
     log = stack.root / "logs" / "cut-off-run.log"
     with log.open("w") as out:
-        run = subprocess.Popen([sys.executable, "-m", "flows.cli", "run", "--tickers", TICKER, "--as-of", AS_OF, "--force"],
-                               cwd=stack.root, env=stack.client_env(**QUICK_CLIENT_RETRIES), stdout=out,
-                               stderr=subprocess.STDOUT)
+        run = subprocess.Popen(
+            [sys.executable, "-m", "flows.cli", "run", "--tickers", TICKER, "--as-of", AS_OF, "--force"],
+            cwd=stack.root,
+            env=stack.client_env(**QUICK_CLIENT_RETRIES),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
         try:
-            wait_until(lambda: stack.pg.psql(MID_RUN, database="mlflow") != "0", run, log, timeout=300,
-                       what="logging a challenger's metrics")
+            wait_until(
+                lambda: stack.pg.psql(MID_RUN, database="mlflow") != "0",
+                run,
+                log,
+                timeout=300,
+                what="logging a challenger's metrics",
+            )
             os.killpg(server.pid, signal.SIGKILL)  # the server and its workers, at once, with no goodbye
             began = time.monotonic()
             assert run.wait(timeout=300) == 1
@@ -525,10 +635,13 @@ def test_the_tracking_server_going_away_mid_run_fails_the_ticker_and_changes_not
                 run.kill()
     stack.stop_mlflow()
     output = log.read_text()
-    (line,) = [l for l in output.splitlines() if l.strip().startswith(f"{TICKER} ")]
-    assert re.search(rf"{TICKER}\s+failed\s+TrackingUnavailable: MLflow tracking server "
-                     rf"http://127\.0\.0\.1:{stack.mlflow_port} unreachable while tracking {TICKER}: "
-                     rf"Connection refused \(gave up after 3 attempts", line), line
+    (line,) = [row for row in output.splitlines() if row.strip().startswith(f"{TICKER} ")]
+    assert re.search(
+        rf"{TICKER}\s+failed\s+TrackingUnavailable: MLflow tracking server "
+        rf"http://127\.0\.0\.1:{stack.mlflow_port} unreachable while tracking {TICKER}: "
+        rf"Connection refused \(gave up after 3 attempts",
+        line,
+    ), line
     # The Prefect server saw the tracking task tried three times (two retries) before the ticker failed.
     (flow_run,) = stack.prefect.post("/flow_runs/filter", {"sort": "START_TIME_DESC", "limit": 1})
     assert flow_run["state"]["type"] == "FAILED"
@@ -546,8 +659,10 @@ def test_the_tracking_server_going_away_mid_run_fails_the_ticker_and_changes_not
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=stack.mlflow.url)
-    (cut,) = client.search_runs([client.get_experiment_by_name("stockpipe").experiment_id],
-                                filter_string=f"tags.challenger_id = '{journal['challenger_id']}'")
+    (cut,) = client.search_runs(
+        [client.get_experiment_by_name("stockpipe").experiment_id],
+        filter_string=f"tags.challenger_id = '{journal['challenger_id']}'",
+    )
     assert cut.info.status in ("RUNNING", "FAILED") and "test_rmse" in cut.data.metrics
 
     # The next run, with the server back, settles the cut-off run first and then tracks its own challenger.

@@ -40,8 +40,9 @@ def newcomer_env(**extra: str) -> dict[str, str]:
 
 
 def run_in(folder: Path, script: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", "-c", script], cwd=folder, env=newcomer_env(), capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        ["bash", "-c", script], cwd=folder, env=newcomer_env(), capture_output=True, text=True, timeout=timeout
+    )
 
 
 def test_state_lands_in_the_working_directory_and_a_rerun_skips(checkout):
@@ -59,8 +60,14 @@ def test_the_python_example_forecasts_from_the_local_store(checkout):
     # The block ends with an expression a REPL would show; print it here.
     lines = block.rstrip().splitlines()
     script = "\n".join([*lines[:-1], f"print(({lines[-1].split('#')[0].strip()}).to_json(orient='records'))"])
-    result = subprocess.run([".venv/bin/python", "-c", script], cwd=checkout, env=newcomer_env(), capture_output=True,
-                            text=True, timeout=300)
+    result = subprocess.run(
+        [".venv/bin/python", "-c", script],
+        cwd=checkout,
+        env=newcomer_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     (row,) = json.loads(result.stdout.strip().splitlines()[-1])
     predicted = json.loads(run_in(checkout, ".venv/bin/stockpipe predict MSFT --json").stdout)
@@ -77,12 +84,25 @@ def test_the_serving_example_answers_like_predict(checkout):
     with started(["bash", "-c", script], log=log, env=newcomer_env(), cwd=checkout) as child:
         wait_for_http(f"http://127.0.0.1:{port}/ping", child, log, timeout=180)
         prices = subprocess.run(
-            [".venv/bin/python", "-c", "import pandas as pd; from pipeline.forecasters import to_model_input; "
-             "print(to_model_input(pd.read_parquet('.stockpipe/store/MSFT.parquet').tail(80)).to_json(orient='split', index=False))"],
-            cwd=checkout, env=newcomer_env(), capture_output=True, text=True, timeout=120, check=True).stdout
+            [
+                ".venv/bin/python",
+                "-c",
+                "import pandas as pd; from pipeline.forecasters import to_model_input; "
+                "prices = pd.read_parquet('.stockpipe/store/MSFT.parquet').tail(300); "
+                "print(to_model_input(prices).to_json(orient='split', index=False))",
+            ],
+            cwd=checkout,
+            env=newcomer_env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        ).stdout
         request = urllib.request.Request(
-            f"http://127.0.0.1:{port}/invocations", data=json.dumps({"dataframe_split": json.loads(prices)}).encode(),
-            headers={"Content-Type": "application/json"})
+            f"http://127.0.0.1:{port}/invocations",
+            data=json.dumps({"dataframe_split": json.loads(prices)}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
         with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(request, timeout=60) as response:
             answer = json.loads(response.read())
     served = answer["predictions"][-1]
@@ -98,10 +118,15 @@ def test_the_ui_command_serves_the_local_store(checkout):
     assert re.search(r"^ui:.*\n\t\$\(BIN\)/stockpipe ui", makefile, flags=re.M), "`make ui` is `stockpipe ui`"
     port = free_port()
     log = checkout / "ui.log"
-    with started([".venv/bin/stockpipe", "ui", "--port", str(port)], log=log, env=newcomer_env(), cwd=checkout) as child:
+    with started(
+        [".venv/bin/stockpipe", "ui", "--port", str(port)], log=log, env=newcomer_env(), cwd=checkout
+    ) as child:
         wait_for_http(f"http://127.0.0.1:{port}/health", child, log, timeout=120)
-        search = urllib.request.Request(f"http://127.0.0.1:{port}/ajax-api/2.0/mlflow/experiments/search",
-                                        data=b'{"max_results": 10}', headers={"Content-Type": "application/json"})
+        search = urllib.request.Request(
+            f"http://127.0.0.1:{port}/ajax-api/2.0/mlflow/experiments/search",
+            data=b'{"max_results": 10}',
+            headers={"Content-Type": "application/json"},
+        )
         with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(search, timeout=30) as response:
             names = {e["name"] for e in json.loads(response.read())["experiments"]}
     assert "stockpipe" in names

@@ -25,7 +25,8 @@ def test_replay_runs_every_session_and_refuses_to_rewind(settings):
     assert set(decisions) <= {PROMOTED, KEPT}, decisions
     assert [d["outcomes"][0]["data_end"] for d in days] == [d["session"] for d in days]
     versions = MlflowClient(tracking_uri=settings.tracking_uri()).search_model_versions(
-        f"name = '{registered_model_name('MSFT')}'")
+        f"name = '{registered_model_name('MSFT')}'"
+    )
     assert len(versions) == 1 + len(days), "the naive baseline, then one challenger per session"
 
     with pytest.raises(ReplayRefused, match="MSFT through 2017-11-03"):
@@ -34,8 +35,9 @@ def test_replay_runs_every_session_and_refuses_to_rewind(settings):
 
 def test_weekend_run_is_a_no_op_once_the_store_is_current(settings):
     saturday = dt.date(2017, 11, 4)
-    assert market_closed_outcomes(settings.model_copy(update={"tickers": ["MSFT"]}), saturday) is None, \
+    assert market_closed_outcomes(settings.model_copy(update={"tickers": ["MSFT"]}), saturday) is None, (
         "an empty store must catch up even on a weekend"
+    )
     daily_pipeline(tickers=["MSFT"], as_of=dt.date(2017, 11, 3))
     outcome = daily_pipeline(tickers=["MSFT"], as_of=saturday)[0]
     assert outcome["decision"] == SKIPPED and "market closed on 2017-11-04" in outcome["reason"]

@@ -105,8 +105,10 @@ def replace_champion_files_with_a_pickle(settings, marker: Path) -> str:
             path.write_bytes(pickle.dumps(Payload(marker)))
     (folder / "python_model.pkl").write_bytes(pickle.dumps(Payload(marker)))
     mlmodel = folder / "MLmodel"
-    mlmodel.write_text("flavors:\n  python_function:\n    loader_module: mlflow.pyfunc.model\n    "
-                       "python_model: python_model.pkl\n    env: {}\n")
+    mlmodel.write_text(
+        "flavors:\n  python_function:\n    loader_module: mlflow.pyfunc.model\n    "
+        "python_model: python_model.pkl\n    env: {}\n"
+    )
     return champion.version
 
 
@@ -119,8 +121,9 @@ def test_a_champion_replaced_by_a_pickle_is_refused_by_run_warm_start_and_predic
     predicted = cli(settings, "predict", "MSFT")
     assert predicted.returncode == 1 and f"{name}: files differ from the SHA-256 digests" in predicted.stderr
     for warm in (False, True):
-        outcome = daily_pipeline(tickers=["MSFT"], as_of=AS_OF, force=True, warm_start=warm,
-                                 return_state=True).result(raise_on_failure=False)[0]
+        outcome = daily_pipeline(tickers=["MSFT"], as_of=AS_OF, force=True, warm_start=warm, return_state=True).result(
+            raise_on_failure=False
+        )[0]
         assert outcome.decision is Decision.failed and f"{name}: files differ" in outcome.reason, outcome.reason
     assert tracker_for(settings).champion("MSFT").version == version, "nothing promoted past a refused champion"
     assert not marker.exists(), "the pickle never ran"

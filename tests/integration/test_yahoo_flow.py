@@ -34,8 +34,9 @@ def test_rate_limits_are_retried_unknown_symbols_are_not_and_closed_days_are_emp
     history = pd.read_csv(SNAPSHOTS / "MSFT.csv", parse_dates=["Date"])
     PriceStore(settings.store_dir, settings.locks_dir).write("AAPL", history[history["Date"] <= "2017-11-10"])
 
-    state = daily_pipeline(tickers=["MSFT", "NOSUCH", "AAPL"], source="yahoo", as_of=dt.date(2017, 11, 10),
-                           return_state=True)
+    state = daily_pipeline(
+        tickers=["MSFT", "NOSUCH", "AAPL"], source="yahoo", as_of=dt.date(2017, 11, 10), return_state=True
+    )
     outcomes = {o["ticker"]: o for o in state.result(raise_on_failure=False)}
 
     assert state.is_failed()

@@ -52,18 +52,20 @@ def forbidden_imports(source: str, filename: str = "<string>") -> list[str]:
 
 
 def test_the_static_checker_catches_forbidden_imports():
-    source = "\n".join([
-        "import prefect",
-        "from prefect.logging import get_run_logger",
-        "from flows.daily import daily_flow",
-        "def f():",
-        "    import prefect.tasks",
-        "    importlib.import_module('prefect')",
-        "from .. import flows",
-        "import prefectlike",  # a different package, allowed
-        "from pipeline import features",
-        "from . import windows",
-    ])
+    source = "\n".join(
+        [
+            "import prefect",
+            "from prefect.logging import get_run_logger",
+            "from flows.daily import daily_flow",
+            "def f():",
+            "    import prefect.tasks",
+            "    importlib.import_module('prefect')",
+            "from .. import flows",
+            "import prefectlike",  # a different package, allowed
+            "from pipeline import features",
+            "from . import windows",
+        ]
+    )
     found = sorted(hit.split(": ", 1)[1] for hit in forbidden_imports(source))
     assert found == sorted(["prefect", "prefect.logging", "flows.daily", "prefect.tasks", "prefect", ".."])
 
@@ -159,32 +161,36 @@ def import_time_side_effects(source: str, filename: str = "<string>") -> list[st
 
 
 def test_the_side_effect_checker_tells_import_time_from_call_time():
-    flagged = "\n".join([
-        "import os",
-        "from os import environ",
-        "SETTINGS = Settings()",
-        "HOME = os.environ.get('HOME')",
-        "DEBUG = os.getenv('DEBUG')",
-        "def f(home=os.environ['HOME']):",
-        "    pass",
-        "class C:",
-        "    settings = config.Settings()",
-        "PATH = environ['PATH']",
-    ])
+    flagged = "\n".join(
+        [
+            "import os",
+            "from os import environ",
+            "SETTINGS = Settings()",
+            "HOME = os.environ.get('HOME')",
+            "DEBUG = os.getenv('DEBUG')",
+            "def f(home=os.environ['HOME']):",
+            "    pass",
+            "class C:",
+            "    settings = config.Settings()",
+            "PATH = environ['PATH']",
+        ]
+    )
     flagged_lines = {int(hit.split(":")[1]) for hit in import_time_side_effects(flagged)}
     assert flagged_lines == {3, 4, 5, 6, 9, 10}
-    allowed = "\n".join([
-        "import os",
-        "def settings():",
-        "    return Settings()",
-        "def home(env=None):",
-        "    env = os.environ if env is None else env",
-        "    return env.get('HOME')",
-        "class C:",
-        "    def method(self):",
-        "        return os.getenv('X')",
-        "    training: TrainingConfig = TrainingConfig()",
-    ])
+    allowed = "\n".join(
+        [
+            "import os",
+            "def settings():",
+            "    return Settings()",
+            "def home(env=None):",
+            "    env = os.environ if env is None else env",
+            "    return env.get('HOME')",
+            "class C:",
+            "    def method(self):",
+            "        return os.getenv('X')",
+            "    training: TrainingConfig = TrainingConfig()",
+        ]
+    )
     assert import_time_side_effects(allowed) == []
 
 

@@ -16,12 +16,15 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 def stockpipe(*args: str, cwd: Path, **env_vars: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("STOCKPIPE_", "MLFLOW_", "PREFECT_"))}
     env.update(env_vars, PYTHONPATH=str(PROJECT_ROOT), COLUMNS="300")
-    return subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "flows.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
-@pytest.mark.parametrize("spelled, lands_in", [("state", "work/state"), ("./state", "work/state"),
-                                                ("~/stockpipe", "user/stockpipe"), (None, "work/.stockpipe")])
+@pytest.mark.parametrize(
+    "spelled, lands_in",
+    [("state", "work/state"), ("./state", "work/state"), ("~/stockpipe", "user/stockpipe"), (None, "work/.stockpipe")],
+)
 def test_state_lands_where_home_says_outside_the_project(tmp_path, spelled, lands_in):
     work, user = tmp_path / "work", tmp_path / "user"
     work.mkdir()

@@ -102,8 +102,9 @@ def test_kept_registers_nothing_and_leaves_the_champion(ctx):
     assert outcome.decision is Decision.kept and outcome.model_version is None
     assert champion_version(ctx) == "1", "the naive baseline stays champion"
     assert [v.version for v in tracker_of(ctx).versions("MSFT")] == [1], "losing challengers are not registered"
-    (logged,) = tracker_of(ctx).client.search_logged_models([tracker_of(ctx).experiment_id],
-                                                            filter_string=f"source_run_id = '{outcome.run_id}'")
+    (logged,) = tracker_of(ctx).client.search_logged_models(
+        [tracker_of(ctx).experiment_id], filter_string=f"source_run_id = '{outcome.run_id}'"
+    )
     assert logged.tags["model_kind"] == "lstm", "the challenger stays a logged model linked to its run"
 
 
@@ -121,7 +122,10 @@ def test_a_closed_market_with_a_current_store_is_a_quick_skip(ctx):
     run_ticker("MSFT", ctx, as_of=AS_OF, stages=forced(Decision.kept))
     saturday = AS_OF + dt.timedelta(days=1)
     outcome = run_ticker("MSFT", ctx, as_of=saturday)
-    assert outcome.decision is Decision.skipped and outcome.reason == f"market closed on {saturday}: no new session to fetch"
+    assert (
+        outcome.decision is Decision.skipped
+        and outcome.reason == f"market closed on {saturday}: no new session to fetch"
+    )
     assert outcome.champion_version == "1"
 
 
@@ -148,8 +152,10 @@ def test_stale_data_is_refused_before_training(ctx):
     outcome = run_ticker("MSFT", ctx, as_of=dt.date(2017, 11, 24))
     assert outcome.decision is Decision.failed
     # 13-17, 20-22 and 24 November: Thanksgiving (the 23rd) is no session.
-    assert outcome.reason == ("StaleData: stale data: last price 2017-11-10, 9 sessions before as-of 2017-11-24 "
-                              "(at most 3 allowed: STOCKPIPE_MAX_STALENESS_SESSIONS)")
+    assert outcome.reason == (
+        "StaleData: stale data: last price 2017-11-10, 9 sessions before as-of 2017-11-24 "
+        "(at most 3 allowed: STOCKPIPE_MAX_STALENESS_SESSIONS)"
+    )
     assert tracker_of(ctx).versions("MSFT") == [], "nothing trained, nothing registered"
 
 
@@ -161,8 +167,9 @@ def test_a_failure_after_registration_leaves_no_version_claiming_a_promotion(ctx
     tracker = tracker_of(ctx)
     failure = RuntimeError("alias update refused") if error == "refused" else lost_connection("set alias")
     FailingOnce(tracker, "make_champion", failure)
-    outcome = run_ticker("MSFT", dataclasses.replace(ctx, connect=lambda: tracker), as_of=AS_OF,
-                         stages=forced(Decision.promoted))
+    outcome = run_ticker(
+        "MSFT", dataclasses.replace(ctx, connect=lambda: tracker), as_of=AS_OF, stages=forced(Decision.promoted)
+    )
     assert outcome.decision is Decision.failed and champion_version(ctx) == "1"
     run = tracker.get_run(outcome.run_id)
     if error == "server lost":
@@ -179,8 +186,9 @@ def test_a_failure_after_registration_leaves_no_version_claiming_a_promotion(ctx
 def test_a_run_cut_off_mid_way_is_settled_before_the_next_one(ctx):
     """A kill leaves the run RUNNING (nothing could end it); the next run marks it FAILED, naming the stage."""
     tracker = tracker_of(ctx)
-    run_id = tracker.start_run("MSFT 2017-11-10 #1", {"ticker": "MSFT", "role": "daily", "day": "2017-11-10",
-                                                      "stage": "training"})
+    run_id = tracker.start_run(
+        "MSFT 2017-11-10 #1", {"ticker": "MSFT", "role": "daily", "day": "2017-11-10", "stage": "training"}
+    )
     outcome = run_ticker("MSFT", ctx, as_of=AS_OF, stages=forced(Decision.kept))
     assert outcome.succeeded
     cut = tracker.get_run(run_id)
@@ -195,8 +203,9 @@ def test_a_transient_error_registers_no_baseline_and_moves_no_alias(ctx):
     tracker = tracker_of(ctx)
     # The registry read fails the way a tracking server behind a proxy answers 503 while restarting.
     FailingOnce(tracker.client, "get_registered_model", server_error("get_registered_model"))
-    outcome = run_ticker("MSFT", dataclasses.replace(ctx, connect=lambda: tracker), as_of=AS_OF,
-                         stages=forced(Decision.promoted))
+    outcome = run_ticker(
+        "MSFT", dataclasses.replace(ctx, connect=lambda: tracker), as_of=AS_OF, stages=forced(Decision.promoted)
+    )
     assert outcome.decision is Decision.failed and "TrackingUnavailable" in outcome.reason
     assert [v.version for v in tracker.versions("MSFT")] == [1, 2], "no new baseline, no new version"
     assert champion_version(ctx) == "2"
@@ -224,8 +233,9 @@ def test_a_lost_connection_is_retried_by_the_stage_wrapper_and_resumes_the_same_
     tracker = tracker_of(ctx)
     assert [v.version for v in tracker.versions("MSFT")] == [1, 2]
     assert len(tracker.client.get_metric_history(outcome.run_id, "challenger_rmse")) == 1
-    models = tracker.client.search_logged_models([tracker.experiment_id],
-                                                 filter_string=f"source_run_id = '{outcome.run_id}'")
+    models = tracker.client.search_logged_models(
+        [tracker.experiment_id], filter_string=f"source_run_id = '{outcome.run_id}'"
+    )
     assert len(models) == 1, "the challenger is logged once"
 
 
@@ -247,10 +257,25 @@ def test_a_lost_or_broken_cache_is_rebuilt_from_mlflow(ctx, damage):
     from pipeline.daily import rebuild_outcome
 
     rebuilt = journal.last_outcome(ctx.reports_dir, "MSFT", lambda: rebuild_outcome(tracker_of(ctx), "MSFT"))
-    for field in ("decision", "reason", "run_id", "data_end", "data_digest", "settings_digest", "champion_version",
-                  "challenger_test_rmse", "champion_test_rmse", "naive_test_rmse", "u2", "coverage_80"):
-        assert getattr(rebuilt, field) == pytest.approx(getattr(outcome, field)) if isinstance(
-            getattr(outcome, field), float) else getattr(rebuilt, field) == getattr(outcome, field), field
+    for field in (
+        "decision",
+        "reason",
+        "run_id",
+        "data_end",
+        "data_digest",
+        "settings_digest",
+        "champion_version",
+        "challenger_test_rmse",
+        "champion_test_rmse",
+        "naive_test_rmse",
+        "u2",
+        "coverage_80",
+    ):
+        assert (
+            getattr(rebuilt, field) == pytest.approx(getattr(outcome, field))
+            if isinstance(getattr(outcome, field), float)
+            else getattr(rebuilt, field) == getattr(outcome, field)
+        ), field
     assert journal.read(ctx.reports_dir, "MSFT") == rebuilt, "and written back"
     # The skip check works from the rebuilt record as from the original.
     assert run_ticker("MSFT", ctx, as_of=AS_OF).decision is Decision.skipped

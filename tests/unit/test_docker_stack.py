@@ -68,8 +68,11 @@ def interpolated_paths(node, path=()) -> list[tuple]:
 
 def env_example() -> dict[str, str]:
     """docker/.env.example as compose reads it: NAME=value lines, comments and blank lines skipped."""
-    return dict(line.split("=", 1) for line in (DOCKER / ".env.example").read_text().splitlines()
-                if line.strip() and not line.startswith("#"))
+    return dict(
+        line.split("=", 1)
+        for line in (DOCKER / ".env.example").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    )
 
 
 def is_secret(name: str) -> bool:
@@ -80,7 +83,7 @@ def is_secret(name: str) -> bool:
 def production_section(readme: str) -> str:
     start = readme.index(f"\n{PRODUCTION_HEADING}\n")
     end = readme.find("\n## ", start + 1)
-    return readme[start:end if end != -1 else len(readme)]
+    return readme[start : end if end != -1 else len(readme)]
 
 
 # -- the Compose Specification --------------------------------------------------------------------
@@ -99,20 +102,28 @@ def test_compose_file_follows_the_compose_specification():
 MISTAKES = {
     "misspelt depends_on condition": ("condition: service_healthy", "condition: service_healty", "`service_healty`"),
     "retries not a number": ("retries: 12", "retries: twelve", '"twelve"'),
-    "misspelt service key": ("    restart: unless-stopped\n    depends_on:\n      check-secrets:",
-                             "    restrat: unless-stopped\n    depends_on:\n      check-secrets:", "`restrat`"),
+    "misspelt service key": (
+        "    restart: unless-stopped\n    depends_on:\n      check-secrets:",
+        "    restrat: unless-stopped\n    depends_on:\n      check-secrets:",
+        "`restrat`",
+    ),
     "misspelt key in the shared x-stockpipe block": ("  init: true\n", "  inti: true\n", "`inti`"),
     "container port out of range": ('"127.0.0.1:5000:5000"', '"127.0.0.1:5000:500000"', "`500000`"),
     "dot for a colon in a port": ('"127.0.0.1:4200:4200"', '"127.0.0.1.4200:4200"', "`127.0.0.1.4200`"),
     "duration without a unit": ("interval: 5s", "interval: 5 seconds", "not a valid duration unit"),
     "unknown restart policy": ('restart: "no"', 'restart: "never"', "`never`"),
     "misspelt health check form": ('["CMD-SHELL", "pg_isready', '["CMD_SHELL", "pg_isready', "`CMD_SHELL`"),
-    "duplicate key": ("    restart: \"no\"\n    environment:\n", "    restart: \"no\"\n    restart: \"no\"\n    environment:\n",
-                      'duplicate entry with key "restart"'),
-    "undeclared network": ("    restart: \"no\"\n", "    restart: \"no\"\n    networks: [backend]\n", "network `backend`"),
-    "entrypoint not a list or string": ('entrypoint: ["sh", "/etc/stockpipe/mlflow-basic-auth.sh"]',
-                                        "entrypoint: {sh: /etc/stockpipe/mlflow-basic-auth.sh}",
-                                        "expected a string or list of strings"),
+    "duplicate key": (
+        '    restart: "no"\n    environment:\n',
+        '    restart: "no"\n    restart: "no"\n    environment:\n',
+        'duplicate entry with key "restart"',
+    ),
+    "undeclared network": ('    restart: "no"\n', '    restart: "no"\n    networks: [backend]\n', "network `backend`"),
+    "entrypoint not a list or string": (
+        'entrypoint: ["sh", "/etc/stockpipe/mlflow-basic-auth.sh"]',
+        "entrypoint: {sh: /etc/stockpipe/mlflow-basic-auth.sh}",
+        "expected a string or list of strings",
+    ),
     "misspelt top-level key": ("\nvolumes:\n  postgres-data:", "\nvolume:\n  postgres-data:", "`volume`"),
 }
 
@@ -134,8 +145,12 @@ def test_docker_compose_config_accepts_the_file(tmp_path):
     copy = tmp_path / "docker"
     shutil.copytree(DOCKER, copy)
     shutil.copy(DOCKER / ".env.example", copy / ".env")
-    result = subprocess.run([docker, "compose", "-f", str(copy / "compose.yaml"), "config", "--quiet"],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [docker, "compose", "-f", str(copy / "compose.yaml"), "config", "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
 
 
@@ -146,7 +161,8 @@ def test_compose_file_structure():
     """References the spec parser leaves alone, and what the stack promises (loopback ports, health checks)."""
     spec = compose()
     assert set(spec) <= {"name", "services", "volumes", "networks", "secrets", "configs"} | {
-        k for k in spec if k.startswith("x-")}
+        k for k in spec if k.startswith("x-")
+    }
     services = spec["services"]
     assert set(services) == {"check-secrets", "postgres", "mlflow", "prefect-server", "prefect-worker", "deploy"}
     declared_volumes = set(spec.get("volumes") or {})
@@ -160,7 +176,8 @@ def test_compose_file_structure():
         for port in as_list(service.get("ports")):
             host_ip = port["host_ip"] if isinstance(port, dict) else str(port).rsplit(":", 2)[0]
             assert host_ip == "127.0.0.1" and (isinstance(port, dict) or str(port).count(":") == 2), (
-                f"{name}: port {port} must be published on 127.0.0.1 only")
+                f"{name}: port {port} must be published on 127.0.0.1 only"
+            )
         depends = service.get("depends_on") or {}
         assert isinstance(depends, dict), f"{name}: depends_on needs conditions"
         for target, condition in depends.items():
@@ -188,7 +205,10 @@ def test_compose_file_structure():
     for name in ONE_SHOT:
         assert services[name]["restart"] == "no"
     for name in PYTHON_SERVICES:
-        assert services[name]["image"] == "stockpipe:local" and services[name]["build"]["dockerfile"] == "docker/Dockerfile"
+        assert (
+            services[name]["image"] == "stockpipe:local"
+            and services[name]["build"]["dockerfile"] == "docker/Dockerfile"
+        )
 
 
 def test_compose_services_match_what_the_native_test_runs():
@@ -265,17 +285,27 @@ def test_nothing_starts_before_check_secrets_has_passed():
 def test_every_credential_is_checked_and_none_may_be_empty():
     example = env_example()
     credentials = {name for name in example if is_secret(name) or name.endswith("_USERNAME")}
-    assert {"POSTGRES_PASSWORD", "MLFLOW_DB_PASSWORD", "PREFECT_DB_PASSWORD", "MLFLOW_ADMIN_USERNAME",
-            "MLFLOW_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY", "PREFECT_AUTH_USERNAME",
-            "PREFECT_AUTH_PASSWORD"} <= credentials
+    assert {
+        "POSTGRES_PASSWORD",
+        "MLFLOW_DB_PASSWORD",
+        "PREFECT_DB_PASSWORD",
+        "MLFLOW_ADMIN_USERNAME",
+        "MLFLOW_ADMIN_PASSWORD",
+        "MLFLOW_FLASK_SERVER_SECRET_KEY",
+        "PREFECT_AUTH_USERNAME",
+        "PREFECT_AUTH_PASSWORD",
+    } <= credentials
     services = compose()["services"]
     check = services["check-secrets"]
     # The script checks the names the example gives: each must reach it under that same name.
     assert {name: references(value) for name, value in check["environment"].items()} == {
-        name: [(name, ":?")] for name in credentials}
+        name: [(name, ":?")] for name in credentials
+    }
     assert check["command"] == ["sh", "/etc/stockpipe/check-secrets.sh", "/etc/stockpipe/env.example"]
-    assert {"./check-secrets.sh:/etc/stockpipe/check-secrets.sh:ro",
-            "./.env.example:/etc/stockpipe/env.example:ro"} <= set(check["volumes"])
+    assert {
+        "./check-secrets.sh:/etc/stockpipe/check-secrets.sh:ro",
+        "./.env.example:/etc/stockpipe/env.example:ro",
+    } <= set(check["volumes"])
     # Wherever a credential is used, compose refuses to go on when it is unset or empty.
     for name, service in services.items():
         for key, value in (service.get("environment") or {}).items():
@@ -322,8 +352,13 @@ def strong_secrets() -> dict[str, str]:
 
 def check_secrets(env: dict[str, str], shell: str = "sh") -> subprocess.CompletedProcess:
     """docker/check-secrets.sh as the check-secrets service runs it, with only `env` (and PATH) in its environment."""
-    return subprocess.run([shell, str(DOCKER / "check-secrets.sh"), str(DOCKER / ".env.example")],
-                          env={"PATH": os.environ["PATH"], **env}, capture_output=True, text=True, timeout=30)
+    return subprocess.run(
+        [shell, str(DOCKER / "check-secrets.sh"), str(DOCKER / ".env.example")],
+        env={"PATH": os.environ["PATH"], **env},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
 
 
 @pytest.mark.parametrize("shell", ["sh", "bash"])
@@ -382,10 +417,22 @@ def test_check_secrets_accepts_exactly_16_characters_and_refuses_a_missing_secre
 
 def mlflow_basic_auth(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
     """docker/mlflow-basic-auth.sh as the mlflow service's entrypoint, running a command that shows its arguments."""
-    return subprocess.run(["sh", str(DOCKER / "mlflow-basic-auth.sh"), sys.executable, "-c",
-                           "import sys; print('server', sys.argv[1:])", "--app-name=basic-auth", "--port=5000"],
-                          env={"PATH": os.environ["PATH"], **env}, cwd=tmp_path, capture_output=True, text=True,
-                          timeout=30)
+    return subprocess.run(
+        [
+            "sh",
+            str(DOCKER / "mlflow-basic-auth.sh"),
+            sys.executable,
+            "-c",
+            "import sys; print('server', sys.argv[1:])",
+            "--app-name=basic-auth",
+            "--port=5000",
+        ],
+        env={"PATH": os.environ["PATH"], **env},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
 
 
 def read_ini(path: Path) -> configparser.SectionProxy:
@@ -401,9 +448,13 @@ def test_mlflow_entrypoint_writes_a_private_ini_mlflow_reads_then_runs_the_serve
     admin_password, key = secrets.token_hex(16), secrets.token_hex(16)
     # A `%` would be configparser interpolation if written as it is.
     database_uri = "postgresql://mlflow:p%40ss-" + secrets.token_hex(8) + "@postgres:5432/mlflow_auth"
-    env = {"MLFLOW_AUTH_CONFIG_PATH": str(config), "MLFLOW_AUTH_DATABASE_URI": database_uri,
-           "MLFLOW_AUTH_ADMIN_USERNAME": "stockpipe-admin", "MLFLOW_AUTH_ADMIN_PASSWORD": admin_password,
-           "MLFLOW_FLASK_SERVER_SECRET_KEY": key}
+    env = {
+        "MLFLOW_AUTH_CONFIG_PATH": str(config),
+        "MLFLOW_AUTH_DATABASE_URI": database_uri,
+        "MLFLOW_AUTH_ADMIN_USERNAME": "stockpipe-admin",
+        "MLFLOW_AUTH_ADMIN_PASSWORD": admin_password,
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": key,
+    }
     result = mlflow_basic_auth(tmp_path, **env)
     assert result.returncode == 0, result.stderr
     assert "server ['--app-name=basic-auth', '--port=5000']" in result.stdout, "the server command runs, unchanged"
@@ -424,13 +475,17 @@ def test_mlflow_entrypoint_writes_a_private_ini_mlflow_reads_then_runs_the_serve
     assert again.returncode == 0 and read_ini(config)["database_uri"] == "postgresql://x@postgres/other"
 
 
-@pytest.mark.parametrize("missing", ["MLFLOW_AUTH_DATABASE_URI", "MLFLOW_AUTH_ADMIN_PASSWORD",
-                                     "MLFLOW_FLASK_SERVER_SECRET_KEY"])
+@pytest.mark.parametrize(
+    "missing", ["MLFLOW_AUTH_DATABASE_URI", "MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY"]
+)
 def test_mlflow_entrypoint_refuses_to_start_without_its_settings(tmp_path, missing):
-    env = {"MLFLOW_AUTH_CONFIG_PATH": str(tmp_path / "basic_auth.ini"),
-           "MLFLOW_AUTH_DATABASE_URI": "postgresql://mlflow:pw@postgres:5432/mlflow_auth",
-           "MLFLOW_AUTH_ADMIN_USERNAME": "stockpipe-admin", "MLFLOW_AUTH_ADMIN_PASSWORD": secrets.token_hex(16),
-           "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16)}
+    env = {
+        "MLFLOW_AUTH_CONFIG_PATH": str(tmp_path / "basic_auth.ini"),
+        "MLFLOW_AUTH_DATABASE_URI": "postgresql://mlflow:pw@postgres:5432/mlflow_auth",
+        "MLFLOW_AUTH_ADMIN_USERNAME": "stockpipe-admin",
+        "MLFLOW_AUTH_ADMIN_PASSWORD": secrets.token_hex(16),
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16),
+    }
     result = mlflow_basic_auth(tmp_path, **{**env, missing: ""})
     assert result.returncode != 0 and missing in result.stderr
     assert "server [" not in result.stdout and not (tmp_path / "basic_auth.ini").exists()
@@ -445,7 +500,15 @@ def test_dockerfile_builds_a_slim_non_root_image_from_the_lock():
     assert "--constraint requirements.lock" in dockerfile
     copied = set(re.findall(r"^COPY\s+(?:--\S+\s+)*(.+?)\s+\S+$", dockerfile, flags=re.M))
     sources = {s for line in copied for s in line.split()}
-    assert {"pyproject.toml", "requirements.lock", "pipeline", "flows", "data", "expectations", "prefect.yaml"} <= sources
+    assert {
+        "pyproject.toml",
+        "requirements.lock",
+        "pipeline",
+        "flows",
+        "data",
+        "expectations",
+        "prefect.yaml",
+    } <= sources
     for source in sources:
         assert (PROJECT_ROOT / source).exists(), source
     ignore = (DOCKER / "Dockerfile.dockerignore").read_text().split()
@@ -477,7 +540,8 @@ def test_production_docs_match_the_compose_file():
 
     table = re.findall(r"^\| `([\w-]+)` \|", docs, flags=re.M)
     assert len(table) == len(set(table)) and set(table) == set(services), (
-        f"the service table names {sorted(table)}, the compose file has {sorted(services)}")
+        f"the service table names {sorted(table)}, the compose file has {sorted(services)}"
+    )
     for volume in spec["volumes"]:
         assert f"`{volume}`" in docs, f"the docs do not name the volume {volume}"
     major = re.fullmatch(r"postgres:(\d+)(?:[.-].*)?", services["postgres"]["image"]).group(1)

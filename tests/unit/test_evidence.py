@@ -30,7 +30,12 @@ N = 250
 def from_errors(challenger_error, champion_error, naive_error):
     """Forecasts whose errors against an actual series of zeros are exactly the given ones."""
     actual = np.zeros(len(challenger_error))
-    return actual, np.asarray(challenger_error, float), np.asarray(champion_error, float), np.asarray(naive_error, float)
+    return (
+        actual,
+        np.asarray(challenger_error, float),
+        np.asarray(champion_error, float),
+        np.asarray(naive_error, float),
+    )
 
 
 def alternating(a: float, b: float, n: int = N) -> np.ndarray:
@@ -141,8 +146,9 @@ def test_dm_gives_no_evidence_for_degenerate_inputs():
 
 
 def test_evidence_figures_follow_their_definitions():
-    actual, challenger, champion, naive = from_errors(alternating(0.5, -0.5), alternating(1.0, -1.0),
-                                                      alternating(2.0, -2.0))
+    actual, challenger, champion, naive = from_errors(
+        alternating(0.5, -0.5), alternating(1.0, -1.0), alternating(2.0, -2.0)
+    )
     e = gather_evidence(actual, challenger, champion, naive, blocks=5)
     assert (e.challenger_rmse, e.champion_rmse, e.naive_rmse) == pytest.approx((0.5, 1.0, 2.0))
     assert e.relative_gain == pytest.approx(0.5)
@@ -154,8 +160,7 @@ def test_evidence_figures_follow_their_definitions():
 
 def test_evidence_is_json_ready():
     dates = pd.bdate_range("2017-01-02", periods=N)
-    actual, challenger, champion, naive = from_errors(alternating(0.5, -0.5), alternating(1.0, -1.0),
-                                                      np.zeros(N))
+    actual, challenger, champion, naive = from_errors(alternating(0.5, -0.5), alternating(1.0, -1.0), np.zeros(N))
     e = gather_evidence(actual, challenger, champion, naive, blocks=5, dates=dates)
     assert math.isnan(e.u2)  # a perfect naive forecast: U2 undefined
     values = json.loads(json.dumps(e.to_dict(), allow_nan=False))
@@ -248,8 +253,18 @@ def test_an_equal_rmse_with_different_forecasts_is_a_tie():
 
 
 def test_an_even_split_of_blocks_is_not_a_majority():
-    evidence = Evidence(challenger_rmse=0.9, champion_rmse=1.0, naive_rmse=1.0, relative_gain=0.1, u2=0.9,
-                        dm_stat=-3.0, dm_pvalue=0.001, blocks_won=2, blocks=4, sessions=N)
+    evidence = Evidence(
+        challenger_rmse=0.9,
+        champion_rmse=1.0,
+        naive_rmse=1.0,
+        relative_gain=0.1,
+        u2=0.9,
+        dm_stat=-3.0,
+        dm_pvalue=0.001,
+        blocks_won=2,
+        blocks=4,
+        sessions=N,
+    )
     promote, reason, checks = judge(evidence, POLICY)
     assert not promote and reason == "won 2 of 4 blocks (needs a majority)"
     blocks_check = checks[2]
@@ -269,13 +284,29 @@ def test_non_finite_evidence_is_kept_with_a_clear_reason():
 
 
 def test_checks_report_figure_and_threshold():
-    evidence = Evidence(challenger_rmse=0.99, champion_rmse=1.0, naive_rmse=1.2, relative_gain=0.01, u2=0.825,
-                        dm_stat=-2.0, dm_pvalue=0.03, blocks_won=4, blocks=5, sessions=N)
+    evidence = Evidence(
+        challenger_rmse=0.99,
+        champion_rmse=1.0,
+        naive_rmse=1.2,
+        relative_gain=0.01,
+        u2=0.825,
+        dm_stat=-2.0,
+        dm_pvalue=0.03,
+        blocks_won=4,
+        blocks=5,
+        sessions=N,
+    )
     promote, reason, checks = judge(evidence, PromotionPolicy(min_relative_gain=0.002, promotion_alpha=0.05))
     assert promote
     assert [(c.name, c.passed, c.figure, c.threshold) for c in checks] == [
-        (GAIN, True, 0.01, 0.002), (DM, True, 0.03, 0.05), (BLOCKS, True, 4.0, 2.5), (U2, True, 0.825, 1.0)]
-    assert reason == "gain over champion 1.00% >= required 0.20%, DM p-value 0.03 < 0.05, won 4 of 5 blocks, U2 0.825 < 1"
+        (GAIN, True, 0.01, 0.002),
+        (DM, True, 0.03, 0.05),
+        (BLOCKS, True, 4.0, 2.5),
+        (U2, True, 0.825, 1.0),
+    ]
+    assert (
+        reason == "gain over champion 1.00% >= required 0.20%, DM p-value 0.03 < 0.05, won 4 of 5 blocks, U2 0.825 < 1"
+    )
 
 
 @pytest.mark.parametrize("gain, alpha", [(-0.1, 0.1), (1.0, 0.1), (0.0, 0.0), (0.0, 1.5)])

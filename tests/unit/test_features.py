@@ -94,9 +94,9 @@ def test_next_log_returns_align_with_window_features():
 
 def test_scaling_fit_transform_inverse_round_trip():
     rng = np.random.default_rng(5)
-    features = np.stack(
-        [rng.normal(3.0, 2.0, size=(50, 7)), rng.normal(-1.0, 0.5, size=(50, 7))], axis=-1
-    ).astype("float32")
+    features = np.stack([rng.normal(3.0, 2.0, size=(50, 7)), rng.normal(-1.0, 0.5, size=(50, 7))], axis=-1).astype(
+        "float32"
+    )
     targets = rng.normal(0.001, 0.02, size=50)
     scaling = Scaling.fit(features, targets)
 

@@ -177,12 +177,15 @@ def test_the_naive_baseline_is_stored_as_data(tmp_path):
     assert isinstance(model_files.load(tmp_path), NaiveForecaster)
 
 
-@pytest.mark.parametrize("spec, complaint", [
-    ("not json {", "not JSON"),
-    ('{"format": 99, "kind": "lstm"}', "unknown model format"),
-    ('{"format": 1, "kind": "pickle"}', "unknown model kind"),
-    ('["a list"]', "unknown model format"),
-])
+@pytest.mark.parametrize(
+    "spec, complaint",
+    [
+        ("not json {", "not JSON"),
+        ('{"format": 99, "kind": "lstm"}', "unknown model format"),
+        ('{"format": 1, "kind": "pickle"}', "unknown model kind"),
+        ('["a list"]', "unknown model format"),
+    ],
+)
 def test_an_unreadable_spec_is_refused_by_name(tmp_path, spec, complaint):
     (tmp_path / "spec.json").write_text(spec)
     with pytest.raises(model_files.ModelRefused, match=complaint):
@@ -193,8 +196,14 @@ def test_a_keras_file_with_code_in_it_is_refused(saved_lstm):
     """safe_mode: a Lambda layer (arbitrary Python) in a .keras file is refused, not deserialised."""
     import keras
 
-    unsafe = keras.Sequential([keras.Input((WINDOW, 2)), keras.layers.Lambda(lambda x: x * 2.0), keras.layers.Flatten(),
-                               keras.layers.Dense(1)])
+    unsafe = keras.Sequential(
+        [
+            keras.Input((WINDOW, 2)),
+            keras.layers.Lambda(lambda x: x * 2.0),
+            keras.layers.Flatten(),
+            keras.layers.Dense(1),
+        ]
+    )
     unsafe.save(saved_lstm / "model.keras")
     with pytest.raises(model_files.ModelRefused, match="not a loadable Keras model"):
         model_files.load(saved_lstm)
@@ -228,8 +237,9 @@ def test_symbolic_links_in_a_model_are_refused(saved_lstm, tmp_path):
 # -- the MLflow pyfunc face -----------------------------------------------------------------------
 
 
-def test_the_pyfunc_face_forecasts_like_the_forecaster_without_any_pickle(lstm, saved_lstm, prices, tmp_path,
-                                                                          monkeypatch):
+def test_the_pyfunc_face_forecasts_like_the_forecaster_without_any_pickle(
+    lstm, saved_lstm, prices, tmp_path, monkeypatch
+):
     import mlflow.pyfunc
 
     from pipeline.tracking import MODEL_CODE
@@ -238,10 +248,12 @@ def test_the_pyfunc_face_forecasts_like_the_forecaster_without_any_pickle(lstm, 
     code = tmp_path / "stockpipe_model.py"
     code.write_text(MODEL_CODE)
     model_dir = tmp_path / "pyfunc"
-    mlflow.pyfunc.save_model(path=str(model_dir), python_model=str(code),
-                             artifacts={"spec": str(saved_lstm / "spec.json"),
-                                        "keras_model": str(saved_lstm / "model.keras")},
-                             pip_requirements=["mlflow", "keras"])
+    mlflow.pyfunc.save_model(
+        path=str(model_dir),
+        python_model=str(code),
+        artifacts={"spec": str(saved_lstm / "spec.json"), "keras_model": str(saved_lstm / "model.keras")},
+        pip_requirements=["mlflow", "keras"],
+    )
     assert not list(model_dir.rglob("*.pkl")), "models-from-code: nothing pickled"
     raw = to_model_input(prices)
     got = mlflow.pyfunc.load_model(str(model_dir)).predict(raw)

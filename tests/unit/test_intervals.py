@@ -165,7 +165,7 @@ def test_tracking_moves_each_quantile_by_eta_times_miss_minus_alpha():
     intervals, tracked = tracked_intervals(closes, closes[test], calibration, test)
     first = prediction_intervals(closes, closes[test[:1]], calibration, test[:1])
     assert all(intervals[name][0] == first[name][0] for name in COLUMNS)
-    for level, q0, q_end in zip(calibration.levels, calibration.quantiles, tracked.quantiles):
+    for level, q0, q_end in zip(calibration.levels, calibration.quantiles, tracked.quantiles, strict=False):
         lower, upper = interval_columns(level)
         missed = ~((closes[test + 1] >= intervals[lower]) & (closes[test + 1] <= intervals[upper]))
         eta = calibration.step * q0
@@ -208,7 +208,7 @@ def test_changing_prices_after_the_as_of_day_does_not_change_its_interval():
     cut = 1150  # the as-of sessions up to and including this one must not see what follows
     rng = np.random.default_rng(8)
     altered = closes.copy()
-    altered[cut + 1:] *= np.exp(rng.normal(0, 0.05, len(closes) - cut - 1))
+    altered[cut + 1 :] *= np.exp(rng.normal(0, 0.05, len(closes) - cut - 1))
     seen = test <= cut
 
     def all_intervals(prices):
@@ -233,7 +233,7 @@ def test_naive_intervals_are_the_last_close_times_empirical_return_quantiles():
     r = np.diff(np.log(closes))
     intervals = naive_intervals(closes, [40, 99], lookback=30, min_returns=20)
     for out, i in enumerate([40, 99]):
-        recent = r[i - 30:i]  # the 30 returns into closes i-29 .. i
+        recent = r[i - 30 : i]  # the 30 returns into closes i-29 .. i
         low, high = np.quantile(recent, [0.1, 0.9])
         assert intervals["lower_80"][out] == pytest.approx(closes[i] * math.exp(low), rel=1e-12)
         assert intervals["upper_80"][out] == pytest.approx(closes[i] * math.exp(high), rel=1e-12)
@@ -258,15 +258,20 @@ def test_winkler_score_by_hand():
 
 
 def test_a_missing_interval_counts_as_a_miss():
-    score = score_interval(np.array([10.0, 10.0]), np.array([9.0, np.nan]), np.array([11.0, np.nan]), 0.95,
-                           price=np.array([10.0, 10.0]))
+    score = score_interval(
+        np.array([10.0, 10.0]), np.array([9.0, np.nan]), np.array([11.0, np.nan]), 0.95, price=np.array([10.0, 10.0])
+    )
     assert score.coverage == 0.5
 
 
 def test_score_intervals_names_metrics_by_level():
     actual = np.array([10.0, 12.0])
-    intervals = {"lower_80": np.array([9.0, 9.0]), "upper_80": np.array([11.0, 11.0]),
-                 "lower_95": np.array([8.0, 8.0]), "upper_95": np.array([12.0, 12.0])}
+    intervals = {
+        "lower_80": np.array([9.0, 9.0]),
+        "upper_80": np.array([11.0, 11.0]),
+        "lower_95": np.array([8.0, 8.0]),
+        "upper_95": np.array([12.0, 12.0]),
+    }
     metrics = score_intervals(actual, intervals, price=np.array([10.0, 10.0]))
     assert metrics["coverage_80"] == 0.5 and metrics["coverage_95"] == 1.0
     assert metrics["width_95"] == 4.0 and metrics["relative_width_95"] == pytest.approx(0.4)
@@ -285,7 +290,7 @@ def pipeline_split(ticker: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     closes = prices.loc[prices["Date"] > start, "Close"].to_numpy(dtype="float64")
     as_of = np.arange(60, len(closes) - 1)
     n_val = round(0.1 * len(as_of))
-    return closes, as_of[-250 - n_val:-250], as_of[-250:]
+    return closes, as_of[-250 - n_val : -250], as_of[-250:]
 
 
 @pytest.mark.parametrize("ticker", ["MSFT", "GSPC"])

@@ -13,9 +13,27 @@ from pipeline.store import PriceStore
 from pipeline.tracking import Champion
 from tests.support import bundled
 
-STATUS_KEYS = {"ticker", "data_start", "data_end", "rows", "champion_version", "champion_kind", "champion_test_rmse",
-               "challenger_test_rmse", "naive_test_rmse", "u2", "coverage_80", "coverage_95", "last_decision",
-               "last_reason", "last_run_id", "last_run_at", "quarantined_batches", "quarantined_bytes", "problems"}
+STATUS_KEYS = {
+    "ticker",
+    "data_start",
+    "data_end",
+    "rows",
+    "champion_version",
+    "champion_kind",
+    "champion_test_rmse",
+    "challenger_test_rmse",
+    "naive_test_rmse",
+    "u2",
+    "coverage_80",
+    "coverage_95",
+    "last_decision",
+    "last_reason",
+    "last_run_id",
+    "last_run_at",
+    "quarantined_batches",
+    "quarantined_bytes",
+    "problems",
+}
 
 
 def outcome(ticker: str = "MSFT", decision: Decision = Decision.kept, **values) -> TickerOutcome:
@@ -35,8 +53,16 @@ def test_the_cache_round_trips_typed_outcomes_and_refuses_unsafe_tickers(tmp_pat
         journal.path(tmp_path, "../etc")
 
 
-@pytest.mark.parametrize("content", ["", "{", "[]", '{"ticker": "MSFT", "decision": "exploded", "reason": ""}',
-                                     '{"ticker": "GSPC", "decision": "kept", "reason": ""}'])
+@pytest.mark.parametrize(
+    "content",
+    [
+        "",
+        "{",
+        "[]",
+        '{"ticker": "MSFT", "decision": "exploded", "reason": ""}',
+        '{"ticker": "GSPC", "decision": "kept", "reason": ""}',
+    ],
+)
 def test_a_broken_cache_is_unreadable_and_rebuilt(tmp_path, content):
     (tmp_path / "MSFT").mkdir()
     journal.path(tmp_path, "MSFT").write_text(content)
@@ -55,8 +81,16 @@ def test_a_missing_cache_with_nothing_recorded_stays_missing(tmp_path):
 def test_status_combines_store_last_outcome_and_champion(tmp_path):
     store = PriceStore(tmp_path / "store", tmp_path / "locks")
     store.write("MSFT", bundled("MSFT", dt.date(2017, 10, 31)))
-    last = outcome(decision=Decision.promoted, challenger_test_rmse=1.0, champion_test_rmse=2.0, naive_test_rmse=2.0,
-                   u2=0.5, coverage_80=0.8, coverage_95=0.96, run_id="abc")
+    last = outcome(
+        decision=Decision.promoted,
+        challenger_test_rmse=1.0,
+        champion_test_rmse=2.0,
+        naive_test_rmse=2.0,
+        u2=0.5,
+        coverage_80=0.8,
+        coverage_95=0.96,
+        run_id="abc",
+    )
     journal.write(tmp_path / "reports", last)
     journal.write(tmp_path / "reports", outcome("GSPC", Decision.failed))
     assert known_tickers(store, tmp_path / "reports", ["AAPL"]) == ["AAPL", "GSPC", "MSFT"]

@@ -25,8 +25,15 @@ TOLERANCE = 1e-6
 
 
 def tiny(**overrides) -> TrainingConfig:
-    values = {"window": 10, "units": 4, "epochs": 2, "batch_size": 32, "history_years": 5.0, "patience": 2,
-              "eval_sessions": 40}
+    values = {
+        "window": 10,
+        "units": 4,
+        "epochs": 2,
+        "batch_size": 32,
+        "history_years": 5.0,
+        "patience": 2,
+        "eval_sessions": 40,
+    }
     values.update(overrides)
     return TrainingConfig(**values)
 

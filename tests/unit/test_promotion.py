@@ -37,8 +37,9 @@ def test_a_worse_challenger_is_kept_naming_the_first_failed_test():
 
 def test_an_identical_challenger_never_promotes():
     evidence = evidence_for(0.5, 0.5)
-    same = gather_evidence(np.arange(250.0) + 100, np.arange(250.0) + 100.5, np.arange(250.0) + 100.5,
-                           np.arange(250.0) + 99, blocks=5)
+    same = gather_evidence(
+        np.arange(250.0) + 100, np.arange(250.0) + 100.5, np.arange(250.0) + 100.5, np.arange(250.0) + 99, blocks=5
+    )
     assert decide(same, PromotionPolicy(0.0)).decision is Decision.kept
     assert decide(evidence, POLICY).decision in (Decision.kept, Decision.promoted)
 

@@ -3,9 +3,8 @@ command the CLI has is shown (the blocks that run things are played by CI and te
 
 from __future__ import annotations
 
-import re
-
 import enum
+import re
 
 import typer.main
 
@@ -36,7 +35,11 @@ def cli_commands() -> dict:
 
 def choices(param) -> set[str] | None:
     annotation = param.type_descriptor.annotation
-    return {member.value for member in annotation} if isinstance(annotation, type) and issubclass(annotation, enum.Enum) else None
+    return (
+        {member.value for member in annotation}
+        if isinstance(annotation, type) and issubclass(annotation, enum.Enum)
+        else None
+    )
 
 
 def test_every_cli_command_is_in_the_synopsis_and_back():

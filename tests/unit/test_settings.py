@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
@@ -51,20 +50,27 @@ def test_state_folders_live_under_home(tmp_path, monkeypatch):
     monkeypatch.setenv("STOCKPIPE_HOME", str(tmp_path / "state"))
     settings = Settings()
     assert settings.home == tmp_path / "state"
-    for folder, name in [(settings.store_dir, "store"), (settings.reports_dir, "reports"),
-                         (settings.quarantine_dir, "quarantine"), (settings.locks_dir, "locks"),
-                         (settings.artifacts_dir, "artifacts")]:
+    for folder, name in [
+        (settings.store_dir, "store"),
+        (settings.reports_dir, "reports"),
+        (settings.quarantine_dir, "quarantine"),
+        (settings.locks_dir, "locks"),
+        (settings.artifacts_dir, "artifacts"),
+    ]:
         assert folder == tmp_path / "state" / name
 
 
-@pytest.mark.parametrize("spelled, expected", [
-    (None, "cwd/.stockpipe"),
-    (".stockpipe", "cwd/.stockpipe"),
-    ("./state", "cwd/state"),
-    ("state/../other", "cwd/other"),
-    ("~/stockpipe", "home/stockpipe"),
-    ("ABSOLUTE", "elsewhere/state"),
-])
+@pytest.mark.parametrize(
+    "spelled, expected",
+    [
+        (None, "cwd/.stockpipe"),
+        (".stockpipe", "cwd/.stockpipe"),
+        ("./state", "cwd/state"),
+        ("state/../other", "cwd/other"),
+        ("~/stockpipe", "home/stockpipe"),
+        ("ABSOLUTE", "elsewhere/state"),
+    ],
+)
 def test_home_is_absolute_however_it_is_spelled(clean_env, monkeypatch, spelled, expected):
     """GX Data Docs, MLflow's SQLite URI and Prefect's home all need absolute paths, from any working directory."""
     cwd, user_home, elsewhere = clean_env / "cwd", clean_env / "home", clean_env / "elsewhere"
@@ -209,9 +215,19 @@ def test_training_digest_same_through_env(monkeypatch):
 @pytest.mark.parametrize(
     "change",
     [
-        {"history_years": 5.0}, {"window": 30}, {"units": 32}, {"dropout": 0.1}, {"epochs": 31},
-        {"batch_size": 32}, {"learning_rate": 2e-3}, {"patience": 6}, {"warm_start_epochs": 4},
-        {"val_fraction": 0.2}, {"eval_sessions": 300}, {"eval_blocks": 4}, {"seed": 7},
+        {"history_years": 5.0},
+        {"window": 30},
+        {"units": 32},
+        {"dropout": 0.1},
+        {"epochs": 31},
+        {"batch_size": 32},
+        {"learning_rate": 2e-3},
+        {"patience": 6},
+        {"warm_start_epochs": 4},
+        {"val_fraction": 0.2},
+        {"eval_sessions": 300},
+        {"eval_blocks": 4},
+        {"seed": 7},
     ],
 )
 def test_training_digest_changes_with_any_hyperparameter(change):
@@ -220,9 +236,24 @@ def test_training_digest_changes_with_any_hyperparameter(change):
 
 def test_every_training_field_is_covered_by_the_digest_test():
     fields = set(TrainingConfig.model_fields)
-    covered = {"history_years", "window", "units", "dropout", "epochs", "batch_size", "learning_rate",
-               "patience", "warm_start_epochs", "val_fraction", "eval_sessions", "eval_blocks", "seed"}
-    assert fields == covered, "a new hyperparameter needs a case in test_training_digest_changes_with_any_hyperparameter"
+    covered = {
+        "history_years",
+        "window",
+        "units",
+        "dropout",
+        "epochs",
+        "batch_size",
+        "learning_rate",
+        "patience",
+        "warm_start_epochs",
+        "val_fraction",
+        "eval_sessions",
+        "eval_blocks",
+        "seed",
+    }
+    assert fields == covered, (
+        "a new hyperparameter needs a case in test_training_digest_changes_with_any_hyperparameter"
+    )
 
 
 # -- where file-based sources read from -----------------------------------------------------------

@@ -28,8 +28,14 @@ from pipeline.sources import (
 from pipeline.symbols import InvalidTicker
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-SCHEMA = {"Date": "datetime64[ns]", "Open": "float64", "High": "float64", "Low": "float64",
-          "Close": "float64", "Volume": "int64"}
+SCHEMA = {
+    "Date": "datetime64[ns]",
+    "Open": "float64",
+    "High": "float64",
+    "Low": "float64",
+    "Close": "float64",
+    "Volume": "int64",
+}
 
 
 def dtypes(frame: pd.DataFrame) -> dict[str, str]:
@@ -44,13 +50,17 @@ def day_strings(frame: pd.DataFrame) -> list[str]:
 
 
 def test_normalize_gives_the_store_schema_sorted_oldest_first():
-    raw = pd.DataFrame({
-        "Volume": ["300", "100", "200"],
-        "Close": ["3.5", "1.5", "2.5"],
-        "Date": ["2020-01-06", "2020-01-02", "2020-01-03"],
-        "Extra": ["x", "y", "z"],
-        "Open": [3, 1, 2], "High": [4, 2, 3], "Low": [3, 1, 2],
-    })
+    raw = pd.DataFrame(
+        {
+            "Volume": ["300", "100", "200"],
+            "Close": ["3.5", "1.5", "2.5"],
+            "Date": ["2020-01-06", "2020-01-02", "2020-01-03"],
+            "Extra": ["x", "y", "z"],
+            "Open": [3, 1, 2],
+            "High": [4, 2, 3],
+            "Low": [3, 1, 2],
+        }
+    )
     out = normalize(raw)
     assert list(out.columns) == COLUMNS, "fixed column order, extras dropped"
     assert dtypes(out) == SCHEMA
@@ -62,8 +72,9 @@ def test_normalize_gives_the_store_schema_sorted_oldest_first():
 def test_normalize_drops_time_zone_and_keeps_the_exchange_local_date():
     # Midnight in Tokyo is the previous day in UTC: the session date must stay the local one.
     index = pd.DatetimeIndex(["2020-01-06", "2020-01-07"], tz="Asia/Tokyo", name="Date")
-    raw = pd.DataFrame({"Open": [1.0, 2.0], "High": [1.0, 2.0], "Low": [1.0, 2.0], "Close": [1.0, 2.0],
-                        "Volume": [1, 2]}, index=index).reset_index()
+    raw = pd.DataFrame(
+        {"Open": [1.0, 2.0], "High": [1.0, 2.0], "Low": [1.0, 2.0], "Close": [1.0, 2.0], "Volume": [1, 2]}, index=index
+    ).reset_index()
     out = normalize(raw)
     assert out["Date"].dt.tz is None
     assert day_strings(out) == ["2020-01-06", "2020-01-07"]
@@ -71,29 +82,49 @@ def test_normalize_drops_time_zone_and_keeps_the_exchange_local_date():
 
 
 def test_normalize_strips_time_of_day():
-    raw = pd.DataFrame({"Date": ["2020-01-02 09:30:00", "2020-01-03 16:00:00"], "Open": [1, 2], "High": [1, 2],
-                        "Low": [1, 2], "Close": [1, 2], "Volume": [1, 2]})
+    raw = pd.DataFrame(
+        {
+            "Date": ["2020-01-02 09:30:00", "2020-01-03 16:00:00"],
+            "Open": [1, 2],
+            "High": [1, 2],
+            "Low": [1, 2],
+            "Close": [1, 2],
+            "Volume": [1, 2],
+        }
+    )
     assert normalize(raw)["Date"].tolist() == [pd.Timestamp("2020-01-02"), pd.Timestamp("2020-01-03")]
 
 
 def test_normalize_reads_a_yfinance_csv_export_across_a_dst_change():
     """`Ticker.history().to_csv()` writes local midnights whose UTC offset changes with daylight saving."""
-    raw = pd.DataFrame({
-        "Date": ["2017-11-02 00:00:00-04:00", "2017-11-03 00:00:00-04:00", "2017-11-06 00:00:00-05:00"],
-        "Open": [1.0, 2.0, 3.0], "High": [1.0, 2.0, 3.0], "Low": [1.0, 2.0, 3.0], "Close": [1.0, 2.0, 3.0],
-        "Volume": [1, 2, 3], "Dividends": [0.0, 0.0, 0.0], "Stock Splits": [0.0, 0.0, 0.0],
-    })
+    raw = pd.DataFrame(
+        {
+            "Date": ["2017-11-02 00:00:00-04:00", "2017-11-03 00:00:00-04:00", "2017-11-06 00:00:00-05:00"],
+            "Open": [1.0, 2.0, 3.0],
+            "High": [1.0, 2.0, 3.0],
+            "Low": [1.0, 2.0, 3.0],
+            "Close": [1.0, 2.0, 3.0],
+            "Volume": [1, 2, 3],
+            "Dividends": [0.0, 0.0, 0.0],
+            "Stock Splits": [0.0, 0.0, 0.0],
+        }
+    )
     out = normalize(raw)
     assert dtypes(out) == SCHEMA
     assert day_strings(out) == ["2017-11-02", "2017-11-03", "2017-11-06"]
 
 
 def test_normalize_keeps_bad_rows_for_the_contract_to_judge():
-    raw = pd.DataFrame({
-        "Date": ["2020-01-02", "2020-01-02", "2020-01-03", "not a date"],
-        "Open": [1.0, 1.0, -5.0, 1.0], "High": [1.0, 1.0, 1.0, 1.0], "Low": [1.0, 1.0, 1.0, 1.0],
-        "Close": [1.0, 1.0, "n/a", 1.0], "Volume": [1, 1, 1, 1],
-    })
+    raw = pd.DataFrame(
+        {
+            "Date": ["2020-01-02", "2020-01-02", "2020-01-03", "not a date"],
+            "Open": [1.0, 1.0, -5.0, 1.0],
+            "High": [1.0, 1.0, 1.0, 1.0],
+            "Low": [1.0, 1.0, 1.0, 1.0],
+            "Close": [1.0, 1.0, "n/a", 1.0],
+            "Volume": [1, 1, 1, 1],
+        }
+    )
     out = normalize(raw)
     assert len(out) == 4, "duplicates and unparseable values are not dropped"
     assert (out["Date"] == pd.Timestamp("2020-01-02")).sum() == 2
@@ -103,8 +134,16 @@ def test_normalize_keeps_bad_rows_for_the_contract_to_judge():
 
 
 def test_normalize_missing_volume_becomes_nullable_integer():
-    raw = pd.DataFrame({"Date": ["2020-01-02", "2020-01-03"], "Open": [1, 2], "High": [1, 2], "Low": [1, 2],
-                        "Close": [1, 2], "Volume": [1234.6, np.nan]})
+    raw = pd.DataFrame(
+        {
+            "Date": ["2020-01-02", "2020-01-03"],
+            "Open": [1, 2],
+            "High": [1, 2],
+            "Low": [1, 2],
+            "Close": [1, 2],
+            "Volume": [1234.6, np.nan],
+        }
+    )
     out = normalize(raw)
     assert str(out["Volume"].dtype) == "Int64"
     assert out["Volume"].iloc[0] == 1235 and pd.isna(out["Volume"].iloc[1])
@@ -216,11 +255,18 @@ def yfinance_frame(days: list[str], closes: list[float]) -> pd.DataFrame:
     index = pd.DatetimeIndex(pd.to_datetime(days)).tz_localize("America/New_York")
     index.name = "Date"
     close = np.asarray(closes, dtype=float)
-    return pd.DataFrame({
-        "Open": close - 0.5, "High": close + 1.0, "Low": close - 1.0, "Close": close,
-        "Volume": np.arange(1, len(days) + 1, dtype=np.int64) * 1000,
-        "Dividends": 0.0, "Stock Splits": 0.0,
-    }, index=index)
+    return pd.DataFrame(
+        {
+            "Open": close - 0.5,
+            "High": close + 1.0,
+            "Low": close - 1.0,
+            "Close": close,
+            "Volume": np.arange(1, len(days) + 1, dtype=np.int64) * 1000,
+            "Dividends": 0.0,
+            "Stock Splits": 0.0,
+        },
+        index=index,
+    )
 
 
 class FakeDownloader:
@@ -338,22 +384,42 @@ ADJUSTMENT = 0.98  # a later dividend: Yahoo's adjclose sits below close, and au
 
 def chart_json(symbol: str) -> dict:
     stamps = [int(pd.Timestamp(f"{day} 09:30", tz="America/New_York").timestamp()) for day, *_ in CHART_BARS]
-    column = {name: [bar[i] for bar in CHART_BARS] for i, name in enumerate(["open", "high", "low", "close", "volume"], 1)}
-    return {"chart": {"error": None, "result": [{
-        "meta": {
-            "currency": "USD", "symbol": symbol, "exchangeName": "NMS", "fullExchangeName": "NasdaqGS",
-            "instrumentType": "EQUITY", "firstTradeDate": 511108200, "regularMarketTime": stamps[-1] + 23400,
-            "hasPrePostMarketData": True, "gmtoffset": -18000, "timezone": "EST",
-            "exchangeTimezoneName": "America/New_York", "regularMarketPrice": CHART_BARS[-1][4],
-            "chartPreviousClose": 83.18, "priceHint": 2, "dataGranularity": "1d", "range": "",
-            "validRanges": ["1d", "5d", "1mo", "3mo", "6mo", "1y", "2y", "5y", "10y", "ytd", "max"],
-        },
-        "timestamp": stamps,
-        "indicators": {
-            "quote": [column],
-            "adjclose": [{"adjclose": [round(close * ADJUSTMENT, 6) for close in column["close"]]}],
-        },
-    }]}}
+    column = {
+        name: [bar[i] for bar in CHART_BARS] for i, name in enumerate(["open", "high", "low", "close", "volume"], 1)
+    }
+    return {
+        "chart": {
+            "error": None,
+            "result": [
+                {
+                    "meta": {
+                        "currency": "USD",
+                        "symbol": symbol,
+                        "exchangeName": "NMS",
+                        "fullExchangeName": "NasdaqGS",
+                        "instrumentType": "EQUITY",
+                        "firstTradeDate": 511108200,
+                        "regularMarketTime": stamps[-1] + 23400,
+                        "hasPrePostMarketData": True,
+                        "gmtoffset": -18000,
+                        "timezone": "EST",
+                        "exchangeTimezoneName": "America/New_York",
+                        "regularMarketPrice": CHART_BARS[-1][4],
+                        "chartPreviousClose": 83.18,
+                        "priceHint": 2,
+                        "dataGranularity": "1d",
+                        "range": "",
+                        "validRanges": ["1d", "5d", "1mo", "3mo", "6mo", "1y", "2y", "5y", "10y", "ytd", "max"],
+                    },
+                    "timestamp": stamps,
+                    "indicators": {
+                        "quote": [column],
+                        "adjclose": [{"adjclose": [round(close * ADJUSTMENT, 6) for close in column["close"]]}],
+                    },
+                }
+            ],
+        }
+    }
 
 
 @pytest.fixture
@@ -406,10 +472,12 @@ def test_yfinance_parses_a_v8_chart_answer_into_the_store_schema(yahoo_http):
 
     (params,) = chart_requests(yahoo_http, "/v8/finance/chart/MSFT")
     assert params["interval"] == "1d"
-    assert int(params["period1"]) == int(pd.Timestamp("2017-11-01", tz="America/New_York").timestamp()), \
+    assert int(params["period1"]) == int(pd.Timestamp("2017-11-01", tz="America/New_York").timestamp()), (
         "starts the day after `since`"
-    assert int(params["period2"]) == int(pd.Timestamp("2017-11-08", tz="America/New_York").timestamp()), \
+    )
+    assert int(params["period2"]) == int(pd.Timestamp("2017-11-08", tz="America/New_York").timestamp()), (
         "`as_of` included: yfinance's end is exclusive"
+    )
 
 
 def test_yfinance_real_path_maps_index_symbols_and_hides_rows_after_as_of(yahoo_http):

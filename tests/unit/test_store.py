@@ -54,8 +54,13 @@ def test_reading_an_unknown_ticker_is_an_empty_table_in_the_schema(store):
     empty = store.read("MSFT")
     assert empty.empty and list(empty.columns) == COLUMNS
     assert {c: str(t) for c, t in empty.dtypes.items()} == {
-        "Date": "datetime64[ns]", "Open": "float64", "High": "float64", "Low": "float64", "Close": "float64",
-        "Volume": "int64"}
+        "Date": "datetime64[ns]",
+        "Open": "float64",
+        "High": "float64",
+        "Low": "float64",
+        "Close": "float64",
+        "Volume": "int64",
+    }
     assert store.last_date("MSFT") is None
     assert store.tickers() == []
 
@@ -228,13 +233,14 @@ def test_digest_survives_the_parquet_round_trip(store, msft_slice):
 
 def test_digest_is_the_same_in_another_process(tmp_path, store, msft_slice):
     store.write("MSFT", msft_slice)
-    code = (
-        "import sys, pandas as pd\n"
-        "from pipeline.store import digest\n"
-        "print(digest(pd.read_parquet(sys.argv[1])))\n"
+    code = "import sys, pandas as pd\nfrom pipeline.store import digest\nprint(digest(pd.read_parquet(sys.argv[1])))\n"
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(store.path("MSFT"))],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
-    done = subprocess.run([sys.executable, "-c", code, str(store.path("MSFT"))], cwd=PROJECT_ROOT,
-                          capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == digest(msft_slice)
 
@@ -263,9 +269,8 @@ def test_lock_file_exists_and_is_exclusive(store):
         assert lock_file.exists()
         with pytest.raises(Timeout):
             FileLock(lock_file, timeout=0).acquire()
-        with pytest.raises(Timeout):
-            with store.lock("MSFT", timeout=0):
-                pass
+        with pytest.raises(Timeout), store.lock("MSFT", timeout=0):
+            pass
         with store.lock("GSPC", timeout=0):  # one ticker's lock does not block another's
             pass
     other = FileLock(lock_file, timeout=0)
@@ -297,9 +302,8 @@ def test_lock_is_exclusive_across_processes(store):
 
 
 def test_lock_refuses_invalid_ticker(store):
-    with pytest.raises(InvalidTicker):
-        with store.lock("../MSFT"):
-            pass
+    with pytest.raises(InvalidTicker), store.lock("../MSFT"):
+        pass
 
 
 # -- broken files and permissions -------------------------------------------------------------------

@@ -16,20 +16,20 @@ def test_valid_tickers_are_returned_unchanged(ticker):
 @pytest.mark.parametrize(
     "ticker",
     [
-        "../x",          # climbs out of the store folder
+        "../x",  # climbs out of the store folder
         "..",
         "a/b",
         "A/B",
         "MSFT/../../etc",
         "C:\\x",
         "",
-        "msft",          # lower case is refused, not silently upper-cased
+        "msft",  # lower case is refused, not silently upper-cased
         "Msft",
-        "A" * 16,        # too long
-        "-MSFT",         # separators only inside
+        "A" * 16,  # too long
+        "-MSFT",  # separators only inside
         "MSFT.",
         ".MSFT",
-        "^GSPC",         # Yahoo's spelling is mapped by the source, never used as our name
+        "^GSPC",  # Yahoo's spelling is mapped by the source, never used as our name
         "MS FT",
         "MSFT\n",
         "MSFT\x00",

@@ -17,7 +17,15 @@ from pipeline.promotion import CHAMPION_ALIAS, PREVIOUS_ALIAS
 from pipeline.serving import forecast_next
 from pipeline.symbols import registered_model_name
 from pipeline.tracking import Tracker, TrackingUnavailable, tracking_errors, unreachable_reason
-from tests.support import PROJECT_ROOT, FailingOnce, bundled, closed_port, plant_lstm_champion, server_error, tiny_config
+from tests.support import (
+    PROJECT_ROOT,
+    FailingOnce,
+    bundled,
+    closed_port,
+    plant_lstm_champion,
+    server_error,
+    tiny_config,
+)
 
 NAME = registered_model_name("MSFT")
 
@@ -133,11 +141,21 @@ def test_the_experiment_is_marked_as_classic_model_training(tracker):
 def test_processes_opening_one_fresh_sqlite_store_at_once_all_succeed(tmp_path):
     """Opening the store migrates a fresh schema; without the init lock, a second process trips over the first's
     half-done migration (seen: "alembic_version ... 0 found")."""
-    script = ("import sys, pathlib; from pipeline.tracking import Tracker; "
-              "Tracker.connect(f'sqlite:///{sys.argv[1]}', 'stockpipe', pathlib.Path(sys.argv[1]).parent / 'a')")
+    script = (
+        "import sys, pathlib; from pipeline.tracking import Tracker; "
+        "Tracker.connect(f'sqlite:///{sys.argv[1]}', 'stockpipe', pathlib.Path(sys.argv[1]).parent / 'a')"
+    )
     database = tmp_path / "mlflow.db"
-    openers = [subprocess.Popen([sys.executable, "-c", script, str(database)], cwd=PROJECT_ROOT,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(3)]
+    openers = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, str(database)],
+            cwd=PROJECT_ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for _ in range(3)
+    ]
     outputs = [p.communicate(timeout=300)[0] for p in openers]
     assert [p.returncode for p in openers] == [0, 0, 0], "\n".join(o[-2000:] for o in outputs)
 
@@ -148,18 +166,16 @@ def test_processes_opening_one_fresh_sqlite_store_at_once_all_succeed(tmp_path):
 def test_a_server_that_is_not_there_is_reported_as_unavailable(monkeypatch, tmp_path):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     uri = f"http://127.0.0.1:{closed_port()}"
-    with pytest.raises(TrackingUnavailable) as raised:
-        with tracking_errors(uri, "connecting"):
-            Tracker.connect(uri, "stockpipe-test", tmp_path)
+    with pytest.raises(TrackingUnavailable) as raised, tracking_errors(uri, "connecting"):
+        Tracker.connect(uri, "stockpipe-test", tmp_path)
     message = str(raised.value)
     assert message.startswith(f"MLflow tracking server {uri} unreachable while connecting: ")
     assert "Connection refused" in message and len(message) < 200, message
 
 
 def test_errors_the_server_answered_are_not_unavailability(tracker):
-    with pytest.raises(MlflowException) as raised:
-        with tracking_errors(tracker.tracking_uri, "reading"):
-            tracker.client.get_registered_model("no-such-model")
+    with pytest.raises(MlflowException) as raised, tracking_errors(tracker.tracking_uri, "reading"):
+        tracker.client.get_registered_model("no-such-model")
     assert not isinstance(raised.value, TrackingUnavailable)
     assert unreachable_reason(ValueError("bad input")) is None
 
@@ -167,7 +183,9 @@ def test_errors_the_server_answered_are_not_unavailability(tracker):
 def test_a_password_in_the_tracking_uri_never_reaches_the_message():
     import requests
 
-    with pytest.raises(TrackingUnavailable) as raised:
-        with tracking_errors("http://admin:hunter2secret@mlflow:5000", "tracking MSFT"):
-            raise MlflowException("API request failed") from requests.ConnectionError("Connection refused")
+    with (
+        pytest.raises(TrackingUnavailable) as raised,
+        tracking_errors("http://admin:hunter2secret@mlflow:5000", "tracking MSFT"),
+    ):
+        raise MlflowException("API request failed") from requests.ConnectionError("Connection refused")
     assert "hunter2secret" not in str(raised.value) and "admin:***@mlflow" in str(raised.value)

@@ -14,14 +14,17 @@ from pipeline.validation import contract_frame
 D = dt.date
 
 
-@pytest.mark.parametrize("day, expected", [
-    (D(2017, 11, 10), True),    # a Friday
-    (D(2017, 11, 11), False),   # Saturday
-    (D(2017, 11, 23), False),   # Thanksgiving
-    (D(2001, 9, 12), False),    # closed after 9/11
-    (D(2012, 10, 29), False),   # hurricane Sandy
-    (D(1987, 10, 19), True),    # the crash was a session
-])
+@pytest.mark.parametrize(
+    "day, expected",
+    [
+        (D(2017, 11, 10), True),  # a Friday
+        (D(2017, 11, 11), False),  # Saturday
+        (D(2017, 11, 23), False),  # Thanksgiving
+        (D(2001, 9, 12), False),  # closed after 9/11
+        (D(2012, 10, 29), False),  # hurricane Sandy
+        (D(1987, 10, 19), True),  # the crash was a session
+    ],
+)
 def test_sessions_include_real_closures(day, expected):
     assert is_session(day) is expected
 
@@ -49,8 +52,16 @@ def test_the_bundled_histories_lack_only_the_sessions_their_readme_admits():
 
 
 def test_the_contract_sees_the_gaps():
-    prices = pd.DataFrame({"Date": pd.to_datetime(["2017-11-06", "2017-11-07", "2017-11-13"]),
-                           "Open": 1.0, "High": 1.0, "Low": 1.0, "Close": 1.0, "Volume": 1})
+    prices = pd.DataFrame(
+        {
+            "Date": pd.to_datetime(["2017-11-06", "2017-11-07", "2017-11-13"]),
+            "Open": 1.0,
+            "High": 1.0,
+            "Low": 1.0,
+            "Close": 1.0,
+            "Volume": 1,
+        }
+    )
     assert contract_frame(prices)["SessionsMissedBefore"].tolist() == [0, 0, 3]
 
 

@@ -38,8 +38,9 @@ def names(failures: list[FailedExpectation]) -> set[tuple[str, str | None]]:
 @pytest.mark.parametrize("ticker", ["MSFT", "GSPC"])
 def test_bundled_history_passes_the_contract(ticker, price_suite):
     prices = CsvSource(BUNDLED_SNAPSHOTS).fetch(ticker, None, dt.date(2019, 1, 1))
-    report = validate_prices(prices, subject=ticker, suite_definition=price_suite, as_of=dt.date(2019, 1, 1),
-                             min_rows=1000)
+    report = validate_prices(
+        prices, subject=ticker, suite_definition=price_suite, as_of=dt.date(2019, 1, 1), min_rows=1000
+    )
     assert report.passed, report.summary()
     assert report.critical_failures == []
     assert report.rows == len(prices) and report.evaluated == len(price_suite["expectations"])
@@ -175,13 +176,20 @@ def test_negative_volume_is_critical(msft_slice, price_suite):
 def test_contract_frame_adds_log_returns_and_session_gaps(msft_slice):
     prices = msft_slice.drop(index=[5, 6]).reset_index(drop=True)
     frame = contract_frame(prices)
-    assert list(frame.columns) == [*msft_slice.columns, "LogReturn", "LogRange", "VolumeToMedian", "SessionsMissedBefore"]
+    assert list(frame.columns) == [
+        *msft_slice.columns,
+        "LogReturn",
+        "LogRange",
+        "VolumeToMedian",
+        "SessionsMissedBefore",
+    ]
     assert np.isnan(frame["LogReturn"].iloc[0])
     assert frame["LogReturn"].iloc[1] == pytest.approx(np.log(frame["Close"].iloc[1] / frame["Close"].iloc[0]))
     assert frame["LogRange"].iloc[1] == pytest.approx(np.log(frame["High"].iloc[1] / frame["Low"].iloc[1]))
     assert frame["VolumeToMedian"].iloc[:5].isna().all()  # too little history to compare with
     assert frame["VolumeToMedian"].iloc[30] == pytest.approx(
-        frame["Volume"].iloc[30] / frame["Volume"].iloc[10:30].median())
+        frame["Volume"].iloc[30] / frame["Volume"].iloc[10:30].median()
+    )
     assert frame["SessionsMissedBefore"].tolist()[:7] == [0, 0, 0, 0, 0, 2, 0]
     assert list(prices.columns) == list(msft_slice.columns), "the input is not modified"
 
@@ -219,8 +227,13 @@ def test_verdict_names_failures_and_skips_successes():
     raw = gx_result(
         result(True, "expect_column_values_to_not_be_null", {"column": "Date"}, "critical", unexpected_count=0),
         result(False, "expect_column_values_to_be_unique", {"column": "Date"}, "critical", unexpected_count=2),
-        result(False, "expect_column_pair_values_a_to_be_greater_than_b", {"column_A": "High", "column_B": "Low"},
-               "critical", unexpected_count=1),
+        result(
+            False,
+            "expect_column_pair_values_a_to_be_greater_than_b",
+            {"column_A": "High", "column_B": "Low"},
+            "critical",
+            unexpected_count=1,
+        ),
         result(False, "expect_table_row_count_to_be_between", {"min_value": 500}, "critical", observed_value=300),
         result(False, "expect_column_values_to_be_between", {"column": "Volume"}, "warning", unexpected_count=1),
         result(False, "expect_compound_columns_to_be_unique", {"column_list": ["Date", "Close"]}, "info"),
@@ -264,14 +277,18 @@ def test_verdict_treats_a_missing_severity_as_critical():
 
 
 def test_verdict_of_all_successes_and_of_nothing():
-    ok = verdict("MSFT", 10, gx_result(result(True, "expect_column_values_to_be_unique", {"column": "Date"}, "critical")))
+    ok = verdict(
+        "MSFT", 10, gx_result(result(True, "expect_column_values_to_be_unique", {"column": "Date"}, "critical"))
+    )
     assert ok.passed and ok.failures == [] and ok.summary() == "MSFT: 1 expectations passed on 10 rows"
     empty = verdict("MSFT", 0, {})
     assert empty.passed and empty.evaluated == 0
 
 
 def test_verdict_does_not_modify_its_input():
-    raw = gx_result(result(False, "expect_column_values_to_be_unique", {"column": "Date"}, "critical", unexpected_count=2))
+    raw = gx_result(
+        result(False, "expect_column_values_to_be_unique", {"column": "Date"}, "critical", unexpected_count=2)
+    )
     before = json.dumps(raw, sort_keys=True)
     verdict("MSFT", 10, raw)
     verdict("MSFT", 10, raw)
@@ -279,8 +296,9 @@ def test_verdict_does_not_modify_its_input():
 
 
 def test_report_json_is_serialisable_with_odd_observed_values():
-    failure = FailedExpectation("expect_column_max_to_be_between", "Date", CRITICAL, None,
-                                pd.Timestamp("2017-11-10"), "no future")
+    failure = FailedExpectation(
+        "expect_column_max_to_be_between", "Date", CRITICAL, None, pd.Timestamp("2017-11-10"), "no future"
+    )
     report = ValidationReport("MSFT", 10, [failure], evaluated=1, raw={"success": False})
     data = json.loads(json.dumps(report.to_json()))
     assert data["passed"] is False and data["failures"][0]["observed"] == "2017-11-10 00:00:00"
@@ -295,8 +313,11 @@ def day(frame: pd.DataFrame, row: int) -> str:
 
 
 def failure(report: ValidationReport, expectation: str, column: str, purpose: str = "") -> FailedExpectation:
-    (found,) = [f for f in report.failures
-                if f.expectation == expectation and f.column == column and f.purpose.startswith(purpose)]
+    (found,) = [
+        f
+        for f in report.failures
+        if f.expectation == expectation and f.column == column and f.purpose.startswith(purpose)
+    ]
     return found
 
 
@@ -310,7 +331,9 @@ def test_failures_name_their_rows_by_date(msft_slice, price_suite):
 def test_duplicate_and_unsorted_dates_name_their_rows(msft_slice, price_suite):
     unique = failure(run(duplicate_date(msft_slice.copy()), price_suite), "expect_column_values_to_be_unique", "Date")
     assert unique.rows == (day(msft_slice, 100),) * 2
-    increasing = failure(run(unsorted_dates(msft_slice.copy()), price_suite), "expect_column_values_to_be_increasing", "Date")
+    increasing = failure(
+        run(unsorted_dates(msft_slice.copy()), price_suite), "expect_column_values_to_be_increasing", "Date"
+    )
     assert increasing.rows == (day(msft_slice, 120),)  # the row that goes back in time
 
 
@@ -345,6 +368,7 @@ def set_value(column: str, row: int, value, dtype: str | None = None):
             f[column] = f[column].astype(dtype)
         f.loc[row, column] = value
         return f
+
     return corrupt
 
 
@@ -359,12 +383,21 @@ BAD_INPUTS = {
     "Volume 1e30": (set_value("Volume", 85, 1e30, "float64"), (PRICE_RULE, "Volume"), 85),
     "Volume +inf": (set_value("Volume", 86, np.inf, "float64"), (PRICE_RULE, "Volume"), 86),
     "Volume beyond 1e15 in int64": (set_value("Volume", 87, 9_000_000_000_000_000_000), (PRICE_RULE, "Volume"), 87),
-    "Volume missing (nullable Int64)": (set_value("Volume", 88, pd.NA, "Int64"),
-                                        ("expect_column_values_to_not_be_null", "Volume"), 88),
-    "High 10x its bar": (lambda f: f.assign(High=f["High"].where(f.index != 89, f["High"] * 10)),
-                         (PRICE_RULE, "LogRange"), 89),
-    "Volume 1000x its history": (lambda f: f.assign(Volume=f["Volume"].where(f.index != 90, f["Volume"] * 1000)),
-                                 (PRICE_RULE, "VolumeToMedian"), 90),
+    "Volume missing (nullable Int64)": (
+        set_value("Volume", 88, pd.NA, "Int64"),
+        ("expect_column_values_to_not_be_null", "Volume"),
+        88,
+    ),
+    "High 10x its bar": (
+        lambda f: f.assign(High=f["High"].where(f.index != 89, f["High"] * 10)),
+        (PRICE_RULE, "LogRange"),
+        89,
+    ),
+    "Volume 1000x its history": (
+        lambda f: f.assign(Volume=f["Volume"].where(f.index != 90, f["Volume"] * 1000)),
+        (PRICE_RULE, "VolumeToMedian"),
+        90,
+    ),
 }
 
 
@@ -489,18 +522,34 @@ def test_excerpt_and_safe_values():
 
 def test_verdict_reads_failing_rows_and_errors_from_gx_json():
     raw = gx_result(
-        result(False, "expect_column_values_to_be_between", {"column": "Close"}, "critical", unexpected_count=12,
-               partial_unexpected_index_list=[{"Date": [f"2017-11-{d:02d}T00:00:00" for d in range(1, 11)]
-                                              + ["… 2 more"]}]),
-        {"success": False, "result": {},
-         "expectation_config": {"type": "expect_column_values_to_be_increasing", "kwargs": {"column": "Date"}},
-         "exception_info": {"raised_exception": True, "exception_message": "boom PASSWORD=x\n" + "y" * 200,
-                            "exception_traceback": "Traceback..."}},
+        result(
+            False,
+            "expect_column_values_to_be_between",
+            {"column": "Close"},
+            "critical",
+            unexpected_count=12,
+            partial_unexpected_index_list=[
+                {"Date": [f"2017-11-{d:02d}T00:00:00" for d in range(1, 11)] + ["… 2 more"]}
+            ],
+        ),
+        {
+            "success": False,
+            "result": {},
+            "expectation_config": {"type": "expect_column_values_to_be_increasing", "kwargs": {"column": "Date"}},
+            "exception_info": {
+                "raised_exception": True,
+                "exception_message": "boom PASSWORD=x\n" + "y" * 200,
+                "exception_traceback": "Traceback...",
+            },
+        },
     )
     close, increasing = verdict("MSFT", 12, raw).failures
     assert close.rows[0] == "2017-11-01" and len(close.rows) == 10
-    assert close.describe() == ("expect_column_values_to_be_between(Close): 12 row(s): "
-                                + ", ".join(f"2017-11-{d:02d}" for d in range(1, 11)) + " and 2 more")
+    assert close.describe() == (
+        "expect_column_values_to_be_between(Close): 12 row(s): "
+        + ", ".join(f"2017-11-{d:02d}" for d in range(1, 11))
+        + " and 2 more"
+    )
     assert increasing.error.startswith("boom PASSWORD=***") and len(increasing.error) <= 80
     assert increasing.describe().startswith("expect_column_values_to_be_increasing(Date): not evaluated: boom")
 
@@ -508,11 +557,21 @@ def test_verdict_reads_failing_rows_and_errors_from_gx_json():
 def test_sanitized_gx_result_caps_lists_and_drops_tracebacks():
     from pipeline.validation import sanitize_gx_result
 
-    raw = gx_result(result(False, "expect_column_values_to_be_between", {"column": "Close"}, "critical",
-                           observed_value="\x1b]0;" + "z" * 100,
-                           partial_unexpected_index_list=[{"Date": list(range(50))}]))
-    raw["results"][0]["exception_info"] = {"raised_exception": True, "exception_traceback": "secret",
-                                           "exception_message": "m"}
+    raw = gx_result(
+        result(
+            False,
+            "expect_column_values_to_be_between",
+            {"column": "Close"},
+            "critical",
+            observed_value="\x1b]0;" + "z" * 100,
+            partial_unexpected_index_list=[{"Date": list(range(50))}],
+        )
+    )
+    raw["results"][0]["exception_info"] = {
+        "raised_exception": True,
+        "exception_traceback": "secret",
+        "exception_message": "m",
+    }
     clean = sanitize_gx_result(raw)
     details = clean["results"][0]["result"]
     assert len(details["observed_value"]) == 40 and "\x1b" not in details["observed_value"]
@@ -560,8 +619,9 @@ def test_data_docs_are_rendered_on_request(tmp_path, msft_slice, price_suite):
     assert len(pages) == 2
     render_data_docs(reports[1:], tmp_path / "docs")  # replaces the site
     assert len(list((tmp_path / "docs" / "validations").rglob("*.html"))) == 1
-    legacy = validate_prices(msft_slice, subject="MSFT", suite_definition=price_suite, as_of=AS_OF,
-                             docs_dir=tmp_path / "legacy")  # the old per-validation way still works
+    legacy = validate_prices(
+        msft_slice, subject="MSFT", suite_definition=price_suite, as_of=AS_OF, docs_dir=tmp_path / "legacy"
+    )  # the old per-validation way still works
     assert legacy.passed and (tmp_path / "legacy" / "index.html").is_file()
 
 

@@ -74,8 +74,8 @@ def parse(html: str) -> Collector:
 def test_each_report_has_its_verdict_rows_and_a_table(page, reports):
     assert page.startswith("<!DOCTYPE html>") and "<title>MSFT: data contract</title>" in page
     assert page.count("<table>") == 2
-    assert "MSFT new batch <span class=\"verdict bad\">FAILED</span>" in page
-    assert "MSFT merged history <span class=\"verdict warn\">passed with warnings</span>" in page
+    assert 'MSFT new batch <span class="verdict bad">FAILED</span>' in page
+    assert 'MSFT merged history <span class="verdict warn">passed with warnings</span>' in page
     assert f"{reports[1].rows} row(s), 1986-03-13 to 2017-11-10" in page and "300 row(s)" in page
 
 
@@ -84,7 +84,7 @@ def test_every_expectation_is_listed_with_its_purpose_and_result(page, reports, 
     assert len(table_rows) == 2 * len(price_suite["expectations"])
     for offset in (0, len(price_suite["expectations"])):
         for expectation, row in zip(price_suite["expectations"], table_rows[offset:], strict=False):
-            number, kind, column, severity, purpose, result, _observed, _rows = row
+            _number, kind, _column, severity, purpose, result, _observed, _rows = row
             assert kind.startswith(expectation["type"]) and severity == expectation["severity"]
             assert purpose == expectation["meta"]["purpose"]
             assert result in {"passed", "failed", "warning"}
@@ -107,8 +107,26 @@ def test_self_contained_small_and_without_references(page):
     for reference in ("http://", "https://", "src=", "href=", "<script", "<link", "<img", "<iframe", "@import", "url("):
         assert reference not in lowered, reference
     assert {tag for tag, _ in parse(page).tags} <= {
-        "html", "head", "meta", "title", "style", "body", "h1", "h2", "p", "span", "section", "table", "thead",
-        "tbody", "tr", "th", "td", "code", "br"}
+        "html",
+        "head",
+        "meta",
+        "title",
+        "style",
+        "body",
+        "h1",
+        "h2",
+        "p",
+        "span",
+        "section",
+        "table",
+        "thead",
+        "tbody",
+        "tr",
+        "th",
+        "td",
+        "code",
+        "br",
+    }
 
 
 HOSTILE = '<script>alert(1)</script>"><img src=x onerror=alert(2)>&amp;'
@@ -116,12 +134,29 @@ HOSTILE = '<script>alert(1)</script>"><img src=x onerror=alert(2)>&amp;'
 
 def test_everything_is_escaped():
     outcome = ExpectationOutcome(
-        expectation=f"expect_{HOSTILE}", column=HOSTILE, severity=CRITICAL, purpose=HOSTILE, success=False,
-        rule=HOSTILE, observed=[HOSTILE, 3], unexpected_count=2, element_count=5, rows=(HOSTILE, "2017-11-03"),
-        error=HOSTILE)
+        expectation=f"expect_{HOSTILE}",
+        column=HOSTILE,
+        severity=CRITICAL,
+        purpose=HOSTILE,
+        success=False,
+        rule=HOSTILE,
+        observed=[HOSTILE, 3],
+        unexpected_count=2,
+        element_count=5,
+        rows=(HOSTILE, "2017-11-03"),
+        error=HOSTILE,
+    )
     failure = FailedExpectation(outcome.expectation, HOSTILE, CRITICAL, 2, HOSTILE, HOSTILE, rows=(HOSTILE,))
-    report = ValidationReport(subject=HOSTILE, rows=5, failures=[failure], evaluated=1, outcomes=[outcome],
-                              parameters={HOSTILE: HOSTILE}, first_date=HOSTILE, last_date="2017-11-03")
+    report = ValidationReport(
+        subject=HOSTILE,
+        rows=5,
+        failures=[failure],
+        evaluated=1,
+        outcomes=[outcome],
+        parameters={HOSTILE: HOSTILE},
+        first_date=HOSTILE,
+        last_date="2017-11-03",
+    )
     page = render_html([report], title=HOSTILE)
     assert "<script" not in page and "<img" not in page and "onerror=alert(2)>" not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;&quot;&gt;&lt;img" in page and "&amp;amp;" in page
@@ -131,8 +166,15 @@ def test_everything_is_escaped():
 
 
 def test_a_report_without_outcomes_still_shows_its_failures():
-    failure = FailedExpectation("expect_column_values_to_be_unique", "Date", CRITICAL, 2, None, "One row per session",
-                                rows=("2017-11-03", "2017-11-03"))
+    failure = FailedExpectation(
+        "expect_column_values_to_be_unique",
+        "Date",
+        CRITICAL,
+        2,
+        None,
+        "One row per session",
+        rows=("2017-11-03", "2017-11-03"),
+    )
     page = render_html([ValidationReport("MSFT", 10, [failure], evaluated=1)], title="old report")
     assert "One row per session" in page and "2017-11-03, 2017-11-03" in page and "FAILED" in page
 

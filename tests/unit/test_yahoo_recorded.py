@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 from curl_cffi.requests.exceptions import DNSError
 
+from pipeline.ingest import fetch_batch
 from pipeline.sources import COLUMNS, TransientSourceError, UnknownSymbol, YahooSource
 from pipeline.store import PriceStore
-from pipeline.ingest import fetch_batch
 from tests import yahoo_fake
 
 SNAPSHOT = pd.read_csv(yahoo_fake.RECORDED.parents[2] / "data" / "snapshots" / "MSFT.csv", parse_dates=["Date"])
@@ -33,7 +33,15 @@ def test_normal_answer_is_normalised_to_the_store_schema(yahoo):
     assert list(prices.columns) == COLUMNS
     assert prices["Date"].dt.tz is None, "exchange-local session dates, no time zone"
     assert prices["Date"].dt.strftime("%Y-%m-%d").tolist() == [
-        "2017-11-01", "2017-11-02", "2017-11-03", "2017-11-06", "2017-11-07", "2017-11-08", "2017-11-09", "2017-11-10"]
+        "2017-11-01",
+        "2017-11-02",
+        "2017-11-03",
+        "2017-11-06",
+        "2017-11-07",
+        "2017-11-08",
+        "2017-11-09",
+        "2017-11-10",
+    ]
     assert prices[["Open", "High", "Low", "Close"]].dtypes.eq("float64").all() and prices["Volume"].dtype == "int64"
     expected = SNAPSHOT.set_index("Date").loc["2017-11-01":"2017-11-10"]
     assert prices["Close"].to_numpy() == pytest.approx(expected["Close"].to_numpy())
