@@ -1,8 +1,8 @@
 """The `daily-pipeline` Prefect flow: Prefect's concerns only (typed parameters, task runs with retries, fan-out,
 logs, artifacts); the ticker-day itself is `pipeline.daily.run_ticker`."""
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: a deployment's worker validates the flow's parameters against their
+# annotations, and when it loads this module from the entrypoint, string annotations cannot be resolved.
 import datetime as dt
 import logging
 import threading
@@ -26,12 +26,14 @@ from pydantic import Field
 from pipeline import daily, ingest, training
 from pipeline.daily import DailyContext, Stages, run_ticker
 from pipeline.evidence import PromotionPolicy
-from pipeline.fsutil import within
+from pipeline.fsutil import UnsafeInput, within
+from pipeline.ingest import BatchRefused, StaleData
+from pipeline.model_files import ModelRefused
 from pipeline.outcome import TickerOutcome
 from pipeline.quarantine import Retention
 from pipeline.settings import DEFAULT_MAX_WORKERS, Settings, SourceKind
-from pipeline.sources import TransientSourceError, build_source
-from pipeline.store import PriceStore
+from pipeline.sources import SourceError, TransientSourceError, build_source
+from pipeline.store import PriceStore, StoreUnreadable
 from pipeline.symbols import Ticker, validate_ticker
 from pipeline.tracking import Tracker, TrackingUnavailable, tracking_errors
 from pipeline.validation import load_suite_definition
@@ -247,8 +249,34 @@ def publish_summary(outcomes: list[TickerOutcome], as_of: dt.date | None) -> Non
             )
 
 
+# Failures that are facts about the input or the state, each already explained in one line: their tracebacks would
+# only bury that line (a refused batch is the contract doing its job, not a crash). Anything else keeps its traceback.
+EXPECTED_FAILURES: tuple[type[BaseException], ...] = (
+    BatchRefused,
+    StaleData,
+    SourceError,
+    StoreUnreadable,
+    ModelRefused,
+    UnsafeInput,
+    ParameterRefused,
+    TrackingUnavailable,
+)
+
+
+class ExpectedFailureTracebacks(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], EXPECTED_FAILURES):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
 def quiet_third_party_logs() -> None:
-    """Keep the run log to what a person follows: our steps at INFO, libraries' chatter at WARNING."""
+    """Keep the run log to what a person follows: our steps at INFO, libraries' chatter at WARNING, and no
+    traceback for a failure that is a fact about the data (its one-line reason says everything)."""
+    for name in ("prefect.task_runs", "prefect.flow_runs"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, ExpectedFailureTracebacks) for f in logger.filters):
+            logger.addFilter(ExpectedFailureTracebacks())
     logging.getLogger("pipeline").setLevel(logging.INFO)
     for noisy in ("great_expectations", "mlflow", "tensorflow", "absl"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -4,7 +4,6 @@ champion, and a tracker that loses its connection on cue."""
 from __future__ import annotations
 
 import datetime as dt
-import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -15,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.settings import BUNDLED_SNAPSHOTS, TrainingConfig
+from tests.servers import clean_env
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SNAPSHOTS = BUNDLED_SNAPSHOTS
@@ -54,13 +54,6 @@ def bundled(ticker: str, since: dt.date | None = None, as_of: dt.date = MSFT_LAS
     return CsvSource(SNAPSHOTS).fetch(ticker, since, as_of)
 
 
-def clean_env(**overrides: str) -> dict[str, str]:
-    """This process's environment without stockpipe, MLflow or Prefect settings, plus `overrides`."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("STOCKPIPE_", "MLFLOW_", "PREFECT_"))}
-    env.update(overrides)
-    return env
-
-
 def stockpipe(
     *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 600, **settings: str
 ) -> subprocess.CompletedProcess:
@@ -71,15 +64,6 @@ def stockpipe(
     return subprocess.run(
         [sys.executable, "-m", "flows.cli", *args], cwd=cwd, env=base, capture_output=True, text=True, timeout=timeout
     )
-
-
-def closed_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def lost_connection(where: str) -> Exception:

@@ -1,26 +1,27 @@
-"""Against a real `prefect server start`: the `daily` deployment served, triggered by hand, scheduled, and safe
-when two runs of the same ticker start at once."""
+"""Against a real `prefect server start`: the `daily` deployment served with the schedule from prefect.yaml,
+triggered by hand, its parameters refused by the server's API when bad, untrusted folders refused by the run, and
+two runs of one ticker starting at once."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import subprocess
 import sys
 import time
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
-import yaml
 from mlflow import MlflowClient
 
-from pipeline.promotion import CHAMPION_ALIAS, KEPT, PROMOTED, SKIPPED
+from flows.deployment import deployment_spec, schedules
 from pipeline.symbols import registered_model_name
-from tests.integration.conftest import TINY_TRAINING
-from tests.servers import api_post, clean_env, prefect_server, started, wait_for_flow_run
+from tests.servers import HttpServer, http_status, prefect_server, started, wait_for_flow_run
+from tests.support import PROJECT_ROOT, TINY_TRAINING, clean_env
 
 pytestmark = pytest.mark.integration
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 PREFECT = str(Path(sys.executable).with_name("prefect"))
 
 
@@ -29,123 +30,157 @@ def prefect_api(tmp_path_factory):
     """A real Prefect server on a free loopback port, with its own database."""
     root = tmp_path_factory.mktemp("prefect-server")
     with prefect_server(root / "home", root / "server.log") as server:
-        yield server.url
+        yield server
 
 
-def pipeline_env(api: str, home: Path) -> dict[str, str]:
-    return clean_env(
-        **TINY_TRAINING, STOCKPIPE_HOME=str(home), PREFECT_API_URL=api, PYTHONPATH=str(PROJECT_ROOT), COLUMNS="300"
-    )
+def pipeline_env(api: str, home: Path, **extra: str) -> dict[str, str]:
+    return clean_env(**TINY_TRAINING, STOCKPIPE_HOME=str(home), PREFECT_API_URL=api, PYTHONPATH=str(PROJECT_ROOT),
+                     COLUMNS="300", **extra)  # fmt: skip
 
 
-def test_served_deployment_runs_when_triggered_and_refuses_bad_parameters(prefect_api, tmp_path):
-    home = tmp_path / "state"
-    env = pipeline_env(prefect_api, home)
-    with started([sys.executable, "-m", "flows.cli", "serve"], log=tmp_path / "serve.log", env=env):
-        deployment = None
-        deadline = time.monotonic() + 120
-        while deployment is None and time.monotonic() < deadline:
-            found = api_post(prefect_api, "/deployments/filter", {"deployments": {"name": {"any_": ["daily"]}}})
-            deployment = found[0] if found else None
+@pytest.fixture(scope="module")
+def served(prefect_api, tmp_path_factory):
+    """`stockpipe serve` running against the server; yields the deployment as the API shows it, and the state."""
+    root = tmp_path_factory.mktemp("served")
+    data_root = root / "data-root"
+    data_root.mkdir()
+    env = pipeline_env(prefect_api.url, root / "state", STOCKPIPE_CSV_ROOT=str(data_root))
+    with started([sys.executable, "-m", "flows.cli", "serve"], log=root / "serve.log", env=env):
+        deadline = time.monotonic() + 180
+        found: list = []
+        while not found and time.monotonic() < deadline:
+            found = prefect_api.post("/deployments/filter", {"deployments": {"name": {"any_": ["daily"]}}})
             time.sleep(1)
-        assert deployment, (tmp_path / "serve.log").read_text()[-3000:]
-        assert deployment["global_concurrency_limit"]["limit"] == 1, "runs of the deployment never overlap"
-        (schedule,) = deployment["schedules"]
-        assert schedule["schedule"]["cron"] == "0 18 * * 1-5"
-        assert schedule["schedule"]["timezone"] == "America/New_York"
+        assert found, (root / "serve.log").read_text()[-3000:]
+        yield found[0], root, env
 
-        refused = subprocess.run(
-            [PREFECT, "deployment", "run", "daily-pipeline/daily", "--param", 'tickers=["../x"]'],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert refused.returncode != 0 and "does not match" in refused.stdout + refused.stderr
 
-        triggered = subprocess.run(
-            [
-                PREFECT,
-                "deployment",
-                "run",
-                "daily-pipeline/daily",
-                "--param",
-                'tickers=["MSFT"]',
-                "--param",
-                'as_of="2017-11-10"',
-            ],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert triggered.returncode == 0, triggered.stdout + triggered.stderr
-        flow_run_id = next(line.split("UUID:")[1].strip() for line in triggered.stdout.splitlines() if "UUID:" in line)
-        run = wait_for_flow_run(prefect_api, flow_run_id)
-        assert run["state"]["type"] == "COMPLETED", (tmp_path / "serve.log").read_text()[-5000:]
+def create_flow_run(server: HttpServer, deployment_id: str, parameters: dict) -> tuple[int, str]:
+    url = f"{server.url}/deployments/{deployment_id}/create_flow_run"
+    status = http_status(url, body={"parameters": parameters}, auth=server.auth)
+    return status, url
 
-    logs = api_post(prefect_api, "/logs/filter", {"logs": {"flow_run_id": {"any_": [flow_run_id]}}, "limit": 200})
+
+def flow_run_count(server: HttpServer, deployment_id: str) -> int:
+    return len(server.post("/flow_runs/filter", {"deployments": {"id": {"any_": [deployment_id]}}}))
+
+
+def test_the_deployment_carries_the_schedule_limits_and_parameter_descriptions(served):
+    deployment, _, _ = served
+    spec = deployment_spec()
+    assert deployment["global_concurrency_limit"]["limit"] == 1, "runs of the deployment never overlap"
+    (schedule,) = deployment["schedules"]
+    (declared,) = spec["schedules"]
+    assert (schedule["schedule"]["cron"], schedule["schedule"]["timezone"]) == (declared["cron"], declared["timezone"])
+    assert deployment["enforce_parameter_schema"] is True
+    properties = deployment["parameter_openapi_schema"]["properties"]
+    for name in ("tickers", "source", "csv_dir", "as_of", "epochs", "force", "warm_start"):
+        assert properties[name].get("description"), f"the custom-run form explains {name}"
+
+
+@pytest.mark.parametrize("parameters, complaint", [
+    ({"as_of": "2017-13-45"}, "as_of"),
+    ({"epochs": 0}, "epochs"),
+    ({"epochs": -5}, "epochs"),
+    ({"tickers": ["../x"]}, "tickers"),
+    ({"source": "ftp"}, "source"),
+])  # fmt: skip
+def test_bad_parameters_are_refused_by_the_api_and_create_no_run(prefect_api, served, parameters, complaint):
+    deployment, _, _ = served
+    before = flow_run_count(prefect_api, deployment["id"])
+    status, _ = create_flow_run(prefect_api, deployment["id"], parameters)
+    assert status in (409, 422), status
+    assert flow_run_count(prefect_api, deployment["id"]) == before, "no flow run was created"
+    refused = subprocess.run(
+        [PREFECT, "deployment", "run", "daily-pipeline/daily", *[a for k, v in parameters.items()
+                                                                  for a in ("--param", f"{k}={_json(v)}")]],
+        env=served[2], capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert refused.returncode != 0 and complaint in refused.stdout + refused.stderr
+
+
+def _json(value) -> str:
+    import json
+
+    return json.dumps(value)
+
+
+@pytest.mark.parametrize("folder", ["/etc", "link out of the root", "../../etc"])
+def test_a_csv_folder_outside_the_root_is_refused_before_anything_is_read(prefect_api, served, folder):
+    deployment, root, _ = served
+    data_root = root / "data-root"
+    if folder == "link out of the root":
+        link = data_root / "exports"
+        if not link.exists():
+            link.symlink_to("/etc")
+        folder = str(link)
+    elif folder.startswith(".."):
+        folder = str(data_root / folder)
+    run = prefect_api.post(
+        f"/deployments/{deployment['id']}/create_flow_run",
+        {"parameters": {"source": "csv", "csv_dir": folder, "tickers": ["MSFT"]}},
+    )
+    finished = wait_for_flow_run(prefect_api.url, run["id"], auth=prefect_api.auth)
+    assert finished["state"]["type"] == "FAILED"
+    assert "outside STOCKPIPE_CSV_ROOT" in finished["state"]["message"]
+    assert not (root / "state" / "store").exists(), "nothing was read, nothing was stored"
+
+
+def test_a_triggered_run_completes_with_logs_a_table_and_links(prefect_api, served):
+    deployment, root, env = served
+    triggered = subprocess.run(
+        [PREFECT, "deployment", "run", "daily-pipeline/daily", "--param", 'tickers=["MSFT"]', "--param",
+         'as_of="2017-11-10"'], env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert triggered.returncode == 0, triggered.stdout + triggered.stderr
+    flow_run_id = next(line.split("UUID:")[1].strip() for line in triggered.stdout.splitlines() if "UUID:" in line)
+    run = wait_for_flow_run(prefect_api.url, flow_run_id, auth=prefect_api.auth)
+    assert run["state"]["type"] == "COMPLETED", (root / "serve.log").read_text()[-5000:]
+    assert run["name"] == "daily 2017-11-10 MSFT"
+
+    logs = prefect_api.post("/logs/filter", {"logs": {"flow_run_id": {"any_": [flow_run_id]}}, "limit": 200})
     assert any(entry["name"].startswith("pipeline.") for entry in logs), "library logs reach the Prefect UI"
-    artifacts = api_post(prefect_api, "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [flow_run_id]}}})
-    (summary,) = [a for a in artifacts if a["key"] == "daily-pipeline-summary"]
-    assert "| MSFT | 2017-11-10 |" in summary["data"]
+    artifacts = prefect_api.post("/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [flow_run_id]}}})
+    keys = {a["key"]: a for a in artifacts}
+    assert keys["daily-pipeline-summary"]["type"] == "table" and '"MSFT"' in keys["daily-pipeline-summary"]["data"]
+    assert "mlflow-run-msft" in keys and keys["daily-pipeline-progress"]["type"] == "progress"
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow.db'}")
-    champion = client.get_model_version_by_alias(registered_model_name("MSFT"), CHAMPION_ALIAS)
-    run_ids = {v.run_id for v in client.search_model_versions(f"name = '{registered_model_name('MSFT')}'")}
-    tagged = [client.get_run(r).data.tags.get("prefect_flow_run_id") for r in run_ids]
-    assert flow_run_id in tagged, "the MLflow run records the Prefect flow run that made it"
-    assert champion.version in ("1", "2", 1, 2)
+    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'state' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("stockpipe")
+    runs = client.search_runs([experiment.experiment_id], filter_string="tags.ticker = 'MSFT'")
+    assert flow_run_id in {r.data.tags.get("prefect_flow_run_id") for r in runs}, "the MLflow run names its flow run"
 
 
 def test_two_concurrent_runs_of_one_ticker_train_once_and_promote_at_most_once(prefect_api, tmp_path):
     home = tmp_path / "state"
-    env = pipeline_env(prefect_api, home)
+    env = pipeline_env(prefect_api.url, home)
     command = [sys.executable, "-m", "flows.cli", "run", "--tickers", "MSFT", "--as-of", "2017-11-10"]
     first = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     second = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     outputs = [p.communicate(timeout=600)[0] for p in (first, second)]
     assert first.returncode == 0 and second.returncode == 0, outputs
 
-    decisions = sorted(
-        line.split()[1] for out in outputs for line in out.splitlines() if line.strip().startswith("MSFT ")
-    )
-    assert len(decisions) == 2 and decisions.count(SKIPPED) == 1, decisions
-    assert set(decisions) - {SKIPPED} <= {PROMOTED, KEPT}
-
+    decisions = sorted(line.split()[1] for out in outputs for line in out.splitlines()
+                       if line.strip().startswith("MSFT "))  # fmt: skip
+    assert len(decisions) == 2 and decisions.count("skipped") == 1, decisions
     client = MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow.db'}")
     versions = client.search_model_versions(f"name = '{registered_model_name('MSFT')}'")
-    assert sorted(v.tags["model_kind"] for v in versions) == ["lstm", "naive"], "one model version per data day"
-    assert sum(v.tags.get("decision") == PROMOTED for v in versions) <= 1
-
-
-def test_prefect_yaml_declares_the_same_deployment_as_serve():
-    from flows.deployment import DEPLOYMENT_NAME, SCHEDULE_CRON, SCHEDULE_TIMEZONE, WORK_POOL
-
-    (deployment,) = yaml.safe_load((PROJECT_ROOT / "prefect.yaml").read_text())["deployments"]
-    assert deployment["name"] == DEPLOYMENT_NAME
-    assert deployment["entrypoint"] == "flows/daily.py:daily_pipeline"
-    assert deployment["work_pool"]["name"] == WORK_POOL
-    (schedule,) = deployment["schedules"]
-    assert (schedule["cron"], schedule["timezone"]) == (SCHEDULE_CRON, SCHEDULE_TIMEZONE)
-    assert deployment["concurrency_limit"]["limit"] == 1
+    assert len(versions) <= 2, "the baseline, and at most one promoted challenger"
+    experiment = client.get_experiment_by_name("stockpipe")
+    assert len(client.search_runs([experiment.experiment_id], "tags.role = 'daily'")) == 1, "trained once"
 
 
 def test_the_schedule_fires_on_trading_days_after_the_close():
-    import asyncio
-    from zoneinfo import ZoneInfo
-
     from prefect.server.schemas.schedules import CronSchedule  # what the server itself expands
 
-    from flows.deployment import SCHEDULE_CRON, SCHEDULE_TIMEZONE
     from pipeline.trading_calendar import exchange_calendar
 
-    schedule = CronSchedule(cron=SCHEDULE_CRON, timezone=SCHEDULE_TIMEZONE)
+    (declared,) = schedules(deployment_spec())
+    schedule = CronSchedule(cron=declared.cron, timezone=declared.timezone)
     start = dt.datetime(2026, 11, 20, 12, tzinfo=dt.UTC)  # a Friday; Thanksgiving is the 26th
-    fires = [f.astimezone(ZoneInfo(SCHEDULE_TIMEZONE)) for f in asyncio.run(schedule.get_dates(n=10, start=start))]
+    zone = ZoneInfo(declared.timezone)
+    fires = [f.astimezone(zone) for f in asyncio.run(schedule.get_dates(n=10, start=start))]
     calendar = exchange_calendar()
     assert all(f.weekday() < 5 and (f.hour, f.minute) == (18, 0) for f in fires)
     sessions = [f for f in fires if calendar.is_session(f.date())]
-    assert all(f > calendar.session_close(f.date()).tz_convert(SCHEDULE_TIMEZONE) for f in sessions), "after the close"
+    assert all(f > calendar.session_close(f.date()).tz_convert(declared.timezone) for f in sessions), "after the close"
     closed = [f.date() for f in fires if not calendar.is_session(f.date())]
     assert closed == [dt.date(2026, 11, 26)], "Thanksgiving fires, and the flow makes it a quick no-op"

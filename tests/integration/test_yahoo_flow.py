@@ -9,10 +9,10 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
 from flows.daily import FETCH_RETRIES, daily_pipeline
-from pipeline.promotion import FAILED
+from pipeline.outcome import Decision
 from pipeline.store import PriceStore
 from tests import yahoo_fake
-from tests.integration.conftest import SNAPSHOTS
+from tests.support import SNAPSHOTS
 
 pytestmark = pytest.mark.integration
 
@@ -37,12 +37,12 @@ def test_rate_limits_are_retried_unknown_symbols_are_not_and_closed_days_are_emp
     state = daily_pipeline(
         tickers=["MSFT", "NOSUCH", "AAPL"], source="yahoo", as_of=dt.date(2017, 11, 10), return_state=True
     )
-    outcomes = {o["ticker"]: o for o in state.result(raise_on_failure=False)}
+    outcomes = {o.ticker: o for o in state.result(raise_on_failure=False)}
 
     assert state.is_failed()
-    assert outcomes["MSFT"]["decision"] == FAILED and "429" in outcomes["MSFT"]["reason"]
-    assert outcomes["NOSUCH"]["decision"] == FAILED and "unknown or delisted" in outcomes["NOSUCH"]["reason"]
-    assert outcomes["AAPL"]["decision"] != FAILED, outcomes["AAPL"]
+    assert outcomes["MSFT"].decision is Decision.failed and "429" in outcomes["MSFT"].reason
+    assert outcomes["NOSUCH"].decision is Decision.failed and "unknown or delisted" in outcomes["NOSUCH"].reason
+    assert outcomes["AAPL"].succeeded, outcomes["AAPL"]
     counts = fetch_run_counts(state.state_details.flow_run_id)
     assert counts["fetch-MSFT"] == FETCH_RETRIES + 1, "a rate limit is retried with backoff"
     assert counts["fetch-NOSUCH"] == 1, "an unknown symbol is not retried"
