@@ -542,8 +542,15 @@ def epoch_callback(run_id: str) -> Any:
             mlflow.log_text("\n".join(lines), artifact_file="model_summary.txt", run_id=run_id)
 
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            # Live curves are a courtesy: a tracking server lost mid-training must not stop the training; the
+            # recording stage after it reports the loss (and is retried) properly.
             if logs:
-                mlflow.log_metrics({k: float(v) for k, v in logs.items()}, step=epoch, run_id=run_id, synchronous=True)
+                try:
+                    mlflow.log_metrics(
+                        {k: float(v) for k, v in logs.items()}, step=epoch, run_id=run_id, synchronous=True
+                    )
+                except Exception as exc:
+                    log.warning("epoch %d not logged live to MLflow: %s", epoch + 1, type(exc).__name__)
 
         def on_test_end(self, logs: dict | None = None) -> None:
             return None

@@ -126,7 +126,7 @@ def test_a_csv_folder_outside_the_root_is_refused_before_anything_is_read(prefec
 
 
 def test_a_triggered_run_completes_with_logs_a_table_and_links(prefect_api, served):
-    deployment, root, env = served
+    _, root, env = served
     triggered = subprocess.run(
         [PREFECT, "deployment", "run", "daily-pipeline/daily", "--param", 'tickers=["MSFT"]', "--param",
          'as_of="2017-11-10"'], env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
