@@ -3,10 +3,13 @@ logs, artifacts); the ticker-day itself is `pipeline.daily.run_ticker`."""
 
 # No `from __future__ import annotations` here: a deployment's worker validates the flow's parameters against their
 # annotations, and when it loads this module from the entrypoint, string annotations cannot be resolved.
+import contextlib
 import datetime as dt
 import logging
+import signal
 import threading
 import warnings
+from collections.abc import Iterator
 from typing import Annotated, Any
 
 from prefect import flow, task
@@ -24,7 +27,7 @@ from prefect.tasks import exponential_backoff
 from pydantic import Field
 
 from pipeline import daily, ingest, training
-from pipeline.daily import DailyContext, Stages, run_ticker
+from pipeline.daily import DailyContext, Stages, StopRequested, run_ticker
 from pipeline.evidence import PromotionPolicy
 from pipeline.fsutil import UnsafeInput, within
 from pipeline.ingest import BatchRefused, StaleData
@@ -107,6 +110,39 @@ PREFECT_STAGES = Stages(
 )
 
 
+# Set by SIGINT or SIGTERM while a flow runs: every ticker of this process stops at its next safe point (between
+# stages, or after the current epoch), records its run as failed, and promotes nothing.
+STOP = threading.Event()
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """While the flow runs, SIGINT and SIGTERM first ask the tickers to stop, then do what they did before (Prefect's
+    own handling ends the flow; the tickers' threads no longer hold it up)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    STOP.clear()
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def request_stop(signum: int, frame: Any) -> None:
+        STOP.set()
+        log.warning("%s received: stopping every ticker at its next safe point", signal.Signals(signum).name)
+        handler = previous[signal.Signals(signum)]
+        if callable(handler):
+            handler(signum, frame)
+        elif handler == signal.SIG_DFL:
+            raise KeyboardInterrupt if signum == signal.SIGINT else SystemExit(128 + signum)
+
+    for sig in previous:
+        signal.signal(sig, request_stop)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def daily_context(settings: Settings) -> DailyContext:
     """The ticker-day's I/O, from the settings (built inside each task: on Dask that is another process)."""
     uri = settings.tracking_uri()
@@ -127,6 +163,7 @@ def daily_context(settings: Settings) -> DailyContext:
         quarantine_dir=settings.quarantine_dir,
         retention=Retention(settings.quarantine_max_age_days, settings.quarantine_max_bytes),
         max_staleness_sessions=settings.max_staleness_sessions,
+        stop=STOP,
     )
 
 
@@ -260,6 +297,7 @@ EXPECTED_FAILURES: tuple[type[BaseException], ...] = (
     UnsafeInput,
     ParameterRefused,
     TrackingUnavailable,
+    StopRequested,
 )
 
 
@@ -362,8 +400,9 @@ def daily_pipeline(
         progress=0.0, key=PROGRESS_KEY, description="Epochs trained across the run's tickers"
     )
     progress = EpochProgress(progress_id, settings.tickers, settings.training.epochs)
-    futures = [ticker_day.submit(t, settings, as_of, force, warm_start, progress) for t in settings.tickers]
-    outcomes: list[TickerOutcome] = [f.result() for f in futures]
+    with stop_on_signals():
+        futures = [ticker_day.submit(t, settings, as_of, force, warm_start, progress) for t in settings.tickers]
+        outcomes: list[TickerOutcome] = [f.result() for f in futures]
     publish_summary(outcomes, as_of)
     failed = [o.ticker for o in outcomes if not o.succeeded]
     if failed:

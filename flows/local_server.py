@@ -105,10 +105,14 @@ def prefect_api(settings: Settings, share_with_workers: bool = False) -> Iterato
         os.environ["PREFECT_API_URL"] = api.api_url
     try:
         with temporary_settings(updates={PREFECT_API_URL: api.api_url}):
-            yield
-            from prefect.logging.handlers import APILogWorker
+            try:
+                yield
+            finally:
+                from prefect.logging.handlers import APILogWorker
 
-            APILogWorker.drain_all(timeout=5)  # the last log records must reach the API before it stops
+                # The last log records must reach the API before it stops, however the run ended: otherwise
+                # Prefect's log worker retries against the closed port at exit.
+                APILogWorker.drain_all(timeout=5)
     finally:
         if share_with_workers:
             os.environ.pop("PREFECT_API_URL", None)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -70,6 +71,12 @@ class DailyContext:
     retention: quarantine.Retention
     max_staleness_sessions: int
     today: Callable[[], dt.date] = dt.date.today
+    # Set when the process is asked to stop (SIGINT, SIGTERM): the ticker stops at the next safe point.
+    stop: threading.Event | None = None
+
+    def check_stop(self, stage: str) -> None:
+        if self.stop is not None and self.stop.is_set():
+            raise StopRequested(f"stopped on request while {stage}; nothing was promoted")
 
     @property
     def source_name(self) -> str:
@@ -239,11 +246,16 @@ def _run(
     unreachable = tracking_errors
     with unreachable(ctx.tracking_uri, f"opening {ticker}'s records"):
         tracker = state["tracker"] = ctx.connect()
-        settle_cut_off(tracker, ticker)
+        if settle_cut_off(tracker, ticker):
+            # What was settled changed the record: the cache must follow it, not say what it said before.
+            rebuilt = rebuild_outcome(tracker, ticker)
+            if rebuilt is not None:
+                journal.write(ctx.reports_dir, rebuilt)
         previous = state["previous"] = journal.last_outcome(
             ctx.reports_dir, ticker, lambda: rebuild_outcome(tracker, ticker)
         )
     history = ctx.store.read(ticker)
+    ctx.check_stop("fetching")
     with _timed(timings, "fetch"):
         fetched = stages.fetch(ctx.source, history, ticker, day)
     with _timed(timings, "validate"):
@@ -259,6 +271,7 @@ def _run(
             today=ctx.today(),
         )
     check_freshness(ticker, admitted.history, day, ctx.max_staleness_sessions)
+    ctx.check_stop("validating")
     settings_digest = ctx.config.digest()
     if not force and already_decided(previous, admitted.data_digest, settings_digest):
         return TickerOutcome(
@@ -300,8 +313,11 @@ def _run(
         champion_model = _load_champion(tracker, ticker, champion)
     start = warm_start_from(champion_model, champion.version, ctx.config) if warm_start else None
     callbacks = [epoch_callback(run_id), *([_epoch_hook(ticker, on_epoch, ctx.config)] if on_epoch else [])]
+    if ctx.stop is not None:
+        callbacks.append(_stop_training_on(ctx.stop))
     with _timed(timings, "train"):
         challenger = stages.train(admitted.history, ctx.config, ticker, start, callbacks)
+    ctx.check_stop("training")
     with _timed(timings, "evaluate"):
         evaluation = stages.evaluate(
             tracker,
@@ -313,6 +329,7 @@ def _run(
             policy=ctx.policy,
             blocks=ctx.config.eval_blocks,
         )
+    ctx.check_stop("scoring")
     with _timed(timings, "track"):
         version = stages.publish(
             tracker, run_id, ticker=ticker, admitted=admitted, challenger=challenger, evaluation=evaluation
@@ -343,6 +360,23 @@ def _run(
         coverage_95=scores.interval_metrics.get("challenger", {}).get("coverage_95"),
         timings=dict(challenger.timings),
     )
+
+
+class StopRequested(RuntimeError):
+    """The process was asked to stop (SIGINT or SIGTERM) while this ticker ran."""
+
+
+def _stop_training_on(stop: threading.Event) -> Any:
+    """Ends training after the current epoch once a stop is requested (the check after training then fails the
+    ticker), so a stop never waits for the remaining epochs."""
+    import keras
+
+    class StopTraining(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            if stop.is_set():
+                self.model.stop_training = True
+
+    return StopTraining()
 
 
 def _epoch_hook(ticker: str, on_epoch: EpochHook, config: TrainingConfig) -> Any:

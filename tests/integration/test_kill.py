@@ -249,7 +249,8 @@ def assert_store_intact(home: Path) -> None:
 
 def assert_settled(records: Records, *, except_run: str | None = None) -> None:
     """No run RUNNING, and no version with a decision the aliases contradict (except what the run `except_run`,
-    cut off just now, left for the next run to settle)."""
+    cut off just now, left for the next run to settle). At most one promotion completes in these tests, so every
+    version that served (the baseline, a promoted one) is still `champion` or `previous`."""
     running = [r.info.run_id for r in records.running() if r.info.run_id != except_run]
     assert not running, f"runs left RUNNING: {running}; {records.describe()}"
     crowned = {records.aliases.get("champion"), records.aliases.get("previous")}
