@@ -144,13 +144,15 @@ def run(
     _check_price_folder(settings)
     prepare_environment(settings)
     share_cores(min(settings.max_workers, len(chosen or settings.tickers)))
+    from flows.local_server import prefect_api, start_prefect_api
+
+    api = start_prefect_api()  # comes up on the other core while the flow's libraries import
     if settings.source is SourceKind.yahoo:
         import yfinance  # noqa: F401 - must load before TensorFlow (yfinance issue 2528)
 
     from flows.daily import daily_pipeline
-    from flows.local_server import prefect_api
 
-    with prefect_api(settings, share_with_workers=task_runner is TaskRunnerKind.dask):
+    with prefect_api(api, share_with_workers=task_runner is TaskRunnerKind.dask):
         state = daily_pipeline.with_options(task_runner=_task_runner(task_runner, settings.max_workers, dask_address))(
             tickers=chosen,
             as_of=as_of_date,
@@ -197,16 +199,20 @@ def replay(
     prepare_environment(settings)
     share_cores(min(settings.max_workers, len(chosen or settings.tickers)))
 
+    from flows.local_server import prefect_api, start_prefect_api
+
+    api = start_prefect_api()
     from flows.daily import resolve_settings
-    from flows.local_server import prefect_api
     from flows.replay import plan_replay, replay_pipeline
     from pipeline.replay import ReplayRefused
 
     try:  # refused before the flow starts, so a refusal reads as one line, not a flow failure
         sessions = plan_replay(resolve_settings(tickers=chosen), start_date, end_date)
     except ReplayRefused as exc:
+        if api is not None:
+            api.stop()
         raise fail(str(exc), 2) from None
-    with prefect_api(settings):
+    with prefect_api(api):
         state = replay_pipeline(
             start=start_date,
             end=end_date,

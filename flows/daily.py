@@ -6,6 +6,7 @@ logs, artifacts); the ticker-day itself is `pipeline.daily.run_ticker`."""
 import contextlib
 import datetime as dt
 import logging
+import os
 import signal
 import threading
 import warnings
@@ -167,11 +168,13 @@ def daily_context(settings: Settings) -> DailyContext:
     )
 
 
-def point_fluent_mlflow_at(settings: Settings) -> None:
-    """MLflow's Keras callback logs through MLflow's process-wide tracking URI: set it here, at the edge, once per
-    process (the library only ever uses the clients it is given)."""
+def prepare_process(settings: Settings) -> None:
+    """What every process running the flow needs, set here at the edge (a deployment's worker never runs the CLI):
+    MLflow's Keras callback logs through MLflow's process-wide tracking URI; and MLflow itself must refuse to unpickle
+    a model, whatever a model directory holds (the pipeline only ever loads models as data)."""
     import mlflow
 
+    os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = "false"
     mlflow.set_tracking_uri(settings.tracking_uri())
 
 
@@ -213,7 +216,7 @@ def ticker_day(
 ) -> TickerOutcome:
     """One ticker end to end; any failure is reported as this ticker's outcome and never stops the others."""
     quiet_third_party_logs()  # again here: on a Dask worker this is a fresh process
-    point_fluent_mlflow_at(settings)
+    prepare_process(settings)
     run_tags = {"prefect_flow_run_id": str(flow_run.get_id() or "")}
     try:
         ctx = daily_context(settings)
@@ -394,7 +397,7 @@ def daily_pipeline(
     """
     quiet_third_party_logs()
     settings = resolve_settings(tickers=tickers, source=source, csv_dir=csv_dir, epochs=epochs)
-    point_fluent_mlflow_at(settings)
+    prepare_process(settings)
     connect_tracking(settings)
     progress_id = create_progress_artifact(
         progress=0.0, key=PROGRESS_KEY, description="Epochs trained across the run's tickers"

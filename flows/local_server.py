@@ -1,9 +1,9 @@
 """Prefect and MLflow for a machine without servers: what `stockpipe run` and `stockpipe ui` start themselves.
 
-Without PREFECT_API_URL, a run serves Prefect's API from a thread of its own process (Prefect would otherwise start a
-temporary server in a child process, which a killed run leaves behind). The flow runs land in the SQLite database
-under STOCKPIPE_HOME/prefect, where `stockpipe ui` shows them in Prefect's UI. Child processes that `stockpipe ui`
-starts are tied to it by the kernel (parent-death signal), so they stop with it however it ends.
+Without PREFECT_API_URL, a run starts Prefect's API itself, in a child process tied to it by the kernel (Prefect's own
+temporary server is a child that a killed run leaves behind). The flow runs land in the SQLite database under
+STOCKPIPE_HOME/prefect, where `stockpipe ui` shows them in Prefect's UI. Every child process started here, the UIs'
+included, stops with its parent however the parent ends.
 """
 
 from __future__ import annotations
@@ -16,12 +16,10 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 from pipeline.redact import masked_uri
 from pipeline.settings import Settings
@@ -47,63 +45,86 @@ def _answers(url: str) -> bool:
         return False
 
 
-class InProcessPrefectApi:
-    """Prefect's REST API (no UI, no background services) served by uvicorn in a daemon thread."""
+class LocalPrefectApi:
+    """Prefect's REST API (no UI, no background services) for one run, in a child process the kernel stops when
+    this process dies, however it dies (parent-death signal): a killed run cannot leave it behind. Started early, it
+    comes up on the other core while this process imports TensorFlow, MLflow and GX."""
 
     def __init__(self, port: int | None = None):
         self.port = port or free_port()
-        self.server: Any = None
-        self.thread: threading.Thread | None = None
+        self.process: subprocess.Popen | None = None
 
     @property
     def api_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/api"
 
-    def start(self, timeout: float = STARTUP_TIMEOUT_SECONDS) -> None:
-        import uvicorn
-        from prefect.server.api.server import create_app
+    def start(self) -> LocalPrefectApi:
+        # The command Prefect's own temporary server runs, plus the parent-death signal it lacks.
+        env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
+        env.pop("PREFECT_API_URL", None)
+        command = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--factory",
+            "prefect.server.api.server:create_app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--log-level",
+            "error",
+            "--lifespan",
+            "on",
+        ]
+        self.process = start_child(command, env)
+        return self
 
-        app = create_app(ephemeral=True, final=True)
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="error", lifespan="on")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, name="prefect-api", daemon=True)
-        self.thread.start()
+    def wait_ready(self, timeout: float = STARTUP_TIMEOUT_SECONDS) -> None:
+        assert self.process is not None, "start() first"
         deadline = time.monotonic() + timeout
         while not _answers(f"{self.api_url}/health"):
-            if not self.thread.is_alive():
-                raise RuntimeError(f"the local Prefect API on port {self.port} stopped while starting")
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the local Prefect API exited with {self.process.returncode} while starting")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the local Prefect API did not answer within {timeout:.0f}s")
             time.sleep(0.05)
 
     def stop(self) -> None:
-        if self.server is not None:
-            self.server.should_exit = True
-        if self.thread is not None:
-            self.thread.join(timeout=10)
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=5)
+
+
+def start_prefect_api() -> LocalPrefectApi | None:
+    """A local API for a run without PREFECT_API_URL, starting now (call early, `prefect_api` waits for it)."""
+    return None if os.environ.get("PREFECT_API_URL") else LocalPrefectApi().start()
 
 
 @contextlib.contextmanager
-def prefect_api(settings: Settings, share_with_workers: bool = False) -> Iterator[None]:
-    """A Prefect API for this run: the configured server, or one served from this process for as long as the run
-    lasts. `share_with_workers` also hands its URL to child processes (Dask workers) through the environment."""
-    if os.environ.get("PREFECT_API_URL"):
+def prefect_api(api: LocalPrefectApi | None, share_with_workers: bool = False) -> Iterator[None]:
+    """Run with `api` (from start_prefect_api) as Prefect's API, or the configured server when it is None.
+    `share_with_workers` also hands its URL to child processes (Dask workers) through the environment."""
+    if api is None:
         yield
         return
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    api = InProcessPrefectApi()
-    started = time.perf_counter()
-    api.start()
-    log.info(
-        "local Prefect API on %s (flow runs kept in %s), ready in %.1fs",
-        api.api_url,
-        os.environ.get("PREFECT_HOME", "~/.prefect"),
-        time.perf_counter() - started,
-    )
-    if share_with_workers:
-        os.environ["PREFECT_API_URL"] = api.api_url
     try:
+        waited = time.perf_counter()
+        api.wait_ready()
+        log.info(
+            "local Prefect API on %s (flow runs kept in %s); waited %.1fs for it",
+            api.api_url,
+            os.environ.get("PREFECT_HOME", "~/.prefect"),
+            time.perf_counter() - waited,
+        )
+        if share_with_workers:
+            os.environ["PREFECT_API_URL"] = api.api_url
         with temporary_settings(updates={PREFECT_API_URL: api.api_url}):
             try:
                 yield

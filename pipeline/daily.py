@@ -269,6 +269,7 @@ def _run(
             quarantine_dir=ctx.quarantine_dir,
             reports_dir=ctx.reports_dir,
             today=ctx.today(),
+            proven_digest=previous.data_digest if previous is not None and previous.succeeded else None,
         )
     check_freshness(ticker, admitted.history, day, ctx.max_staleness_sessions)
     ctx.check_stop("validating")

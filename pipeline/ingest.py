@@ -130,6 +130,11 @@ def _date_span(dates: list[pd.Timestamp]) -> str:
     return f"{len(dates)} stored session(s) from {first} to {last}" if len(dates) > 1 else f"the stored session {first}"
 
 
+# Stored sessions validated with new rows, so every rule that looks back (gaps, returns, volume against its 20-session
+# median) sees the rows before them.
+CONTEXT_ROWS = 25
+
+
 def admit(
     ticker: str,
     history: pd.DataFrame,
@@ -141,8 +146,14 @@ def admit(
     quarantine_dir: Path,
     reports_dir: Path,
     today: dt.date | None = None,
+    proven_digest: str | None = None,
 ) -> Admitted:
-    """Validate the new batch, then the merged history; quarantine and raise on any refusal."""
+    """Validate what is new against the contract; quarantine and raise on any refusal.
+
+    `proven_digest` is the digest of the history the last decision was taken on: it passed the contract then, so when
+    the stored history still has it, only the new rows (with the stored sessions just before them) are validated
+    again, not thirty years of history. Otherwise the new batch and the whole merged history are.
+    """
     batch = fetched.rows
     reports: list[ValidationReport] = []
 
@@ -153,15 +164,20 @@ def admit(
         _save_reports(reports_dir, ticker, reports)
         return kind(ticker, message, folder, tuple(failed))
 
-    if not batch.empty:
-        subject = f"{ticker} {'replacement history' if fetched.replaces_history else 'new batch'}"
-        batch_report = validate_prices(batch, subject=subject, suite_definition=suite, as_of=as_of, today=today)
-        reports.append(batch_report)
-        if not batch_report.passed:
-            raise refuse(DataContractViolation, _contract_message(ticker, batch_report), [batch_report])
-    if fetched.replaces_history:
-        lacking = missing_sessions(history, batch)
-        if lacking:
+    def check(frame: pd.DataFrame, subject: str, min_rows: int = 1) -> None:
+        report = validate_prices(
+            frame, subject=subject, suite_definition=suite, as_of=as_of, today=today, min_rows=min_rows
+        )
+        reports.append(report)
+        if not report.passed:
+            raise refuse(DataContractViolation, _contract_message(ticker, report), [report])
+
+    whole = min_rows_for(config)
+    if fetched.replaces_history or history.empty:
+        # The batch is the whole history: one validation, with the minimum length.
+        kind = "replacement history" if fetched.replaces_history else "full history"
+        check(batch, f"{ticker} {kind}", whole)
+        if fetched.replaces_history and (lacking := missing_sessions(history, batch)):
             raise refuse(
                 HistoryWouldShrink,
                 f"{ticker}: the re-fetched history lacks {_date_span(lacking)}; "
@@ -171,17 +187,16 @@ def admit(
         merged = batch.reset_index(drop=True)
     else:
         merged = merge_new_rows(history, batch)
-    merged_report = validate_prices(
-        merged,
-        subject=f"{ticker} merged history",
-        suite_definition=suite,
-        as_of=as_of,
-        today=today,
-        min_rows=min_rows_for(config),
-    )
-    reports.append(merged_report)
-    if not merged_report.passed:
-        raise refuse(DataContractViolation, _contract_message(ticker, merged_report), [merged_report])
+        if proven_digest is not None and digest(history) == proven_digest:
+            if not batch.empty:
+                check(
+                    pd.concat([history.tail(CONTEXT_ROWS), batch], ignore_index=True),
+                    f"{ticker} new rows after the stored history",
+                )
+        else:
+            if not batch.empty:
+                check(batch, f"{ticker} new batch")
+            check(merged, f"{ticker} merged history", whole)
     _save_reports(reports_dir, ticker, reports)
     for report in reports:
         log.info("%s", report.summary())
