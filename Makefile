@@ -71,6 +71,11 @@ status: $(STAMP) ## Show champions and last decisions as JSON
 ui: $(STAMP) ## Open the MLflow UI on http://127.0.0.1:5000 over the local store
 	$(BIN)/stockpipe ui
 
+.PHONY: screenshots
+screenshots: $(STAMP) ## Browser check: MLflow and Prefect UI screenshots over a real run, into docs/screenshots (installs Debian's Chromium; ~3.5 min; not in CI)
+	bash scripts/install-chromium.sh
+	$(BIN)/python scripts/screenshots.py
+
 .PHONY: lock
 lock: ## Re-resolve dependencies from pyproject.toml into requirements.lock
 	rm -rf /tmp/stockpipe-lock && $(PYTHON) -m venv /tmp/stockpipe-lock

@@ -71,6 +71,8 @@ def prepare_environment(settings: Settings) -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     # Model files are data: MLflow itself must refuse to unpickle anything, whatever a model directory holds.
     os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = "false"
+    # MLflow prints each run's URL with the tracking URI as given, password included; the pipeline prints its own.
+    os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
 
 
 def share_cores(parallel_trainings: int) -> None:

@@ -175,6 +175,8 @@ def prepare_process(settings: Settings) -> None:
     import mlflow
 
     os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = "false"
+    # MLflow prints each run's URL with the tracking URI as given, password included; the pipeline logs its own, masked.
+    os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     mlflow.set_tracking_uri(settings.tracking_uri())
 
 

@@ -93,6 +93,10 @@ def read_regular_file(folder: Path, name: str, max_bytes: int) -> bytes:
     # O_NONBLOCK: opening a FIFO must not wait for a writer; the type check below refuses it anyway.
     descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     try:
+        # What was opened, not what the path said a moment ago: a link swapped in between is caught here.
+        opened = Path(f"/proc/self/fd/{descriptor}")
+        if opened.exists() and not within(Path(os.readlink(opened)), folder):
+            raise UnsafeInput(f"{path} leads outside {folder}: inputs must be files inside their folder")
         info = os.fstat(descriptor)
         if not stat.S_ISREG(info.st_mode):
             raise UnsafeInput(f"{path} is not a regular file")

@@ -44,10 +44,13 @@ def keep(
     now: dt.datetime | None = None,
 ) -> Path:
     """Store one rejected batch; returns its folder."""
-    stamp = (now or dt.datetime.now(dt.UTC)).strftime(STAMP_FORMAT)
+    stamp = (now or dt.datetime.now(dt.UTC)).astimezone(dt.UTC).strftime(STAMP_FORMAT)
     folder = private_dir(Path(root) / validate_ticker(ticker) / stamp)
-    # The name is the source's own (`MSFT.csv`), never a path taken from the data.
-    atomic_write_bytes(folder / Path(raw_name).name, raw)
+    # The name is the source's own (`MSFT.csv`), never a path taken from the data, and never one of the report's.
+    name = Path(raw_name).name
+    if name in ("", ".", "..", "validation.json", "validation.html"):
+        name = "batch.raw"
+    atomic_write_bytes(folder / name, raw)
     atomic_write_text(folder / "validation.json", json.dumps(report, indent=2, default=str))
     if html is not None:
         atomic_write_text(folder / "validation.html", html)

@@ -104,5 +104,5 @@ class PriceStore:
     def lock(self, ticker: str, timeout: float = -1) -> Iterator[None]:
         """Serialise everything that reads, trains on and promotes one ticker, across processes."""
         private_dir(Path(self.locks))
-        with FileLock(Path(self.locks) / f"{validate_ticker(ticker)}.lock", timeout=timeout):
+        with FileLock(Path(self.locks) / f"{validate_ticker(ticker)}.lock", timeout=timeout, mode=0o600):
             yield

@@ -14,7 +14,6 @@ import math
 import os
 import re
 import threading
-import unicodedata
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -23,6 +22,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from pipeline import redact
 
 log = logging.getLogger(__name__)
 
@@ -37,29 +38,10 @@ VOLUME_MEDIAN_WINDOW = 20  # sessions whose median volume a session's volume is 
 # -- keeping untrusted values short and printable -----------------------------------------------------------------
 
 
-# NAME=value (an environment entry, a DSN or header field) and user:password@ in URLs: the value is masked.
-_ASSIGNMENT = re.compile(r"(?P<key>\b[A-Za-z_][A-Za-z0-9_.-]*\s?=\s?)[^\s,;&'\"=]+")
-_URL_SECRET = re.compile(r"(?P<head>://[^:/@\s]*:)[^@\s/]+(?=@)")
-
-
 def excerpt(value: Any, limit: int = EXCERPT_CHARS) -> str:
-    """`value` as at most `limit` printable characters, on one line, with the value of anything shaped like
-    `NAME=value` (an environment entry) or a URL's password masked."""
-    text = str(value)[: limit * 8]
-    text = "".join(_printable(ch) for ch in text)
-    text = _URL_SECRET.sub(lambda m: m.group("head") + "***", text)
-    text = _ASSIGNMENT.sub(lambda m: m.group("key") + "***", text)
-    text = re.sub(r" {2,}", " ", text).strip()
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _printable(ch: str) -> str:
-    """Controls and separators (NUL between environment entries, newlines) become spaces; invisible format
-    characters (bidi overrides, zero-width) vanish, so they cannot split a masked value or disguise text."""
-    category = unicodedata.category(ch)
-    if category == "Cc" or (category[0] == "Z" and ch != " "):
-        return " "
-    return "" if category[0] == "C" else ch
+    """`value` as at most `limit` printable characters on one line, with anything shaped like `NAME=value` (an
+    environment entry) or a URL's password masked: text from a data file is untrusted."""
+    return redact.excerpt(value, limit, mask_assignments=True)
 
 
 def safe_value(value: Any, limit: int = EXCERPT_CHARS) -> Any:

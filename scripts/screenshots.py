@@ -189,12 +189,17 @@ class CheckFailed(RuntimeError):
 # -- the state ---------------------------------------------------------------------------------------------------
 
 
+def state_source(state: Path) -> Path:
+    source = state if state.name == ".stockpipe" else state / ".stockpipe"
+    if not (source / "mlflow.db").is_file():
+        raise CheckFailed(f"--state {state}: no .stockpipe/mlflow.db there (run `make run` first)")
+    return source
+
+
 def make_state(work: Path, state: Path | None, children: Children) -> None:
     """A fresh `stockpipe run` in `work`, or a copy of an existing state there (the original is never written)."""
     if state is not None:
-        source = state if state.name == ".stockpipe" else state / ".stockpipe"
-        if not (source / "mlflow.db").is_file():
-            raise CheckFailed(f"--state {state}: no .stockpipe/mlflow.db there (run `make run` first)")
+        source = state_source(state)
         say(f"copying {source} into {work}")
         shutil.copytree(source, work / ".stockpipe", symlinks=True, ignore=shutil.ignore_patterns("*.lock"))
         return
@@ -429,7 +434,15 @@ def prefect_flow_run(page: Any, s: Subjects, shot: Shot) -> None:
     page.get_by_text("Artifacts", exact=True).first.click()
     page.get_by_text(SUMMARY_KEY, exact=True).first.wait_for(timeout=PAGE_TIMEOUT)
     settle(page)
-    expect_text(page, shot, s.flow_run_name, "Completed", SUMMARY_KEY, re.compile(r"^table$", re.I), "mlflow-run-msft")
+    expect_text(
+        page,
+        shot,
+        s.flow_run_name,
+        "Completed",
+        SUMMARY_KEY,
+        re.compile(r"^table$", re.I),
+        f"mlflow-run-{TICKER.lower()}",
+    )
 
 
 def prefect_artifact(page: Any, s: Subjects, shot: Shot) -> None:
@@ -546,6 +559,8 @@ def check(args: argparse.Namespace) -> int:
         raise CheckFailed(f"no Chromium at {CHROMIUM}: run `bash scripts/install-chromium.sh` first")
     if not STOCKPIPE.exists():
         raise CheckFailed(f"no {STOCKPIPE}: run `make install` first")
+    if args.state is not None:
+        state_source(args.state)
     begun = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix="stockpipe-screenshots-"))
     (work / "logs").mkdir()
@@ -596,6 +611,7 @@ def check(args: argparse.Namespace) -> int:
                 for item in [*s.missing, *([s.error] if s.error else [])]:
                     print(f"  {s.file} ({s.what}): {item}", file=sys.stderr)
             print(f"the pictures taken are in {kept}", file=sys.stderr)
+            keep = True  # the servers' logs say why
             return 1
         args.out.mkdir(parents=True, exist_ok=True)
         for s in shots:
@@ -621,6 +637,7 @@ def main() -> int:
     parser.add_argument(
         "--state",
         type=Path,
+        metavar="DIR",
         help="use a copy of DIR/.stockpipe (e.g. the project's, after `make run`) instead of a fresh run",
     )
     parser.add_argument(

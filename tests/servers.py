@@ -506,8 +506,10 @@ def prefect_server(
     wait: bool = True,
     timeout: float = 180,
     auth_string: str | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> Iterator[HttpServer]:
-    """`prefect server start` on 127.0.0.1 with PREFECT_HOME `home`: on PostgreSQL when `database_url` is given
+    """`prefect server start` on 127.0.0.1 with PREFECT_HOME `home` (`env` added to its environment): on PostgreSQL
+    when `database_url` is given
     (postgresql+asyncpg://...), else on a SQLite file in `home`. `.url` is the API URL (http://127.0.0.1:<port>/api).
     With `auth_string` (`user:password`) every API request but GET /health must carry it as basic auth; clients
     get it as PREFECT_API_AUTH_STRING, `.get`/`.post` send it.
@@ -515,16 +517,18 @@ def prefect_server(
     With wait=False it yields as soon as the process is started: call `.wait_ready()`.
     """
     port = port or free_port()
-    env = clean_env(
+    server_env = clean_env(
         PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_UI_ENABLED=str(ui).lower()
     )
     if database_url:
-        env["PREFECT_API_DATABASE_CONNECTION_URL"] = database_url
+        server_env["PREFECT_API_DATABASE_CONNECTION_URL"] = database_url
     if auth_string:
-        env["PREFECT_SERVER_API_AUTH_STRING"] = auth_string
+        server_env["PREFECT_SERVER_API_AUTH_STRING"] = auth_string
+    server_env.update(env or {})
     command = [str(VENV_BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
     api = f"http://127.0.0.1:{port}/api"
-    with http_server(command, env, log, api, f"{api}/health", wait=wait, timeout=timeout, auth=auth_string) as server:
+    health = f"{api}/health"
+    with http_server(command, server_env, log, api, health, wait=wait, timeout=timeout, auth=auth_string) as server:
         yield server
 
 

@@ -29,7 +29,9 @@ PREFECT = str(Path(sys.executable).with_name("prefect"))
 def prefect_api(tmp_path_factory):
     """A real Prefect server on a free loopback port, with its own database."""
     root = tmp_path_factory.mktemp("prefect-server")
-    with prefect_server(root / "home", root / "server.log") as server:
+    # The scheduler looks for deployments to schedule every 2 s instead of every minute.
+    with prefect_server(root / "home", root / "server.log",
+                        env={"PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2"}) as server:  # fmt: skip
         yield server
 
 
@@ -76,6 +78,25 @@ def test_the_deployment_carries_the_schedule_limits_and_parameter_descriptions(s
     properties = deployment["parameter_openapi_schema"]["properties"]
     for name in ("tickers", "source", "csv_dir", "as_of", "epochs", "force", "warm_start"):
         assert properties[name].get("description"), f"the custom-run form explains {name}"
+
+
+def test_the_server_schedules_the_daily_runs_after_the_close(prefect_api, served):
+    """The server's own scheduler (not an expansion in this process) creates the runs: with SQLAlchemy 2.1 it
+    failed on every loop and no scheduled run was ever created."""
+    deployment, _, _ = served
+    deadline = time.monotonic() + 60
+    scheduled: list = []
+    while not scheduled and time.monotonic() < deadline:
+        scheduled = prefect_api.post("/flow_runs/filter", {
+            "deployments": {"id": {"any_": [deployment["id"]]}},
+            "flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}},
+        })  # fmt: skip
+        time.sleep(2)
+    assert scheduled, "the scheduler created no run"
+    zone = ZoneInfo(deployment_spec()["schedules"][0]["timezone"])
+    for run in scheduled:
+        start = dt.datetime.fromisoformat(run["expected_start_time"]).astimezone(zone)
+        assert start.weekday() < 5 and (start.hour, start.minute) == (18, 0), start
 
 
 @pytest.mark.parametrize("parameters, complaint", [
