@@ -29,8 +29,8 @@ run: $(STAMP) ## Run the daily pipeline on the bundled snapshot (MSFT, GSPC)
 	$(BIN)/stockpipe status
 
 .PHONY: test
-test: $(STAMP) ## Run the whole test suite (unit, then integration)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+test: $(STAMP) ## Run the unit and integration tests (about 15 minutes on 2 cores)
+	$(BIN)/python -m pytest tests/unit tests/integration $(PYTEST_ARGS)
 
 .PHONY: lint
 lint: $(STAMP) ## Check style and types: ruff lint and format over everything, mypy over pipeline/
@@ -50,6 +50,10 @@ test-unit: $(STAMP) ## Run only the fast unit tests
 .PHONY: test-integration
 test-integration: $(STAMP) ## Run only the integration tests (real Prefect and MLflow)
 	$(BIN)/python -m pytest tests/integration $(PYTEST_ARGS)
+
+.PHONY: test-system
+test-system: $(STAMP) ## Run the system tests: the production stack on PostgreSQL, real kills, the secret scan, the README played
+	$(BIN)/python -m pytest tests/system $(PYTEST_ARGS)
 
 .PHONY: postgres
 postgres: ## Install PostgreSQL from Debian's packages if missing (the production-stack integration test needs it)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +22,8 @@ class TrainedModel:
     history: dict[str, list[float]] = field(default_factory=dict)
     best_epoch: int = 0
     epochs_run: int = 0
+    # Wall time of each epoch: the first includes tracing the graph, the steady state is from the second on.
+    epoch_seconds: list[float] = field(default_factory=list)
 
 
 def build_lstm(window: int, n_features: int, config: TrainingConfig):
@@ -99,13 +102,18 @@ def train_lstm(
     stop = keras.callbacks.EarlyStopping(
         monitor="val_loss", patience=min(config.patience, epochs), restore_best_weights=True
     )
+    clock: list[float] = []
+    timer = keras.callbacks.LambdaCallback(
+        on_epoch_begin=lambda epoch, logs: clock.append(time.perf_counter()),
+        on_epoch_end=lambda epoch, logs: clock.__setitem__(-1, time.perf_counter() - clock[-1]),
+    )
     fit = model.fit(
         dataset.train.x,
         dataset.train.y,
         validation_data=(dataset.val.x, dataset.val.y),
         epochs=epochs,
         batch_size=config.batch_size,
-        callbacks=[stop, _epoch_logger(label, epochs), *callbacks],
+        callbacks=[stop, timer, _epoch_logger(label, epochs), *callbacks],
         verbose=0,
     )
     history = {k: [float(v) for v in values] for k, values in fit.history.items()}
@@ -115,4 +123,10 @@ def train_lstm(
         # Fine-tuning only made validation worse: the champion's own weights are the best start and finish.
         model.set_weights(initial_weights)
         best = 0
-    return TrainedModel(keras_model=model, history=history, best_epoch=best, epochs_run=len(history.get("loss", [])))
+    return TrainedModel(
+        keras_model=model,
+        history=history,
+        best_epoch=best,
+        epochs_run=len(history.get("loss", [])),
+        epoch_seconds=clock,
+    )

@@ -107,6 +107,12 @@ def train_challenger(
             "window": round(windowed - started, 3),
             "train": round(fitted - windowed, 3),
             "calibrate": round(time.perf_counter() - fitted, 3),
+            # The first epoch traces the graph; the steady state is what more epochs cost.
+            "epoch_steady": round(float(np.median(trained.epoch_seconds[1:])), 3)
+            if len(trained.epoch_seconds) > 1
+            else round(trained.epoch_seconds[0], 3)
+            if trained.epoch_seconds
+            else 0.0,
         },
     )
 

@@ -4,8 +4,10 @@ champion, and a tracker that loses its connection on cue."""
 from __future__ import annotations
 
 import datetime as dt
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.settings import BUNDLED_SNAPSHOTS, TrainingConfig
-from tests.servers import clean_env
+from tests.servers import clean_env, free_port
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SNAPSHOTS = BUNDLED_SNAPSHOTS
@@ -29,6 +31,26 @@ TINY_TRAINING = {
     "STOCKPIPE_TRAINING__WINDOW": "20",
     "STOCKPIPE_TRAINING__UNITS": "8",
 }
+
+
+# A TCP port on 127.0.0.1 that nothing listens on right now (for a server that is not there).
+closed_port = free_port
+
+_STORE_TEMPLATE: list[Path] = []
+
+
+def migrated_tracking_store(database: Path) -> str:
+    """A copy of an empty, fully migrated MLflow SQLite store at `database`; returns its URI. MLflow's schema
+    migrations take seconds for every fresh file, and every test that tracks would pay them again."""
+    if not _STORE_TEMPLATE:
+        from pipeline.tracking import open_client
+
+        folder = Path(tempfile.mkdtemp(prefix="stockpipe-mlflow-template-"))
+        open_client(f"sqlite:///{folder / 'mlflow.db'}")
+        _STORE_TEMPLATE.append(folder / "mlflow.db")
+    database.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(_STORE_TEMPLATE[0], database)
+    return f"sqlite:///{database}"
 
 
 def tiny_config(**overrides: Any) -> TrainingConfig:

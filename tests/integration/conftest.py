@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import SNAPSHOTS, TINY_TRAINING
+from tests.support import SNAPSHOTS, TINY_TRAINING, migrated_tracking_store
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -38,6 +38,7 @@ def home(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("STOCKPIPE_CSV_ROOT", str(tmp_path))
     for key, value in TINY_TRAINING.items():
         monkeypatch.setenv(key, value)
+    migrated_tracking_store(state / "mlflow.db")
     return state
 
 

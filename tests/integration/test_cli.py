@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.support import TINY_TRAINING, stockpipe
+from tests.support import TINY_TRAINING, migrated_tracking_store, stockpipe
 
 pytestmark = pytest.mark.integration
 
@@ -22,6 +22,8 @@ STATUS_FIELDS = {
 
 
 def cli(*args: str, home: Path, cwd: Path, **settings: str):
+    if not (home / "mlflow.db").exists() and args[0] == "run":
+        migrated_tracking_store(home / "mlflow.db")
     return stockpipe(*args, cwd=cwd, **{**TINY_TRAINING, "STOCKPIPE_HOME": str(home), **settings})
 
 

@@ -22,7 +22,15 @@ from pipeline.store import PriceStore
 from pipeline.symbols import registered_model_name
 from pipeline.tracking import Tracker, TrackingUnavailable
 from pipeline.validation import load_suite_definition
-from tests.support import MSFT_LAST_SESSION, SNAPSHOTS, FailingOnce, lost_connection, server_error, tiny_config
+from tests.support import (
+    MSFT_LAST_SESSION,
+    SNAPSHOTS,
+    FailingOnce,
+    lost_connection,
+    migrated_tracking_store,
+    server_error,
+    tiny_config,
+)
 
 NAME = registered_model_name("MSFT")
 AS_OF = MSFT_LAST_SESSION
@@ -35,7 +43,7 @@ def ctx(tmp_path, monkeypatch) -> DailyContext:
     # Three years of MSFT: enough for the tiny windows, small enough to validate fast.
     prices = pd.read_csv(SNAPSHOTS / "MSFT.csv")
     prices[prices["Date"] >= "2014-11-01"].to_csv(exports / "MSFT.csv", index=False)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = migrated_tracking_store(tmp_path / "mlflow.db")
     # MLflow's Keras callback logs through the fluent API: the edge points it at the store (see flows/daily.py).
     mlflow.set_tracking_uri(uri)
     return DailyContext(

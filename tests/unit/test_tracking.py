@@ -22,6 +22,7 @@ from tests.support import (
     FailingOnce,
     bundled,
     closed_port,
+    migrated_tracking_store,
     plant_lstm_champion,
     server_error,
     tiny_config,
@@ -39,7 +40,7 @@ def history():
 
 @pytest.fixture
 def tracker(tmp_path) -> Tracker:
-    return Tracker.connect(f"sqlite:///{tmp_path / 'mlflow.db'}", "stockpipe-test", tmp_path / "artifacts")
+    return Tracker.connect(migrated_tracking_store(tmp_path / "mlflow.db"), "stockpipe-test", tmp_path / "artifacts")
 
 
 def test_a_new_ticker_starts_with_the_naive_forecaster_as_champion(tracker, history):

@@ -31,7 +31,7 @@ from pipeline.symbols import registered_model_name
 from tests.kill_at import MARKER
 from tests.support import MSFT_LAST_SESSION, PROJECT_ROOT, SNAPSHOTS, TINY_TRAINING, clean_env, stockpipe
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.system
 
 NAME = registered_model_name("MSFT")
 AS_OF = MSFT_LAST_SESSION.isoformat()

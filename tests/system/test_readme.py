@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import TINY_TRAINING
 from tests.readme import code_blocks
 from tests.servers import PROJECT_ROOT, clean_env, free_port, started, wait_for_http
+from tests.support import TINY_TRAINING
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.system
 
 VENV = Path(sys.executable).parent.parent
 

@@ -38,7 +38,7 @@ from tests import servers
 from tests.servers import HttpServer, clean_env, free_port, http_status, log_tail, mlflow_server
 from tests.support import TINY_TRAINING, stockpipe
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.system
 
 TICKER, AS_OF = "MSFT", "2017-11-10"
 MLFLOW_ADMIN = "admin"

@@ -53,7 +53,7 @@ from tests.servers import (
 )
 from tests.support import TINY_TRAINING
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.system
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DOCKER = PROJECT_ROOT / "docker"
