@@ -26,6 +26,12 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))
 
 OLD_RULE = "old: lower RMSE on one window"
+
+
+class TrainingConfigDefaults:
+    epochs = 30  # the daily run's default, with early stopping
+
+
 HORIZON = 20
 
 
@@ -149,7 +155,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tickers", nargs="+", default=["MSFT", "GSPC"])
     parser.add_argument("--sessions", type=int, default=60)
-    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--epochs", type=int, default=TrainingConfigDefaults.epochs)
     parser.add_argument("--horizon", type=int, default=HORIZON)
     parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "bench" / "promotion_replay.json")
     args = parser.parse_args()
