@@ -28,11 +28,10 @@ sys.path.insert(0, str(PROJECT_ROOT))
 OLD_RULE = "old: lower RMSE on one window"
 
 
-class TrainingConfigDefaults:
-    epochs = 30  # the daily run's default, with early stopping
-
-
 HORIZON = 20
+
+
+from pipeline.settings import TrainingConfig  # noqa: E402
 
 
 def policies() -> dict[str, object]:
@@ -155,7 +154,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tickers", nargs="+", default=["MSFT", "GSPC"])
     parser.add_argument("--sessions", type=int, default=60)
-    parser.add_argument("--epochs", type=int, default=TrainingConfigDefaults.epochs)
+    parser.add_argument("--epochs", type=int, default=TrainingConfig().epochs, help="the daily run's default")
     parser.add_argument("--horizon", type=int, default=HORIZON)
     parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "bench" / "promotion_replay.json")
     args = parser.parse_args()
