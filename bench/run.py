@@ -441,20 +441,28 @@ def main() -> None:
         counts = [1, 2] if quick else [1, 2, 4, 8]
         print(f"6/7 parallel efficiency and cost against ticker count {counts}", flush=True)
         one_core = {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1", "OMP_NUM_THREADS": "1"}
-        alone = csv_run(root, "alone", 1, api, 1, extra_env=one_core, prefix=["taskset", "-c", "0"])
+        pinned = ["taskset", "-c", "0"]
+        alone = csv_run(root, "alone", 1, api, 1, extra_env=one_core, prefix=pinned)
+        # The fixed start-up under the same pinning as the baseline: one core imports more slowly than two, and
+        # subtracting the two-core figure from the baseline would flatter the parallel runs.
+        startup_one_core = run_cli(
+            ["run", "--tickers", *tickers, "--as-of", "2018-12-29"], home, {**env, **one_core}, api, pinned
+        )["wall"]
         by_count = [csv_run(root, f"count-{n}", n, api, cores) for n in counts]
         dask = csv_run(root, "dask", counts[-1], api, cores, runner="dask")
 
         def efficiency(run: dict) -> dict:
             # Throughput of N tickers on all cores over cores x the throughput of one ticker alone on one core,
-            # both from process start, and both after removing each run's fixed start-up (the no-op run's wall).
+            # both from process start ("whole process"), and both after removing each run's fixed start-up, measured
+            # under the same conditions (a no-op run's wall). The whole-process ratio flatters N tickers: they pay
+            # the start-up once, the baseline pays it for its one ticker.
             whole = (run["tickers"] / run["wall"]) / (cores * 1 / alone["wall"])
             startup = results["daily_run"]["process_start_imports_and_flow"]
-            steady = (run["tickers"] / (run["wall"] - startup)) / (cores / (alone["wall"] - startup))
+            steady = (run["tickers"] / (run["wall"] - startup)) / (cores / (alone["wall"] - startup_one_core))
             return {"whole_process": whole, "excluding_start_up": steady}
 
         results["scaling"] = {
-            "one_ticker_one_core": alone,
+            "one_ticker_one_core": {**alone, "start_up": startup_one_core},
             "by_ticker_count": by_count,
             "thread": {**by_count[-1], "efficiency": efficiency(by_count[-1])},
             "dask": {**dask, "efficiency": efficiency(dask)},
@@ -500,13 +508,13 @@ def evaluate_targets(r: dict) -> dict:
             r["training"]["after"]["floor_multiple"],
             r["training"]["after"]["floor_multiple"] <= TARGETS["floor_multiple_max"],
         ),
-        "parallel efficiency, thread runner >= 0.85": (
-            r["scaling"]["thread"]["efficiency"]["whole_process"],
-            r["scaling"]["thread"]["efficiency"]["whole_process"] >= TARGETS["parallel_efficiency_min"],
+        "parallel efficiency, thread runner >= 0.85 (start-up excluded)": (
+            r["scaling"]["thread"]["efficiency"]["excluding_start_up"],
+            r["scaling"]["thread"]["efficiency"]["excluding_start_up"] >= TARGETS["parallel_efficiency_min"],
         ),
-        "parallel efficiency, Dask runner >= 0.85": (
-            r["scaling"]["dask"]["efficiency"]["whole_process"],
-            r["scaling"]["dask"]["efficiency"]["whole_process"] >= TARGETS["parallel_efficiency_min"],
+        "parallel efficiency, Dask runner >= 0.85 (start-up excluded)": (
+            r["scaling"]["dask"]["efficiency"]["excluding_start_up"],
+            r["scaling"]["dask"]["efficiency"]["excluding_start_up"] >= TARGETS["parallel_efficiency_min"],
         ),
         "warm start <= 25% of a full retrain's training time": (
             warm["time_ratio"],

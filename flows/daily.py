@@ -10,7 +10,7 @@ import os
 import signal
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Annotated, Any
 
 from prefect import flow, task
@@ -72,6 +72,21 @@ retry_transient_fetch = _retry_on(TransientSourceError)
 # A tracking server that went away may come back (a restart); a refused request or a bug will not.
 retry_unreachable_tracking = _retry_on(TrackingUnavailable)
 
+
+def _tracking_task(stage: Callable, name: str):
+    """A stage that talks to the tracking server: retried with backoff while the server is unreachable."""
+    return task(
+        stage,
+        name=name,
+        task_run_name=f"{name}-{{ticker}}",
+        retries=TRACKING_RETRIES,
+        retry_delay_seconds=exponential_backoff(backoff_factor=3),
+        retry_jitter_factor=0.5,
+        retry_condition_fn=retry_unreachable_tracking,
+        cache_policy=NO_CACHE,
+    )
+
+
 # The ticker-day's stages as task runs. Yahoo's 429s are not retried by yfinance itself; backoff with jitter spreads
 # the retries of many tickers. Validation and training failures are facts, never retried. Tracking retries resume
 # the same MLflow run (pipeline.recording), so a retry never records anything twice.
@@ -88,26 +103,8 @@ PREFECT_STAGES = Stages(
     ),
     admit=task(ingest.admit, name="validate", task_run_name="validate-{ticker}", cache_policy=NO_CACHE),
     train=task(training.train_challenger, name="train", task_run_name="train-{ticker}", cache_policy=NO_CACHE),
-    evaluate=task(
-        daily.evaluate,
-        name="evaluate",
-        task_run_name="evaluate-{ticker}",
-        retries=TRACKING_RETRIES,
-        retry_delay_seconds=exponential_backoff(backoff_factor=3),
-        retry_jitter_factor=0.5,
-        retry_condition_fn=retry_unreachable_tracking,
-        cache_policy=NO_CACHE,
-    ),
-    publish=task(
-        daily.publish,
-        name="track-and-promote",
-        task_run_name="track-and-promote-{ticker}",
-        retries=TRACKING_RETRIES,
-        retry_delay_seconds=exponential_backoff(backoff_factor=3),
-        retry_jitter_factor=0.5,
-        retry_condition_fn=retry_unreachable_tracking,
-        cache_policy=NO_CACHE,
-    ),
+    evaluate=_tracking_task(daily.evaluate, "evaluate"),
+    publish=_tracking_task(daily.publish, "track-and-promote"),
 )
 
 

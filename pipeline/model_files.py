@@ -19,6 +19,10 @@ SPEC_FILE = "spec.json"
 KERAS_FILE = "model.keras"
 # Where the forecaster's own files sit inside an MLflow model directory (its "artifacts").
 ARTIFACTS_DIR = "artifacts"
+# MLflow writes this small YAML (registered model name and version) into the model's folder in a local artifact
+# store whenever someone loads it by a models:/ URI, as the README's example does. No loader here or in MLflow runs
+# it as code, so it is left out of the fingerprint rather than making every champion unloadable after one look.
+MLFLOW_BOOKKEEPING = frozenset({"registered_model_meta"})
 
 
 class ModelRefused(RuntimeError):
@@ -97,7 +101,7 @@ def verify(root: Path, recorded: str | None, what: str) -> None:
         expected = json.loads(recorded)
     except ValueError:
         raise ModelRefused(f"{what}: its recorded file digest is unreadable") from None
-    actual = manifest(root)
+    actual = {name: digest for name, digest in manifest(root).items() if name not in MLFLOW_BOOKKEEPING}
     changed = sorted(name for name in expected.keys() & actual.keys() if expected[name] != actual[name])
     missing = sorted(expected.keys() - actual.keys())
     extra = sorted(actual.keys() - expected.keys())

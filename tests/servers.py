@@ -233,9 +233,9 @@ class Postgres:
     host: str = "127.0.0.1"
 
     def url(
-        self, database: str, user: str | None = None, password: str | None = None, driver: str = "postgresql"
+        self, database: str, user: str | None = None, password: str | None = None, driver: str = "postgresql+psycopg"
     ) -> str:
-        """A SQLAlchemy URL, e.g. driver 'postgresql' (psycopg2, MLflow) or 'postgresql+asyncpg' (Prefect)."""
+        """A SQLAlchemy URL, e.g. driver 'postgresql+psycopg' (psycopg 3, MLflow) or 'postgresql+asyncpg' (Prefect)."""
         user = user or self.superuser
         password = self.password if password is None else password
         return f"{driver}://{user}:{password}@{self.host}:{self.port}/{database}"

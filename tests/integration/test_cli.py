@@ -128,38 +128,30 @@ def test_an_input_that_is_a_link_out_of_its_folder_is_refused_without_echoing_it
 
 def test_a_future_row_quarantines_the_batch_and_a_partial_export_never_shrinks_history(tmp_path, csv_dir):
     home = tmp_path / "state"
-    first = cli(
-        "run",
-        "--source",
-        "csv",
-        "--csv-dir",
-        str(csv_dir),
-        "--tickers",
-        "MSFT",
-        "--as-of",
-        "2017-11-03",
-        home=home,
-        cwd=tmp_path,
-    )
+
+    def run_msft(as_of: str):
+        return cli(
+            "run",
+            "--source",
+            "csv",
+            "--csv-dir",
+            str(csv_dir),
+            "--tickers",
+            "MSFT",
+            "--as-of",
+            as_of,
+            home=home,
+            cwd=tmp_path,
+        )
+
+    first = run_msft("2017-11-03")
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     stored = (home / "store" / "MSFT.parquet").read_bytes()
     prices = pd.read_csv(csv_dir / "MSFT.csv")
 
     future = pd.concat([prices, prices.tail(1).assign(Date="2099-01-05")])
     future.to_csv(csv_dir / "MSFT.csv", index=False)
-    result = cli(
-        "run",
-        "--source",
-        "csv",
-        "--csv-dir",
-        str(csv_dir),
-        "--tickers",
-        "MSFT",
-        "--as-of",
-        "2017-11-10",
-        home=home,
-        cwd=tmp_path,
-    )
+    result = run_msft("2017-11-10")
     assert result.returncode == 1 and "2099-01-05" in result.stdout, result.stdout[-2000:]
     assert (home / "store" / "MSFT.parquet").read_bytes() == stored
 
@@ -167,19 +159,7 @@ def test_a_future_row_quarantines_the_batch_and_a_partial_export_never_shrinks_h
     partial = prices.tail(2600).copy()
     partial.loc[partial["Date"] == "2017-11-01", "Close"] *= 1.005
     partial.to_csv(csv_dir / "MSFT.csv", index=False)
-    result = cli(
-        "run",
-        "--source",
-        "csv",
-        "--csv-dir",
-        str(csv_dir),
-        "--tickers",
-        "MSFT",
-        "--as-of",
-        "2017-11-10",
-        home=home,
-        cwd=tmp_path,
-    )
+    result = run_msft("2017-11-10")
     assert result.returncode == 1, result.stdout[-2000:]
     assert "lacks" in result.stdout and "stored session(s) from 1986-03-13" in result.stdout
     assert (home / "store" / "MSFT.parquet").read_bytes() == stored, "history is never replaced by a slice"

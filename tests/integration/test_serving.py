@@ -35,7 +35,7 @@ def tracker_for(settings) -> Tracker:
     return Tracker.connect(settings.tracking_uri(), settings.experiment_name, settings.artifacts_dir)
 
 
-def test_predict_serves_intervals_and_rollback_swaps_back(settings):
+def test_predict_serves_intervals_and_rollback_swaps_back(settings, monkeypatch):
     daily_pipeline(tickers=["MSFT"], as_of=AS_OF, return_state=True)
     tracker = tracker_for(settings)
     history = PriceStore(settings.store_dir, settings.locks_dir).read("MSFT")
@@ -48,6 +48,16 @@ def test_predict_serves_intervals_and_rollback_swaps_back(settings):
     assert lstm["as_of"] == "2017-11-10" and lstm["forecast_date"] == "2017-11-13"  # Friday -> Monday
     assert lstm["last_close"] == pytest.approx(83.87)
     assert lstm["lower_95"] < lstm["lower_80"] < lstm["forecast_close"] < lstm["upper_80"] < lstm["upper_95"]
+
+    # Loaded the README's way, by its models:/ URI, MLflow writes a bookkeeping file into the champion's folder in
+    # the local artifact store; the champion's fingerprint must still hold for predict.
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", settings.tracking_uri())
+    mlflow.pyfunc.load_model(f"models:/{registered_model_name('MSFT')}@{CHAMPION_ALIAS}")
+    assert list(settings.artifacts_dir.rglob("registered_model_meta")), "MLflow no longer writes it; drop the allowance"
+    again = json.loads(cli(settings, "predict", "MSFT", "--json").stdout)
+    assert again["forecast_close"] == lstm["forecast_close"]
 
     rolled = cli(settings, "rollback", "MSFT", "--reason", "forecasts drifted")
     assert rolled.returncode == 0, rolled.stderr

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -56,12 +55,19 @@ def _listening_ports(process: psutil.Process) -> set[int]:
         return set()
 
 
-def _answers_on(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1):
-            return True
-    except OSError:
-        return False
+_TCP_LISTEN = "0A"
+
+
+def _listened_on(port: int) -> bool:
+    """Whether any socket on this machine listens on `port`, from the kernel's tables: connecting to find out can
+    succeed with nothing listening (a loopback connection whose ephemeral source port is the port itself)."""
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(FileNotFoundError), open(table) as rows:
+            for row in list(rows)[1:]:
+                local, state = row.split()[1], row.split()[3]
+                if state == _TCP_LISTEN and int(local.rsplit(":", 1)[1], 16) == port:
+                    return True
+    return False
 
 
 def _default_signals() -> None:
@@ -148,11 +154,16 @@ class Watched:
 
     def assert_nothing_left(self) -> None:
         assert self.process.poll() is not None, f"{self.name} is still running"
-        deadline = time.monotonic() + 10  # children told to stop by their parent's death need a moment
-        while (alive := self.survivors()) and time.monotonic() < deadline:
+        # Children told to stop by their parent's death need a moment, and a process's sockets close with its last
+        # thread, which can be after its leader already reads as a zombie.
+        deadline = time.monotonic() + 15
+        while True:
+            alive = self.survivors()
+            listening = [port for port in self.ports if _listened_on(port)]
+            if not (alive or listening) or time.monotonic() > deadline:
+                break
             time.sleep(0.2)
         assert not alive, f"{self.name}: left running: {[(p.pid, p.cmdline()) for p in alive]}"
-        listening = [port for port in self.ports if _answers_on(port)]
         assert not listening, f"{self.name}: something still listens on {listening} (its Prefect API?)"
 
     def cleanup(self) -> None:

@@ -658,7 +658,11 @@ def test_the_tracking_server_going_away_mid_run_fails_the_ticker_and_changes_not
         line,
     ), line
     # The Prefect server saw the tracking task tried three times (two retries) before the ticker failed.
-    (flow_run,) = stack.prefect.post("/flow_runs/filter", {"sort": "START_TIME_DESC", "limit": 1})
+    # The newest run started by hand (no deployment): the deployment's schedule adds runs dated in the future.
+    (flow_run,) = stack.prefect.post(
+        "/flow_runs/filter",
+        {"flow_runs": {"deployment_id": {"is_null_": True}}, "sort": "START_TIME_DESC", "limit": 1},
+    )
     assert flow_run["state"]["type"] == "FAILED"
     tasks = stack.prefect.post("/task_runs/filter", {"flow_runs": {"id": {"any_": [flow_run["id"]]}}})
     (tracking,) = [t for t in tasks if t["name"] == f"evaluate-{TICKER}"]

@@ -220,7 +220,7 @@ def test_compose_services_match_what_the_native_test_runs():
     assert any(v.endswith(":/var/lib/postgresql/data") for v in postgres["volumes"])
 
     mlflow = services["mlflow"]
-    assert mlflow["environment"]["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql://mlflow:")
+    assert mlflow["environment"]["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql+psycopg://mlflow:")
     assert mlflow["environment"]["MLFLOW_BACKEND_STORE_URI"].endswith("@postgres:5432/mlflow")
     assert mlflow["command"][:2] == ["mlflow", "server"] and "--serve-artifacts" in mlflow["command"]
     destination = next(a.split("=", 1)[1] for a in mlflow["command"] if a.startswith("--artifacts-destination="))
@@ -326,7 +326,7 @@ def test_both_servers_require_credentials_and_their_clients_carry_them():
     config = mlflow_env["MLFLOW_AUTH_CONFIG_PATH"]
     mounted = [volume.split(":")[1] for volume in mlflow["volumes"]]
     assert config.startswith("/home/stockpipe/") and not any(config.startswith(f"{m}/") for m in mounted)
-    assert mlflow_env["MLFLOW_AUTH_DATABASE_URI"].startswith("postgresql://mlflow:")
+    assert mlflow_env["MLFLOW_AUTH_DATABASE_URI"].startswith("postgresql+psycopg://mlflow:")
     assert mlflow_env["MLFLOW_AUTH_DATABASE_URI"].endswith("@postgres:5432/mlflow_auth")
     assert references(mlflow_env["MLFLOW_FLASK_SERVER_SECRET_KEY"]) == [("MLFLOW_FLASK_SERVER_SECRET_KEY", ":?")]
     # The pipeline logs in as the admin MLflow creates from the same two variables.
