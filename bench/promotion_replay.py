@@ -150,6 +150,32 @@ def summarise(results: list[dict]) -> dict:
     return summary
 
 
+def markdown(report: dict) -> str:
+    """The README's table: one row per rule."""
+
+    def share(value: float | None) -> str:
+        return "-" if value is None else f"{value:.0%}"
+
+    def gain(value: float | None) -> str:
+        return "-" if value is None else f"{value:+.2%}"
+
+    runs = report["runs"]
+    tickers = [r["ticker"] for r in runs]
+    lines = [
+        f"| rule | promotions per 60 sessions | {' | '.join(tickers)} | realised gain > 0 | mean realised gain |",
+        "|---|---|" + "---|" * len(tickers) + "---|---|",
+    ]
+    for rule, figures in report["summary"].items():
+        lines.append(
+            f"| {rule} | {figures['promotions_per_60_sessions']:.1f} | "
+            + " | ".join(str(figures["by_ticker"][t]) for t in tickers)
+            + f" | {share(figures['share_realised_gain_positive'])} | {gain(figures['mean_realised_gain'])} |"
+        )
+    spans = ", ".join(f"{r['ticker']} {r['first']}..{r['last']}" for r in runs)
+    lines += ["", f"{runs[0]['sessions']} sessions per ticker ({spans}), {runs[0]['epochs']} epochs at most."]
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tickers", nargs="+", default=["MSFT", "GSPC"])
@@ -170,6 +196,7 @@ def main() -> None:
         )
     report = {"date": dt.date.today().isoformat(), "summary": summarise(results), "runs": results}
     args.out.write_text(json.dumps(report, indent=2))
+    args.out.with_suffix(".md").write_text(markdown(report))
     for rule, figures in report["summary"].items():
         share = figures["share_realised_gain_positive"]
         print(

@@ -23,6 +23,15 @@ SNAPSHOTS = BUNDLED_SNAPSHOTS
 # The bundled MSFT history ends on this session.
 MSFT_LAST_SESSION = dt.date(2017, 11, 10)
 GSPC_LAST_SESSION = dt.date(2018, 12, 31)
+# The column types every source and the store must produce (written out here, not imported: the test is the spec).
+PRICE_SCHEMA = {
+    "Date": "datetime64[ns]",
+    "Open": "float64",
+    "High": "float64",
+    "Low": "float64",
+    "Close": "float64",
+    "Volume": "int64",
+}
 
 # Small enough to train in seconds, large enough to exercise every split and the default 250-session test span.
 TINY_TRAINING = {

@@ -27,6 +27,12 @@ def cli(*args: str, home: Path, cwd: Path, **settings: str):
     return stockpipe(*args, cwd=cwd, **{**TINY_TRAINING, "STOCKPIPE_HOME": str(home), **settings})
 
 
+def run_csv(csv_dir: Path, *tickers_and_options: str, home: Path, cwd: Path, **settings: str):
+    """`stockpipe run` on a folder of CSV exports."""
+    return cli("run", "--source", "csv", "--csv-dir", str(csv_dir), "--tickers", *tickers_and_options, home=home,
+               cwd=cwd, **settings)  # fmt: skip
+
+
 def no_traceback(result) -> None:
     assert "Traceback" not in result.stdout + result.stderr, (result.stdout + result.stderr)[-3000:]
 
@@ -66,19 +72,7 @@ def test_a_bad_csv_fails_its_ticker_naming_the_expectation_and_others_go_on(tmp_
 
     # A folder of exports stands on today unless told otherwise; these end in 2017 and 2018.
     as_of = ("--as-of", "2017-11-10")
-    result = cli(
-        "run",
-        "--source",
-        "csv",
-        "--csv-dir",
-        str(csv_dir),
-        "--tickers",
-        "msft",
-        "GSPC",
-        *as_of,
-        home=home,
-        cwd=tmp_path,
-    )
+    result = run_csv(csv_dir, "msft", "GSPC", *as_of, home=home, cwd=tmp_path)
     assert result.returncode == 1, result.stdout + result.stderr
     assert "expect_column_pair_values_a_to_be_greater_than_b" in result.stdout
     assert prices.loc[100, "Date"] in result.stdout, "the failing row is named by its date"
@@ -103,18 +97,7 @@ def test_an_input_that_is_a_link_out_of_its_folder_is_refused_without_echoing_it
     (csv_dir / "MSFT.csv").unlink()
     (csv_dir / "MSFT.csv").symlink_to("/proc/self/environ")
     secret = "sk-live-4f9a8b7c6d5e"
-    result = cli(
-        "run",
-        "--source",
-        "csv",
-        "--csv-dir",
-        str(csv_dir),
-        "--tickers",
-        "MSFT",
-        home=home,
-        cwd=tmp_path,
-        MY_API_TOKEN=secret,
-    )
+    result = run_csv(csv_dir, "MSFT", home=home, cwd=tmp_path, MY_API_TOKEN=secret)
     assert result.returncode == 1
     assert "leads outside" in result.stdout and "MSFT.csv" in result.stdout
     status = cli("status", "--json", home=home, cwd=tmp_path, MY_API_TOKEN=secret)
@@ -130,19 +113,7 @@ def test_a_future_row_quarantines_the_batch_and_a_partial_export_never_shrinks_h
     home = tmp_path / "state"
 
     def run_msft(as_of: str):
-        return cli(
-            "run",
-            "--source",
-            "csv",
-            "--csv-dir",
-            str(csv_dir),
-            "--tickers",
-            "MSFT",
-            "--as-of",
-            as_of,
-            home=home,
-            cwd=tmp_path,
-        )
+        return run_csv(csv_dir, "MSFT", "--as-of", as_of, home=home, cwd=tmp_path)
 
     first = run_msft("2017-11-03")
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]

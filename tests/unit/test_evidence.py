@@ -27,6 +27,14 @@ POLICY = PromotionPolicy(min_relative_gain=0.005, promotion_alpha=0.10)
 N = 250
 
 
+def given(*, challenger_rmse: float, champion_rmse: float = 1.0, **figures) -> Evidence:
+    """Evidence with these figures, the relative gain consistent with the two RMSEs."""
+    gain = round(1 - challenger_rmse / champion_rmse, 12)
+    return Evidence(
+        challenger_rmse=challenger_rmse, champion_rmse=champion_rmse, relative_gain=gain, sessions=N, **figures
+    )
+
+
 def from_errors(challenger_error, champion_error, naive_error):
     """Forecasts whose errors against an actual series of zeros are exactly the given ones."""
     actual = np.zeros(len(challenger_error))
@@ -253,18 +261,7 @@ def test_an_equal_rmse_with_different_forecasts_is_a_tie():
 
 
 def test_an_even_split_of_blocks_is_not_a_majority():
-    evidence = Evidence(
-        challenger_rmse=0.9,
-        champion_rmse=1.0,
-        naive_rmse=1.0,
-        relative_gain=0.1,
-        u2=0.9,
-        dm_stat=-3.0,
-        dm_pvalue=0.001,
-        blocks_won=2,
-        blocks=4,
-        sessions=N,
-    )
+    evidence = given(challenger_rmse=0.9, naive_rmse=1.0, u2=0.9, dm_stat=-3.0, dm_pvalue=0.001, blocks_won=2, blocks=4)
     promote, reason, checks = judge(evidence, POLICY)
     assert not promote and reason == "won 2 of 4 blocks (needs a majority)"
     blocks_check = checks[2]
@@ -284,17 +281,8 @@ def test_non_finite_evidence_is_kept_with_a_clear_reason():
 
 
 def test_checks_report_figure_and_threshold():
-    evidence = Evidence(
-        challenger_rmse=0.99,
-        champion_rmse=1.0,
-        naive_rmse=1.2,
-        relative_gain=0.01,
-        u2=0.825,
-        dm_stat=-2.0,
-        dm_pvalue=0.03,
-        blocks_won=4,
-        blocks=5,
-        sessions=N,
+    evidence = given(
+        challenger_rmse=0.99, naive_rmse=1.2, u2=0.825, dm_stat=-2.0, dm_pvalue=0.03, blocks_won=4, blocks=5
     )
     promote, reason, checks = judge(evidence, PromotionPolicy(min_relative_gain=0.002, promotion_alpha=0.05))
     assert promote

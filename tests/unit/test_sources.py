@@ -26,16 +26,10 @@ from pipeline.sources import (
     yfinance_history,
 )
 from pipeline.symbols import InvalidTicker
+from tests.support import PRICE_SCHEMA
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-SCHEMA = {
-    "Date": "datetime64[ns]",
-    "Open": "float64",
-    "High": "float64",
-    "Low": "float64",
-    "Close": "float64",
-    "Volume": "int64",
-}
+SCHEMA = PRICE_SCHEMA
 
 
 def dtypes(frame: pd.DataFrame) -> dict[str, str]:

@@ -14,6 +14,7 @@ from pipeline import fsutil
 from pipeline.sources import COLUMNS, normalize
 from pipeline.store import PriceStore, StoreUnreadable, digest, merge_new_rows, overlap_disagreement
 from pipeline.symbols import InvalidTicker
+from tests.support import PRICE_SCHEMA
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -53,14 +54,7 @@ def test_nullable_volume_survives_the_round_trip(store, msft_slice):
 def test_reading_an_unknown_ticker_is_an_empty_table_in_the_schema(store):
     empty = store.read("MSFT")
     assert empty.empty and list(empty.columns) == COLUMNS
-    assert {c: str(t) for c, t in empty.dtypes.items()} == {
-        "Date": "datetime64[ns]",
-        "Open": "float64",
-        "High": "float64",
-        "Low": "float64",
-        "Close": "float64",
-        "Volume": "int64",
-    }
+    assert {c: str(t) for c, t in empty.dtypes.items()} == PRICE_SCHEMA
     assert store.last_date("MSFT") is None
     assert store.tickers() == []
 

@@ -223,6 +223,11 @@ def result(success: bool, type_: str, kwargs: dict, severity: str | None = None,
     return {"success": success, "expectation_config": config, "result": details}
 
 
+def close_out_of_range(**details) -> dict:
+    """A failed critical range check on Close, with GX's result `details`."""
+    return result(False, "expect_column_values_to_be_between", {"column": "Close"}, "critical", **details)
+
+
 def test_verdict_names_failures_and_skips_successes():
     raw = gx_result(
         result(True, "expect_column_values_to_not_be_null", {"column": "Date"}, "critical", unexpected_count=0),
@@ -522,11 +527,7 @@ def test_excerpt_and_safe_values():
 
 def test_verdict_reads_failing_rows_and_errors_from_gx_json():
     raw = gx_result(
-        result(
-            False,
-            "expect_column_values_to_be_between",
-            {"column": "Close"},
-            "critical",
+        close_out_of_range(
             unexpected_count=12,
             partial_unexpected_index_list=[
                 {"Date": [f"2017-11-{d:02d}T00:00:00" for d in range(1, 11)] + ["… 2 more"]}
@@ -558,13 +559,8 @@ def test_sanitized_gx_result_caps_lists_and_drops_tracebacks():
     from pipeline.validation import sanitize_gx_result
 
     raw = gx_result(
-        result(
-            False,
-            "expect_column_values_to_be_between",
-            {"column": "Close"},
-            "critical",
-            observed_value="\x1b]0;" + "z" * 100,
-            partial_unexpected_index_list=[{"Date": list(range(50))}],
+        close_out_of_range(
+            observed_value="\x1b]0;" + "z" * 100, partial_unexpected_index_list=[{"Date": list(range(50))}]
         )
     )
     raw["results"][0]["exception_info"] = {
