@@ -64,7 +64,7 @@ bench: $(STAMP) ## Measure quality, cost, scaling and memory on the bundled data
 	$(BIN)/python bench/run.py
 
 .PHONY: bench-quick
-bench-quick: $(STAMP) ## The benchmark in one ticker, one epoch (CI keeps it from rotting)
+bench-quick: $(STAMP) ## The benchmark in one ticker, two epochs (CI keeps it from rotting)
 	$(BIN)/python bench/run.py --quick --out bench/out
 
 .PHONY: status
