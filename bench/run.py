@@ -32,6 +32,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))
 
 from bench.seed_baseline import seed_forecasts  # noqa: E402
+from flows.local_server import free_port  # noqa: E402
 from pipeline.features import FEATURE_NAMES  # noqa: E402
 from pipeline.settings import BUNDLED_SNAPSHOTS, TrainingConfig  # noqa: E402
 from pipeline.sources import CsvSource  # noqa: E402
@@ -54,18 +55,10 @@ STEPS = ("fetch", "validate", "train", "evaluate", "track")
 # -- processes ------------------------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @contextmanager
 def prefect_server(root: Path):
     """A real Prefect server, as in production: runs then pay for their own start-up, not the server's."""
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PREFECT_HOME": str(root / "prefect-server"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     env.pop("PREFECT_API_URL", None)
     log = (root / "prefect-server.log").open("w")

@@ -37,9 +37,10 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _answers(url: str) -> bool:
+def answers(url: str, timeout: float = 2) -> bool:
+    """Whether `url` answers with a 2xx status, straight to the host (no proxy)."""
     try:
-        with _DIRECT.open(url, timeout=2) as response:
+        with _DIRECT.open(url, timeout=timeout) as response:
             return 200 <= response.status < 300
     except OSError:
         return False
@@ -83,7 +84,7 @@ class LocalPrefectApi:
     def wait_ready(self, timeout: float = STARTUP_TIMEOUT_SECONDS) -> None:
         assert self.process is not None, "start() first"
         deadline = time.monotonic() + timeout
-        while not _answers(f"{self.api_url}/health"):
+        while not answers(f"{self.api_url}/health"):
             if self.process.poll() is not None:
                 raise RuntimeError(f"the local Prefect API exited with {self.process.returncode} while starting")
             if time.monotonic() > deadline:
@@ -145,14 +146,14 @@ def prefect_api(api: LocalPrefectApi | None, share_with_workers: bool = False) -
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In the child, before exec: the kernel sends SIGTERM when the parent dies, even by SIGKILL (Linux)."""
     with contextlib.suppress(Exception):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def start_child(command: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
-    return subprocess.Popen(command, env=env, preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+    return subprocess.Popen(command, env=env, preexec_fn=die_with_parent if sys.platform == "linux" else None)
 
 
 def mlflow_ui_command(settings: Settings, port: int) -> list[str]:

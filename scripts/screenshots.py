@@ -15,13 +15,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import json
 import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,6 +30,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from flows.local_server import answers, die_with_parent, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent  # the venv's bin: `make screenshots` runs this with .venv/bin/python
@@ -68,8 +68,7 @@ def say(message: str) -> None:
 def _own_group_dies_with_us() -> None:
     """In the child, before exec: its own process group (stopped as one), and SIGTERM when this script dies."""
     os.setsid()
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    die_with_parent()
 
 
 @dataclass
@@ -147,12 +146,6 @@ def clean_environment(**extra: str) -> dict[str, str]:
     return env
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 # -- HTTP --------------------------------------------------------------------------------------------------------
 
 
@@ -161,14 +154,6 @@ def http_json(url: str, body: Any = None, timeout: float = 30) -> Any:
     request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
     with _DIRECT.open(request, timeout=timeout) as response:
         return json.loads(response.read() or b"null")
-
-
-def answers(url: str) -> bool:
-    try:
-        with _DIRECT.open(url, timeout=3) as response:
-            return 200 <= response.status < 300
-    except OSError:
-        return False
 
 
 def wait_until(what: str, ready: Callable[[], bool], children: list[Child], timeout: float = START_TIMEOUT) -> None:
@@ -578,8 +563,8 @@ def check(args: argparse.Namespace) -> int:
             work,
             clean_environment(),
         )
-        wait_until("the MLflow UI answered", lambda: answers(f"{mlflow}/health"), [ui])
-        wait_until("the Prefect server answered", lambda: answers(f"{prefect}/api/health"), [ui])
+        wait_until("the MLflow UI answered", lambda: answers(f"{mlflow}/health", timeout=3), [ui])
+        wait_until("the Prefect server answered", lambda: answers(f"{prefect}/api/health", timeout=3), [ui])
 
         say("starting `stockpipe serve` against that Prefect server (the `daily` deployment)")
         (work / "serve-prefect-home").mkdir()
@@ -591,7 +576,7 @@ def check(args: argparse.Namespace) -> int:
         )
         wait_until(
             "the `daily` deployment was registered",
-            lambda: answers(f"{prefect}/api/deployments/name/{FLOW}/{DEPLOYMENT}"),
+            lambda: answers(f"{prefect}/api/deployments/name/{FLOW}/{DEPLOYMENT}", timeout=3),
             [ui, serve],
         )
 

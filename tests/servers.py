@@ -35,7 +35,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -45,6 +44,8 @@ import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from flows.local_server import answers, free_port
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -56,13 +57,6 @@ _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 class ServerFailed(RuntimeError):
     """A server exited or never became ready; the message ends with the tail of its log."""
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def clean_env(**overrides: str) -> dict[str, str]:
@@ -184,17 +178,9 @@ def wait_until(
         time.sleep(0.25)
 
 
-def http_ok(url: str, timeout: float = 3) -> bool:
-    try:
-        with _DIRECT.open(url, timeout=timeout) as response:
-            return 200 <= response.status < 300
-    except (OSError, urllib.error.URLError):
-        return False
-
-
 def wait_for_http(url: str, child: subprocess.Popen, log: Path, *, timeout: float = 120) -> float:
     """Wait until `url` answers 2xx (a health endpoint); returns the seconds waited."""
-    return wait_until(lambda: http_ok(url), child, log, timeout=timeout, what=f"answering {url}")
+    return wait_until(lambda: answers(url, timeout=3), child, log, timeout=timeout, what=f"answering {url}")
 
 
 # -- PostgreSQL ---------------------------------------------------------------------------------
