@@ -33,10 +33,11 @@ test: $(STAMP) ## Run the unit and integration tests (about 15 minutes on 2 core
 	$(BIN)/python -m pytest tests/unit tests/integration $(PYTEST_ARGS)
 
 .PHONY: lint
-lint: $(STAMP) ## Check style and types: ruff lint and format over everything, mypy over pipeline/
+lint: $(STAMP) ## Check style, types and import direction: ruff over everything, mypy and import-linter over pipeline/
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 .PHONY: format
 format: $(STAMP) ## Apply ruff's fixes and formatting
@@ -56,7 +57,7 @@ test-system: $(STAMP) ## Run the system tests: the production stack on PostgreSQ
 	$(BIN)/python -m pytest tests/system $(PYTEST_ARGS)
 
 .PHONY: postgres
-postgres: ## Install PostgreSQL from Debian's packages if missing (the production-stack integration test needs it)
+postgres: ## Install PostgreSQL from Debian's packages if missing (the production-stack system test needs it)
 	bash scripts/install-postgres.sh
 
 .PHONY: bench

@@ -4,7 +4,7 @@ For each session of the replay a challenger is trained on the data up to that se
 would (same windows, same scoring span), and every rule under study decides against its own champion, which starts
 as the naive forecaster. For every promotion, the new champion and the one it replaced then forecast the next
 `horizon` sessions (never seen by either), and the realised relative RMSE gain is recorded. The old rule is
-"lower test RMSE on one window" (margin 0); the new rule needs evidence (pipeline.evidence).
+"lower test RMSE on one window" (margin 0); the new rule needs evidence (pipeline.evaluation.evidence).
 
     python bench/promotion_replay.py --sessions 60 --epochs 10 --out bench/promotion_replay.json
 
@@ -31,11 +31,11 @@ OLD_RULE = "old: lower RMSE on one window"
 HORIZON = 20
 
 
-from pipeline.settings import TrainingConfig  # noqa: E402
+from pipeline.common.settings import TrainingConfig  # noqa: E402
 
 
 def policies() -> dict[str, object]:
-    from pipeline.evidence import PromotionPolicy
+    from pipeline.evaluation.evidence import PromotionPolicy
 
     return {
         "new: gain >= 0, DM p < 0.10, majority of blocks, U2 < 1": PromotionPolicy(0.0, 0.10),
@@ -51,15 +51,15 @@ def replay_ticker(ticker: str, sessions: int, epochs: int, horizon: int) -> dict
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import pandas as pd
 
-    from pipeline.forecasters import NaiveForecaster
-    from pipeline.promotion import decide
-    from pipeline.scoring import score
-    from pipeline.settings import BUNDLED_SNAPSHOTS, TrainingConfig
-    from pipeline.sources import CsvSource
-    from pipeline.training import train_challenger
+    from pipeline.common.settings import BUNDLED_SNAPSHOTS, TrainingConfig
+    from pipeline.data.sources import CsvSource
+    from pipeline.evaluation.promotion import decide
+    from pipeline.evaluation.scoring import score
+    from pipeline.models.forecasters import NaiveForecaster
+    from pipeline.models.training import train_challenger
 
     config = TrainingConfig(epochs=epochs)
-    prices = CsvSource(BUNDLED_SNAPSHOTS).fetch(ticker, None, dt.date(2100, 1, 1))
+    prices = CsvSource(BUNDLED_SNAPSHOTS).read(ticker)[0]
     dates = pd.DatetimeIndex(prices["Date"])
     # The last `horizon` sessions are only ever used to judge the promotions made before them.
     days = dates[-(sessions + horizon) : -horizon]
@@ -120,7 +120,7 @@ def realised_gain(prices, day, horizon: int, new, old) -> float:
     import numpy as np
     import pandas as pd
 
-    from pipeline.forecasters import forecasts_on, to_model_input
+    from pipeline.models.forecasters import forecasts_on, to_model_input
 
     dates = pd.DatetimeIndex(prices["Date"])
     position = dates.get_loc(day)

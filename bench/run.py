@@ -33,9 +33,9 @@ sys.path.insert(0, str(PROJECT_ROOT))
 
 from bench.seed_baseline import seed_forecasts  # noqa: E402
 from flows.local_server import free_port  # noqa: E402
-from pipeline.features import FEATURE_NAMES  # noqa: E402
-from pipeline.settings import BUNDLED_SNAPSHOTS, TrainingConfig  # noqa: E402
-from pipeline.sources import CsvSource  # noqa: E402
+from pipeline.common.settings import BUNDLED_SNAPSHOTS, TrainingConfig  # noqa: E402
+from pipeline.data.sources import CsvSource  # noqa: E402
+from pipeline.models.features import FEATURE_NAMES  # noqa: E402
 
 STOCKPIPE = str(Path(sys.executable).with_name("stockpipe"))
 PREFECT = str(Path(sys.executable).with_name("prefect"))
@@ -190,12 +190,12 @@ def import_seconds() -> dict[str, float]:
 
 def train_and_score(ticker: str, config: TrainingConfig, prices: pd.DataFrame | None = None) -> dict:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from pipeline.evidence import CHALLENGER, NAIVE
-    from pipeline.forecasters import NaiveForecaster
-    from pipeline.scoring import score
-    from pipeline.training import train_challenger
+    from pipeline.evaluation.evidence import CHALLENGER, NAIVE
+    from pipeline.evaluation.scoring import score
+    from pipeline.models.forecasters import NaiveForecaster
+    from pipeline.models.training import train_challenger
 
-    prices = prices if prices is not None else CsvSource(BUNDLED_SNAPSHOTS).fetch(ticker, None, dt.date(2100, 1, 1))
+    prices = prices if prices is not None else CsvSource(BUNDLED_SNAPSHOTS).read(ticker)[0]
     challenger = train_challenger(prices, config, ticker)
     scores = score(challenger.dataset, challenger.forecaster, NaiveForecaster(), config.eval_blocks)
     test = challenger.dataset.test
@@ -209,7 +209,7 @@ def train_and_score(ticker: str, config: TrainingConfig, prices: pd.DataFrame | 
 
 
 def quality_row(result: dict, config: TrainingConfig) -> dict:
-    from pipeline.evaluation import point_metrics
+    from pipeline.evaluation.metrics import point_metrics
 
     challenger, scores, test = result["challenger"], result["scores"], result["test"]
     evidence = scores.evidence
@@ -255,11 +255,11 @@ def training_speed(result: dict, config: TrainingConfig, matmul: float) -> dict:
 def warm_start_measurement(config: TrainingConfig, gap: int) -> dict:
     """A champion trained at one as-of date; `gap` sessions later, a warm start and a full retrain on the new data,
     in the same process: time and U2 of each (the warm start really starts from that earlier champion)."""
-    from pipeline.forecasters import NaiveForecaster
-    from pipeline.scoring import score
-    from pipeline.training import WarmStart, train_challenger
+    from pipeline.evaluation.scoring import score
+    from pipeline.models.forecasters import NaiveForecaster
+    from pipeline.models.training import WarmStart, train_challenger
 
-    prices = CsvSource(BUNDLED_SNAPSHOTS).fetch("MSFT", None, dt.date(2100, 1, 1))
+    prices = CsvSource(BUNDLED_SNAPSHOTS).read("MSFT")[0]
     earlier = prices.iloc[:-gap].reset_index(drop=True)
     champion = train_challenger(earlier, config, "MSFT")
     out = {

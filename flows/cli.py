@@ -13,11 +13,12 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
-from pipeline.settings import Settings, SourceKind
-from pipeline.symbols import InvalidTicker, parse_ticker
+from flows import environment
+from pipeline.common.settings import Settings, SourceKind
+from pipeline.common.symbols import InvalidTicker, parse_ticker
 
 if TYPE_CHECKING:
-    from pipeline.outcome import TickerOutcome
+    from pipeline.common.outcome import TickerOutcome
 
 app = typer.Typer(
     help="Scheduled next-day stock price forecasting: Prefect + Great Expectations + Keras + MLflow.",
@@ -53,47 +54,19 @@ def load_settings() -> Settings:
         raise typer.Exit(2) from None
 
 
-def prepare_environment(settings: Settings) -> None:
-    """Point Prefect, MLflow and friends at the state directory before they are imported."""
-    from pipeline.fsutil import private_dir
-
-    home = private_dir(settings.home)
-    if not os.environ.get("PREFECT_API_URL"):
-        # Without a server, Prefect starts a temporary one; its database belongs with the rest of the state.
-        os.environ.setdefault("PREFECT_HOME", str(home / "prefect"))
-        # Its first start creates the database; 20 s (Prefect's default) is too short for a busy 2-core machine.
-        os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
-    # Library code logs through `logging`; this hands those records to Prefect's console and UI handlers.
-    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "pipeline")
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    # Model files are data: MLflow itself must refuse to unpickle anything, whatever a model directory holds.
-    os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = "false"
-    # MLflow prints each run's URL with the tracking URI as given, password included; the pipeline prints its own.
-    os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
-
-
-def share_cores(parallel_trainings: int) -> None:
-    """Give each parallel training its share of the cores: TensorFlow's default, one pool per process spanning all
-    cores, makes two tickers' small LSTMs fight over the same threads (measured: 25% slower on 2 cores)."""
-    if parallel_trainings > 1:
-        os.environ.setdefault("TF_NUM_INTRAOP_THREADS", str(max(1, (os.cpu_count() or 1) // parallel_trainings)))
-
-
 def fail(message: str, code: int = 1) -> typer.Exit:
     typer.secho(message, fg=typer.colors.RED, err=True)
     return typer.Exit(code)
 
 
-def _parse_date(value: Optional[str], option: str = "--as-of") -> Optional[dt.date]:
-    if value is None:
-        return None
+def iso_date(value: Any) -> dt.date:
+    """Typer's parser for a YYYY-MM-DD option: a bad date exits with code 2 and one plain line."""
+    if isinstance(value, dt.date):
+        return value
     try:
-        return dt.date.fromisoformat(value)
+        return dt.date.fromisoformat(str(value))
     except ValueError:
-        raise typer.BadParameter(f"{value!r} is not a date in YYYY-MM-DD form", param_hint=option) from None
+        raise typer.BadParameter(f"{value!r} is not a date in YYYY-MM-DD form") from None
 
 
 def _parse_tickers(values: list[str], hint: str = "--tickers") -> list[str]:
@@ -104,29 +77,44 @@ def _parse_tickers(values: list[str], hint: str = "--tickers") -> list[str]:
         raise typer.BadParameter(str(exc), param_hint=hint) from None
 
 
-def _use_csv_folder(source: Optional[SourceKind], csv_dir: Optional[Path]) -> None:
-    """A folder given on the command line is the user's own choice: it goes in as a setting (trusted), not as a flow
-    parameter (which anyone who can trigger a deployment sets, and which is confined to STOCKPIPE_CSV_ROOT)."""
-    if source is SourceKind.csv and csv_dir is None and not os.environ.get("STOCKPIPE_CSV_DIR"):
-        raise typer.BadParameter("--source csv needs --csv-dir", param_hint="--csv-dir")
+def settings_for(source: Optional[SourceKind], csv_dir: Optional[Path]) -> Settings:
+    """The settings with the command line's choices on top. A folder given on the command line is the user's own
+    choice: it goes in as a setting (trusted), not as a flow parameter (which anyone who can trigger a deployment sets,
+    and which is confined to STOCKPIPE_CSV_ROOT)."""
+    settings = load_settings()
+    updates: dict[str, Any] = {}
     if csv_dir is not None:
         if not csv_dir.is_dir():
             raise typer.BadParameter(f"{csv_dir} is not a directory", param_hint="--csv-dir")
-        os.environ["STOCKPIPE_CSV_DIR"] = str(csv_dir.expanduser().resolve())
+        updates["csv_dir"] = csv_dir.expanduser().resolve()
     if source is not None:
-        os.environ["STOCKPIPE_SOURCE"] = source.value
+        updates["source"] = source
+    if source is SourceKind.csv and csv_dir is None and settings.csv_dir is None:
+        raise typer.BadParameter("--source csv needs --csv-dir", param_hint="--csv-dir")
+    if updates:
+        settings = Settings.model_validate({**settings.model_dump(), **updates})
+    try:
+        settings.price_folder()
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--csv-dir") from None
+    return settings
+
+
+TickersOption = Annotated[Optional[list[str]], typer.Option("--tickers", help="Tickers to run: --tickers MSFT GSPC")]
+CsvDirOption = Annotated[Optional[Path], typer.Option(help="Folder of <TICKER>.csv files for --source csv")]
+EpochsOption = Annotated[Optional[int], typer.Option(min=1, max=1000, help="Override the training epochs")]
 
 
 @app.command(context_settings={"allow_extra_args": True})
 def run(
     ctx: typer.Context,
-    tickers: Annotated[
-        Optional[list[str]], typer.Option("--tickers", help="Tickers to run: --tickers MSFT GSPC")
-    ] = None,
+    tickers: TickersOption = None,
     source: Annotated[Optional[SourceKind], typer.Option(help="Where prices come from")] = None,
-    csv_dir: Annotated[Optional[Path], typer.Option(help="Folder of <TICKER>.csv files for --source csv")] = None,
-    as_of: Annotated[Optional[str], typer.Option(help="Run as if today were YYYY-MM-DD (hides later rows)")] = None,
-    epochs: Annotated[Optional[int], typer.Option(min=1, max=1000, help="Override the training epochs")] = None,
+    csv_dir: CsvDirOption = None,
+    as_of: Annotated[
+        Optional[dt.date], typer.Option(parser=iso_date, help="Run as if today were YYYY-MM-DD (hides later rows)")
+    ] = None,
+    epochs: EpochsOption = None,
     force: Annotated[bool, typer.Option(help="Retrain even when data and settings are unchanged")] = False,
     warm_start: Annotated[
         bool, typer.Option(help="Start from the champion's weights (warm_start_epochs only)")
@@ -140,28 +128,15 @@ def run(
 ) -> None:
     """Run the daily pipeline once through the Prefect flow. Exit 0 only if every ticker succeeded."""
     chosen = _parse_tickers([*(tickers or []), *ctx.args]) or None
-    as_of_date = _parse_date(as_of)
-    _use_csv_folder(source, csv_dir)
-    settings = load_settings()
-    _check_price_folder(settings)
-    prepare_environment(settings)
-    share_cores(min(settings.max_workers, len(chosen or settings.tickers)))
-    from flows.local_server import prefect_api, start_prefect_api
+    settings = settings_for(source, csv_dir)
+    api = _prepare_run(settings, chosen)
+    from flows.daily import daily_pipeline, given_settings
+    from flows.local_server import prefect_api
 
-    api = start_prefect_api()  # comes up on the other core while the flow's libraries import
-    if settings.source is SourceKind.yahoo:
-        import yfinance  # noqa: F401 - must load before TensorFlow (yfinance issue 2528)
-
-    from flows.daily import daily_pipeline
-
-    with prefect_api(api, share_with_workers=task_runner is TaskRunnerKind.dask):
-        state = daily_pipeline.with_options(task_runner=_task_runner(task_runner, settings.max_workers, dask_address))(
-            tickers=chosen,
-            as_of=as_of_date,
-            epochs=epochs,
-            force=force,
-            warm_start=warm_start,
-            return_state=True,
+    runner = _task_runner(task_runner, settings.max_workers, dask_address)
+    with prefect_api(api, share_with_workers=task_runner is TaskRunnerKind.dask), given_settings(settings):
+        state = daily_pipeline.with_options(task_runner=runner)(
+            tickers=chosen, as_of=as_of, epochs=epochs, force=force, warm_start=warm_start, return_state=True
         )
         outcomes = state.result(raise_on_failure=False)
     if not isinstance(outcomes, list):  # the flow itself failed before any ticker ran
@@ -170,69 +145,78 @@ def run(
     raise typer.Exit(0 if all(o.succeeded for o in outcomes) else 1)
 
 
-def _check_price_folder(settings: Settings) -> None:
-    try:
-        settings.price_folder()
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--csv-dir") from None
-
-
 @app.command(context_settings={"allow_extra_args": True})
 def replay(
     ctx: typer.Context,
-    start: Annotated[str, typer.Option(help="First day, YYYY-MM-DD")],
-    end: Annotated[str, typer.Option(help="Last day, YYYY-MM-DD")],
-    tickers: Annotated[
-        Optional[list[str]], typer.Option("--tickers", help="Tickers to run: --tickers MSFT GSPC")
-    ] = None,
+    start: Annotated[dt.date, typer.Option(parser=iso_date, help="First day, YYYY-MM-DD")],
+    end: Annotated[dt.date, typer.Option(parser=iso_date, help="Last day, YYYY-MM-DD")],
+    tickers: TickersOption = None,
     source: Annotated[Optional[ReplaySourceKind], typer.Option(help="Where prices come from (files only)")] = None,
-    csv_dir: Annotated[Optional[Path], typer.Option(help="Folder of <TICKER>.csv files for --source csv")] = None,
-    epochs: Annotated[Optional[int], typer.Option(min=1, max=1000, help="Override the training epochs")] = None,
+    csv_dir: CsvDirOption = None,
+    epochs: EpochsOption = None,
     warm_start: Annotated[bool, typer.Option(help="Retrain each day from the champion's weights")] = False,
 ) -> None:
     """Run the daily pipeline once per trading session from START to END, as the schedule would have."""
     chosen = _parse_tickers([*(tickers or []), *ctx.args]) or None
-    start_date, end_date = _parse_date(start, "--start"), _parse_date(end, "--end")
-    _use_csv_folder(SourceKind(source.value) if source else None, csv_dir)
-    settings = load_settings()
+    settings = settings_for(SourceKind(source.value) if source else None, csv_dir)
     if settings.source is SourceKind.yahoo:
         raise typer.BadParameter("replay reads files: Yahoo cannot be seen as of a past day", param_hint="--source")
-    _check_price_folder(settings)
-    prepare_environment(settings)
-    share_cores(min(settings.max_workers, len(chosen or settings.tickers)))
+    api = _prepare_run(settings, chosen)
+    from flows.daily import given_settings
+    from flows.local_server import prefect_api
+    from flows.replay import replay_pipeline
 
-    from flows.local_server import prefect_api, start_prefect_api
+    with given_settings(settings):
+        sessions = _planned_sessions(api, chosen, start, end)
+        with prefect_api(api):
+            state = replay_pipeline(
+                start=start,
+                end=end,
+                tickers=chosen,
+                epochs=epochs,
+                warm_start=warm_start,
+                sessions=sessions,
+                return_state=True,
+            )
+            days = state.result(raise_on_failure=False)
+    if not isinstance(days, list):
+        raise fail(f"replay failed: {days}")
+    _print_replay(days)
+    raise typer.Exit(0 if all(o.succeeded for _, outcomes in days for o in outcomes) else 1)
+
+
+def _prepare_run(settings: Settings, chosen: Optional[list[str]]) -> Any:
+    """The environment, then the run's own Prefect API (None against a server), which comes up on the other core
+    while the flow's libraries import."""
+    environment.before_imports(settings, parallel_trainings=min(settings.max_workers, len(chosen or settings.tickers)))
+    from flows.local_server import start_prefect_api
 
     api = start_prefect_api()
+    if settings.source is SourceKind.yahoo:
+        import yfinance  # noqa: F401 - must load before TensorFlow (yfinance issue 2528)
+    return api
+
+
+def _planned_sessions(api: Any, chosen: Optional[list[str]], start: dt.date, end: dt.date) -> list[dt.date]:
+    """The replay's sessions, refused before the flow starts, so a refusal reads as one line, not a flow failure."""
     from flows.daily import resolve_settings
-    from flows.replay import plan_replay, replay_pipeline
+    from flows.replay import plan_replay
     from pipeline.replay import ReplayRefused
 
-    try:  # refused before the flow starts, so a refusal reads as one line, not a flow failure
-        sessions = plan_replay(resolve_settings(tickers=chosen), start_date, end_date)
+    try:
+        return plan_replay(resolve_settings(tickers=chosen), start, end)
     except ReplayRefused as exc:
         if api is not None:
             api.stop()
         raise fail(str(exc), 2) from None
-    with prefect_api(api):
-        state = replay_pipeline(
-            start=start_date,
-            end=end_date,
-            tickers=chosen,
-            epochs=epochs,
-            warm_start=warm_start,
-            sessions=sessions,
-            return_state=True,
-        )
-        days = state.result(raise_on_failure=False)
-    if not isinstance(days, list):
-        raise fail(f"replay failed: {days}")
+
+
+def _print_replay(days: list[tuple[dt.date, list[TickerOutcome]]]) -> None:
     typer.echo("")
     for session, outcomes in days:
         for o in outcomes:
             colour = typer.colors.GREEN if o.succeeded else typer.colors.RED
             typer.secho(f"{session}  {o.ticker:>6}  {o.decision.value:<8}  {o.reason}", fg=colour)
-    raise typer.Exit(0 if all(o.succeeded for _, outcomes in days for o in outcomes) else 1)
 
 
 def _task_runner(kind: TaskRunnerKind, max_workers: int, dask_address: Optional[str]) -> Any:
@@ -258,12 +242,13 @@ def _print_outcomes(outcomes: list[TickerOutcome]) -> None:
 @contextlib.contextmanager
 def _tracker_or_none(settings: Settings) -> Iterator[Any]:
     """The tracker, or None (and a warning) when the tracking server cannot be reached: status still shows the rest."""
-    from pipeline.tracking import Tracker, TrackingUnavailable, tracking_errors
+    from pipeline.registry.connection import TrackingUnavailable, tracking_errors
+    from pipeline.registry.tracking import Tracker
 
     uri = settings.tracking_uri()
     try:
         with tracking_errors(uri, "reading champions"):
-            tracker = Tracker.connect(uri, settings.experiment_name, settings.artifacts_dir, settings.mlflow_ui_url)
+            tracker = Tracker.from_settings(settings)
     except TrackingUnavailable as exc:
         typer.secho(f"warning: {exc}; showing local state only", fg=typer.colors.YELLOW, err=True)
         tracker = None
@@ -271,11 +256,11 @@ def _tracker_or_none(settings: Settings) -> Iterator[Any]:
 
 
 def _status_rows(settings: Settings) -> list[dict]:
-    from pipeline import journal
-    from pipeline.daily import rebuild_outcome
-    from pipeline.redact import excerpt
+    from pipeline.common.redact import excerpt
+    from pipeline.data.store import PriceStore
+    from pipeline.registry import journal
+    from pipeline.registry.recording import rebuild_outcome
     from pipeline.status import known_tickers, ticker_status
-    from pipeline.store import PriceStore
 
     store = PriceStore(settings.store_dir, settings.locks_dir)
     local = known_tickers(store, settings.reports_dir, [])
@@ -305,7 +290,7 @@ def _status_rows(settings: Settings) -> list[dict]:
 def status(as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False) -> None:
     """Per ticker: stored data, the champion, the last run's RMSEs, coverage and decision."""
     settings = load_settings()
-    prepare_environment(settings)
+    environment.before_imports(settings)
     rows = _status_rows(settings)
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
@@ -313,29 +298,55 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] =
     if not rows:
         typer.echo(f"no tickers yet under {settings.home}: run `stockpipe run` first")
         return
+    _print_status(rows)
 
-    def num(value: float | None) -> str:
-        return "-" if value is None else f"{value:.4f}"
 
-    typer.echo(
-        f"{'ticker':<7}{'data':<25}{'champion':<14}{'challenger':>11}{'champion':>11}{'naive':>11}"
-        f"{'cov80':>7}  decision"
-    )
+STATUS_COLUMNS = (
+    ("ticker", "left"),
+    ("data", "left"),
+    ("champion", "left"),
+    ("challenger", "right"),
+    ("champion", "right"),
+    ("naive", "right"),
+    ("cov80", "right"),
+    ("decision", "left"),
+)
+
+
+def _print_status(rows: list[dict]) -> None:
+    """One line per ticker (the reason, any problem and the quarantine under it), as a plain rich table."""
+    import sys
+
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    def num(value: float | None, digits: int = 4) -> str:
+        return "-" if value is None else f"{value:.{digits}f}"
+
+    table = Table(box=None, pad_edge=False, header_style="bold", show_edge=False)
+    for name, justify in STATUS_COLUMNS:
+        table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+    table.add_column("why", overflow="fold")
     for r in rows:
-        span = f"{r['data_start']}..{r['data_end']}" if r["data_end"] else "-"
-        champ = f"v{r['champion_version']} {r['champion_kind']}" if r["champion_version"] else "-"
-        coverage = "-" if r["coverage_80"] is None else f"{r['coverage_80']:.2f}"
-        typer.echo(
-            f"{r['ticker']:<7}{span:<25}{champ:<14}{num(r['challenger_test_rmse']):>11}"
-            f"{num(r['champion_test_rmse']):>11}{num(r['naive_test_rmse']):>11}{coverage:>7}  "
-            f"{r['last_decision'] or '-'}"
-        )
-        if r["last_reason"]:
-            typer.echo(f"{'':<7}{r['last_reason']}")
+        why = Text(r["last_reason"] or "")
         for problem in r["problems"]:
-            typer.secho(f"{'':<7}problem: {problem}", fg=typer.colors.RED)
+            why.append(f"\nproblem: {problem}", style="red")
         if r["quarantined_batches"]:
-            typer.echo(f"{'':<7}quarantine: {r['quarantined_batches']} batch(es), {r['quarantined_bytes']:,} bytes")
+            why.append(f"\nquarantine: {r['quarantined_batches']} batch(es), {r['quarantined_bytes']:,} bytes")
+        table.add_row(
+            r["ticker"],
+            f"{r['data_start']}..{r['data_end']}" if r["data_end"] else "-",
+            f"v{r['champion_version']} {r['champion_kind']}" if r["champion_version"] else "-",
+            num(r["challenger_test_rmse"]),
+            num(r["champion_test_rmse"]),
+            num(r["naive_test_rmse"]),
+            num(r["coverage_80"], 2),
+            r["last_decision"] or "-",
+            why,
+        )
+    # Piped output (a log, `make run`) gets a wide line rather than rich's 80 columns.
+    Console(highlight=False, width=None if sys.stdout.isatty() else 200).print(table)
 
 
 @app.command(context_settings={"allow_extra_args": True})
@@ -352,8 +363,7 @@ def serve(
             2,
         )
     settings = load_settings()
-    prepare_environment(settings)
-    share_cores(min(settings.max_workers, len(chosen or settings.tickers)))
+    environment.before_imports(settings, parallel_trainings=min(settings.max_workers, len(chosen or settings.tickers)))
 
     from flows.deployment import serve as serve_deployment
 
@@ -376,16 +386,18 @@ def predict(
     intervals."""
     ticker = _one_ticker(ticker)
     settings = load_settings()
-    prepare_environment(settings)
-    from pipeline.model_files import ModelRefused
+    environment.before_imports(settings)
+    from pipeline.common import codec
+    from pipeline.data.store import PriceStore, StoreUnreadable
+    from pipeline.models.model_files import ModelRefused
+    from pipeline.registry.connection import TrackingUnavailable, tracking_errors
+    from pipeline.registry.tracking import Tracker
     from pipeline.serving import forecast_next
-    from pipeline.store import PriceStore, StoreUnreadable
-    from pipeline.tracking import Tracker, TrackingUnavailable, tracking_errors
 
     uri = settings.tracking_uri()
     try:
         with tracking_errors(uri, f"loading {ticker}'s champion"):
-            tracker = Tracker.connect(uri, settings.experiment_name, settings.artifacts_dir, settings.mlflow_ui_url)
+            tracker = Tracker.from_settings(settings)
             champion = tracker.champion(ticker)
             if champion is None:
                 raise fail(f"{ticker}: no champion yet; run `stockpipe run --tickers {ticker}` first")
@@ -395,7 +407,7 @@ def predict(
     except (ModelRefused, StoreUnreadable, TrackingUnavailable, ValueError) as exc:
         raise fail(str(exc)) from None
     if as_json:
-        typer.echo(json.dumps(forecast.to_dict(), indent=2))
+        typer.echo(json.dumps(codec.dump(forecast), indent=2))
         return
     interval = ""
     if forecast.lower_80 is not None and forecast.upper_80 is not None:
@@ -414,13 +426,14 @@ def rollback(
     """Move the `champion` alias back to the `previous` version, recording why."""
     ticker = _one_ticker(ticker)
     settings = load_settings()
-    prepare_environment(settings)
-    from pipeline.tracking import Tracker, TrackingUnavailable, tracking_errors
+    environment.before_imports(settings)
+    from pipeline.registry.connection import TrackingUnavailable, tracking_errors
+    from pipeline.registry.tracking import Tracker
 
     uri = settings.tracking_uri()
     try:
         with tracking_errors(uri, f"rolling back {ticker}"):
-            tracker = Tracker.connect(uri, settings.experiment_name, settings.artifacts_dir, settings.mlflow_ui_url)
+            tracker = Tracker.from_settings(settings)
             demoted, restored = tracker.rollback(ticker, reason)
     except (LookupError, TrackingUnavailable) as exc:
         raise fail(str(exc)) from None
@@ -435,7 +448,7 @@ def ui(
 ) -> None:
     """Open the MLflow UI (and the Prefect UI over `make run`'s flow runs) on 127.0.0.1, until Ctrl-C."""
     settings = load_settings()
-    prepare_environment(settings)
+    environment.before_imports(settings)
     from flows.local_server import run_local_uis
 
     raise typer.Exit(run_local_uis(settings, mlflow_port=port, prefect_port=prefect_port if prefect else None))

@@ -6,11 +6,11 @@ logs, artifacts); the ticker-day itself is `pipeline.daily.run_ticker`."""
 import contextlib
 import datetime as dt
 import logging
-import os
 import signal
 import threading
 import warnings
 from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from typing import Annotated, Any
 
 from prefect import flow, task
@@ -27,20 +27,24 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.tasks import exponential_backoff
 from pydantic import Field
 
-from pipeline import daily, ingest, training
+from flows import environment
+from pipeline import daily
+from pipeline.common.files import UnsafeInput, within
+from pipeline.common.outcome import TickerOutcome
+from pipeline.common.settings import DEFAULT_MAX_WORKERS, Settings, SourceKind
+from pipeline.common.symbols import Ticker, validate_ticker
+from pipeline.contract.inputs import load_suite_definition
 from pipeline.daily import DailyContext, Stages, StopRequested, run_ticker
-from pipeline.evidence import PromotionPolicy
-from pipeline.fsutil import UnsafeInput, within
-from pipeline.ingest import BatchRefused, StaleData
-from pipeline.model_files import ModelRefused
-from pipeline.outcome import TickerOutcome
-from pipeline.quarantine import Retention
-from pipeline.settings import DEFAULT_MAX_WORKERS, Settings, SourceKind
-from pipeline.sources import SourceError, TransientSourceError, build_source
-from pipeline.store import PriceStore, StoreUnreadable
-from pipeline.symbols import Ticker, validate_ticker
-from pipeline.tracking import Tracker, TrackingUnavailable, tracking_errors
-from pipeline.validation import load_suite_definition
+from pipeline.data import ingest
+from pipeline.data.ingest import BatchRefused, StaleData
+from pipeline.data.quarantine import Retention
+from pipeline.data.sources import SourceError, TransientSourceError, build_source
+from pipeline.data.store import PriceStore, StoreUnreadable
+from pipeline.evaluation.evidence import PromotionPolicy
+from pipeline.models import training
+from pipeline.models.model_files import ModelRefused
+from pipeline.registry.connection import TrackingUnavailable, tracking_errors
+from pipeline.registry.tracking import Tracker
 
 log = logging.getLogger("pipeline.flow")
 
@@ -89,7 +93,7 @@ def _tracking_task(stage: Callable, name: str):
 
 # The ticker-day's stages as task runs. Yahoo's 429s are not retried by yfinance itself; backoff with jitter spreads
 # the retries of many tickers. Validation and training failures are facts, never retried. Tracking retries resume
-# the same MLflow run (pipeline.recording), so a retry never records anything twice.
+# the same MLflow run (pipeline.registry.recording), so a retry never records anything twice.
 PREFECT_STAGES = Stages(
     fetch=task(
         ingest.fetch_batch,
@@ -152,7 +156,7 @@ def daily_context(settings: Settings) -> DailyContext:
             yahoo_symbols=settings.yahoo_symbols,
             max_bytes=settings.max_input_bytes,
         ),
-        connect=lambda: Tracker.connect(uri, settings.experiment_name, settings.artifacts_dir, settings.mlflow_ui_url),
+        connect=lambda: Tracker.from_settings(settings),
         tracking_uri=uri,
         suite=load_suite_definition(settings.suite_path),
         config=settings.training,
@@ -163,18 +167,6 @@ def daily_context(settings: Settings) -> DailyContext:
         max_staleness_sessions=settings.max_staleness_sessions,
         stop=STOP,
     )
-
-
-def prepare_process(settings: Settings) -> None:
-    """What every process running the flow needs, set here at the edge (a deployment's worker never runs the CLI):
-    MLflow's Keras callback logs through MLflow's process-wide tracking URI; and MLflow itself must refuse to unpickle
-    a model, whatever a model directory holds (the pipeline only ever loads models as data)."""
-    import mlflow
-
-    os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = "false"
-    # MLflow prints each run's URL with the tracking URI as given, password included; the pipeline logs its own, masked.
-    os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
-    mlflow.set_tracking_uri(settings.tracking_uri())
 
 
 class EpochProgress:
@@ -215,12 +207,12 @@ def ticker_day(
 ) -> TickerOutcome:
     """One ticker end to end; any failure is reported as this ticker's outcome and never stops the others."""
     quiet_third_party_logs()  # again here: on a Dask worker this is a fresh process
-    prepare_process(settings)
+    environment.in_flow_process(settings)
     run_tags = {"prefect_flow_run_id": str(flow_run.get_id() or "")}
     try:
         ctx = daily_context(settings)
     except Exception as exc:
-        from pipeline.outcome import Decision
+        from pipeline.common.outcome import Decision
 
         return TickerOutcome(ticker, Decision.failed, f"{type(exc).__name__}: {exc}")
     return run_ticker(
@@ -247,7 +239,7 @@ def ticker_day(
 def connect_tracking(settings: Settings) -> None:
     uri = settings.tracking_uri()
     with tracking_errors(uri, "connecting"):
-        Tracker.connect(uri, settings.experiment_name, settings.artifacts_dir, settings.mlflow_ui_url)
+        Tracker.from_settings(settings)
 
 
 def summary_rows(outcomes: list[TickerOutcome]) -> list[dict[str, Any]]:
@@ -325,15 +317,31 @@ def quiet_third_party_logs() -> None:
     warnings.filterwarnings("ignore", category=UserWarning, module=r"mlflow\..*")
 
 
+# Settings the CLI has read and completed with the user's own choices (a --csv-dir typed by the user is trusted; the
+# same folder as a flow parameter is not). They reach the flow in-process, never as a parameter: parameters are
+# stored on the Prefect server and set by anyone who can trigger a run.
+_GIVEN_SETTINGS: ContextVar[Settings | None] = ContextVar("stockpipe_given_settings", default=None)
+
+
+@contextlib.contextmanager
+def given_settings(settings: Settings) -> Iterator[None]:
+    """Flows started inside this block start from `settings` instead of reading the environment."""
+    token = _GIVEN_SETTINGS.set(settings)
+    try:
+        yield
+    finally:
+        _GIVEN_SETTINGS.reset(token)
+
+
 def resolve_settings(
     tickers: list[str] | None = None,
     source: SourceKind | str | None = None,
     csv_dir: str | None = None,
     epochs: int | None = None,
 ) -> Settings:
-    """Settings from the environment, with the flow's parameters on top; parameters are untrusted (anyone who can
-    trigger a run sets them), so a csv folder must lie inside STOCKPIPE_CSV_ROOT, links followed."""
-    settings = Settings()
+    """The given settings (or the environment's), with the flow's parameters on top; parameters are untrusted (anyone
+    who can trigger a run sets them), so a csv folder must lie inside STOCKPIPE_CSV_ROOT, links followed."""
+    settings = _GIVEN_SETTINGS.get() or Settings()
     updates: dict[str, Any] = {}
     if tickers:
         updates["tickers"] = [validate_ticker(t) for t in tickers]
@@ -396,7 +404,7 @@ def daily_pipeline(
     """
     quiet_third_party_logs()
     settings = resolve_settings(tickers=tickers, source=source, csv_dir=csv_dir, epochs=epochs)
-    prepare_process(settings)
+    environment.in_flow_process(settings)
     connect_tracking(settings)
     progress_id = create_progress_artifact(
         progress=0.0, key=PROGRESS_KEY, description="Epochs trained across the run's tickers"

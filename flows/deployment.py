@@ -12,7 +12,7 @@ from prefect.schedules import Cron
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.daily import daily_pipeline
-from pipeline.settings import PROJECT_ROOT, Settings
+from pipeline.common.settings import PROJECT_ROOT, Settings
 
 PREFECT_YAML = PROJECT_ROOT / "prefect.yaml"
 DEPLOYMENT_NAME = "daily"

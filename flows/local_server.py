@@ -21,8 +21,8 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-from pipeline.redact import masked_uri
-from pipeline.settings import Settings
+from pipeline.common.redact import masked_uri
+from pipeline.common.settings import Settings
 
 log = logging.getLogger("pipeline.flow")
 

@@ -10,11 +10,11 @@ from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.daily import daily_pipeline, resolve_settings
-from pipeline.outcome import TickerOutcome
+from pipeline.common.outcome import TickerOutcome
+from pipeline.common.settings import Settings, SourceKind
+from pipeline.data.store import PriceStore
+from pipeline.registry.tracking import Tracker
 from pipeline.replay import replay_sessions
-from pipeline.settings import Settings, SourceKind
-from pipeline.store import PriceStore
-from pipeline.tracking import Tracker
 
 log = logging.getLogger("pipeline.flow")
 
@@ -22,7 +22,7 @@ log = logging.getLogger("pipeline.flow")
 def plan_replay(settings: Settings, start: dt.date, end: dt.date) -> list[dt.date]:
     """The sessions to run, or ReplayRefused when the state already covers days after `start`."""
     store = PriceStore(settings.store_dir, settings.locks_dir)
-    tracker = Tracker.connect(settings.tracking_uri(), settings.experiment_name, settings.artifacts_dir)
+    tracker = Tracker.from_settings(settings)
     data_ends = {}
     for ticker in settings.tickers:
         champion = tracker.champion(ticker)
@@ -58,22 +58,26 @@ def replay_pipeline(
         planned[-1],
         ", ".join(settings.tickers),
     )
-    days: list[tuple[dt.date, list[TickerOutcome]]] = []
-    for session in planned:
-        state = daily_pipeline.with_options(task_runner=ThreadPoolTaskRunner(max_workers=settings.max_workers))(
-            tickers=settings.tickers,
-            source=settings.source,
-            csv_dir=csv_dir,
-            as_of=session,
-            epochs=epochs,
-            warm_start=warm_start,
-            return_state=True,
-        )
-        outcomes = state.result(raise_on_failure=False)
-        if not isinstance(outcomes, list):
-            raise RuntimeError(f"daily run for {session} failed before any ticker ran: {outcomes}")
-        days.append((session, outcomes))
+    days = [(session, _one_session(settings, session, csv_dir, epochs, warm_start)) for session in planned]
     failed = [f"{day} {o.ticker}" for day, outcomes in days for o in outcomes if not o.succeeded]
     if failed:
         return Failed(message=f"{len(failed)} ticker-session(s) failed: {', '.join(failed)}", data=days)
     return Completed(message=f"{len(planned)} session(s) replayed", data=days)
+
+
+def _one_session(
+    settings: Settings, session: dt.date, csv_dir: str | None, epochs: int | None, warm_start: bool
+) -> list[TickerOutcome]:
+    state = daily_pipeline.with_options(task_runner=ThreadPoolTaskRunner(max_workers=settings.max_workers))(
+        tickers=settings.tickers,
+        source=settings.source,
+        csv_dir=csv_dir,
+        as_of=session,
+        epochs=epochs,
+        warm_start=warm_start,
+        return_state=True,
+    )
+    outcomes = state.result(raise_on_failure=False)
+    if not isinstance(outcomes, list):
+        raise RuntimeError(f"daily run for {session} failed before any ticker ran: {outcomes}")
+    return outcomes

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from pipeline.trading_calendar import sessions_between
+from pipeline.common.trading_calendar import sessions_between
 
 
 class ReplayRefused(ValueError):

@@ -9,7 +9,7 @@ from typing import Any
 import pandas as pd
 from mlflow.pyfunc import PythonModel
 
-from pipeline import model_files
+from pipeline.models import model_files
 
 
 class ServedModel(PythonModel):

@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import pandas as pd
 
-from pipeline.forecasters import Forecaster, min_input_rows, to_model_input
-from pipeline.trading_calendar import next_session
+from pipeline.common.codec import KEEP_NON_FINITE
+from pipeline.common.trading_calendar import next_session
+from pipeline.models.forecasters import Forecaster, min_input_rows, to_model_input
 
 
 @dataclass(frozen=True)
 class Forecast:
+    """What `predict --json` prints, as `pipeline.common.codec.dump` gives it; a bound is None where none was given."""
+
+    # The printed JSON has always shown a non-finite forecast as NaN (the bounds are None before they get there).
+    __pydantic_config__ = KEEP_NON_FINITE
+
     ticker: str
     as_of: str
     last_close: float
@@ -25,9 +31,6 @@ class Forecast:
     upper_95: float | None
     model_version: str
     model_kind: str
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def _bound(row: pd.Series, column: str) -> float | None:

@@ -8,10 +8,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pipeline import journal, quarantine
-from pipeline.outcome import TickerOutcome
-from pipeline.store import PriceStore, StoreUnreadable
-from pipeline.tracking import Champion
+from pipeline.common.outcome import TickerOutcome
+from pipeline.data import quarantine
+from pipeline.data.store import PriceStore, StoreUnreadable
+from pipeline.registry import journal
+from pipeline.registry.tracking import Champion
 
 
 def ticker_status(

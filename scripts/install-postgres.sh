@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Makes sure PostgreSQL's server binaries (initdb, pg_ctl, postgres) are on this machine, for the production-stack
-# integration test (tests/integration/test_production_stack.py). Idempotent: does nothing when Debian's packages
+# system test (tests/system/test_production_stack.py). Idempotent: does nothing when Debian's packages
 # already installed them under /usr/lib/postgresql/<version>/bin; otherwise installs the `postgresql` package with
 # apt-get (through sudo when not root), running `apt-get update` only when the package lists cannot provide it.
 set -euo pipefail

@@ -1,5 +1,5 @@
 """What tests share, written once: bundled-data slices, tiny training settings, the CLI as a subprocess, a planted
-champion, and a tracker that loses its connection on cue."""
+champion, a tracker that loses its connection on cue, and the Docker stack's example settings."""
 
 from __future__ import annotations
 
@@ -10,15 +10,19 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
-from pipeline.settings import BUNDLED_SNAPSHOTS, TrainingConfig
+from pipeline.common.settings import BUNDLED_SNAPSHOTS, TrainingConfig
 from tests.servers import clean_env, free_port
 
+if TYPE_CHECKING:
+    from pipeline.data.sources import PriceSource
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+DOCKER = PROJECT_ROOT / "docker"
 SNAPSHOTS = BUNDLED_SNAPSHOTS
 # The bundled MSFT history ends on this session.
 MSFT_LAST_SESSION = dt.date(2017, 11, 10)
@@ -52,7 +56,7 @@ def migrated_tracking_store(database: Path) -> str:
     """A copy of an empty, fully migrated MLflow SQLite store at `database`; returns its URI. MLflow's schema
     migrations take seconds for every fresh file, and every test that tracks would pay them again."""
     if not _STORE_TEMPLATE:
-        from pipeline.tracking import open_client
+        from pipeline.registry.connection import open_client
 
         folder = Path(tempfile.mkdtemp(prefix="stockpipe-mlflow-template-"))
         open_client(f"sqlite:///{folder / 'mlflow.db'}")
@@ -78,11 +82,31 @@ def tiny_config(**overrides: Any) -> TrainingConfig:
     return TrainingConfig(**values)
 
 
+def tiny_lstm_config(**overrides: Any) -> TrainingConfig:
+    """The LSTM tests' few-second training: 5 years, window 10, 4 units, 2 epochs, a 40-session test span."""
+    values: dict[str, Any] = {
+        "window": 10,
+        "units": 4,
+        "epochs": 2,
+        "batch_size": 32,
+        "history_years": 5.0,
+        "patience": 2,
+        "eval_sessions": 40,
+    }
+    values.update(overrides)
+    return TrainingConfig(**values)
+
+
+def fetch(source: PriceSource, ticker: str, since: dt.date | None, as_of: dt.date) -> pd.DataFrame:
+    """The rows a source answers with, without the raw bytes the pipeline keeps for a refused batch."""
+    return source.receive(ticker, since, as_of).rows
+
+
 def bundled(ticker: str, since: dt.date | None = None, as_of: dt.date = MSFT_LAST_SESSION) -> pd.DataFrame:
     """Rows of a bundled snapshot after `since` up to `as_of`, in the store schema."""
-    from pipeline.sources import CsvSource
+    from pipeline.data.sources import CsvSource
 
-    return CsvSource(SNAPSHOTS).fetch(ticker, since, as_of)
+    return fetch(CsvSource(SNAPSHOTS), ticker, since, as_of)
 
 
 def stockpipe(
@@ -137,10 +161,10 @@ def plant_lstm_champion(
     """Register a (seeded, untrained) LSTM whose every forecast is `return_bias` above the last close, as the
     ticker's champion, through the pipeline's own logging and registration: a champion any trained challenger
     beats (a large bias) or one that ties the naive forecast (zero shrinkage)."""
-    from pipeline.baseline import ensure_baseline
-    from pipeline.forecasters import LstmForecaster, min_input_rows
-    from pipeline.model import build_lstm
-    from pipeline.windows import build_dataset
+    from pipeline.models.forecasters import LstmForecaster, min_input_rows
+    from pipeline.models.lstm import build_lstm
+    from pipeline.models.windows import build_dataset
+    from pipeline.registry.baseline import ensure_baseline
 
     ensure_baseline(tracker, ticker, history, {})
     dataset = build_dataset(history, config)
@@ -154,7 +178,7 @@ def plant_lstm_champion(
     logged = tracker.log_forecaster(run_id, forecaster, history, min_input_rows(forecaster))
     version = tracker.register(ticker, logged, run_id, tags={"decision": "planted"}, description="planted for a test")
     tracker.make_champion(ticker, str(version.version))
-    tracker.end_run(run_id)
+    tracker.client.set_terminated(run_id)
     return str(version.version)
 
 
@@ -171,3 +195,20 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"not {what} within {timeout:.0f}s")
         time.sleep(0.2)
+
+
+# -- the Docker stack (read by the compose-file checks and by the scripts' runs) ---------------------------------
+
+
+def env_example() -> dict[str, str]:
+    """docker/.env.example as compose reads it: NAME=value lines, comments and blank lines skipped."""
+    return dict(
+        line.split("=", 1)
+        for line in (DOCKER / ".env.example").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    )
+
+
+def is_secret(name: str) -> bool:
+    """What docker/check-secrets.sh holds to its strength rules."""
+    return name.endswith(("_PASSWORD", "_SECRET_KEY"))

@@ -44,7 +44,7 @@ def home(tmp_path, monkeypatch) -> Path:
 
 @pytest.fixture
 def settings(home):
-    from pipeline.settings import Settings
+    from pipeline.common.settings import Settings
 
     return Settings()
 

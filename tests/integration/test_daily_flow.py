@@ -14,12 +14,12 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
 from flows.daily import PROGRESS_KEY, SUMMARY_KEY, daily_pipeline
-from pipeline import journal
-from pipeline.outcome import Decision, TickerOutcome
-from pipeline.promotion import CHAMPION_ALIAS, PREVIOUS_ALIAS
-from pipeline.store import PriceStore
-from pipeline.symbols import registered_model_name
-from pipeline.tracking import Tracker
+from pipeline.common.outcome import Decision, TickerOutcome
+from pipeline.common.symbols import registered_model_name
+from pipeline.data.store import PriceStore
+from pipeline.evaluation.promotion import CHAMPION_ALIAS, PREVIOUS_ALIAS
+from pipeline.registry import journal
+from pipeline.registry.tracking import Tracker
 from tests.readme import section
 from tests.support import MSFT_LAST_SESSION, plant_lstm_champion
 
@@ -150,7 +150,7 @@ def test_a_daily_run_trains_records_and_decides_each_ticker(settings):
     # The champion serves through MLflow's pyfunc loader too, with pickles refused (models-from-code).
     model = mlflow.pyfunc.load_model(f"models:/{registered_model_name('MSFT')}@{CHAMPION_ALIAS}")
     history = PriceStore(settings.store_dir, settings.locks_dir).read("MSFT").tail(300)
-    from pipeline.forecasters import to_model_input
+    from pipeline.models.forecasters import to_model_input
 
     forecast = model.predict(to_model_input(history))
     assert forecast["as_of"].iloc[-1] == AS_OF.isoformat()

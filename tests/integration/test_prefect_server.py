@@ -16,7 +16,7 @@ import pytest
 from mlflow import MlflowClient
 
 from flows.deployment import deployment_spec, schedules
-from pipeline.symbols import registered_model_name
+from pipeline.common.symbols import registered_model_name
 from tests.servers import HttpServer, http_status, prefect_server, started, wait_for_flow_run
 from tests.support import PROJECT_ROOT, TINY_TRAINING, clean_env
 
@@ -192,7 +192,7 @@ def test_two_concurrent_runs_of_one_ticker_train_once_and_promote_at_most_once(p
 def test_the_schedule_fires_on_trading_days_after_the_close():
     from prefect.server.schemas.schedules import CronSchedule  # what the server itself expands
 
-    from pipeline.trading_calendar import exchange_calendar
+    from pipeline.common.trading_calendar import exchange_calendar
 
     (declared,) = schedules(deployment_spec())
     schedule = CronSchedule(cron=declared.cron, timezone=declared.timezone)

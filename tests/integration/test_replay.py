@@ -8,9 +8,9 @@ import pytest
 
 from flows.daily import daily_pipeline
 from flows.replay import plan_replay, replay_pipeline
-from pipeline.outcome import Decision
+from pipeline.common.outcome import Decision
+from pipeline.registry.tracking import Tracker
 from pipeline.replay import ReplayRefused
-from pipeline.tracking import Tracker
 
 pytestmark = pytest.mark.integration
 

@@ -13,11 +13,11 @@ import pytest
 from mlflow import MlflowClient
 
 from flows.daily import daily_pipeline
-from pipeline.outcome import Decision
-from pipeline.promotion import CHAMPION_ALIAS, PREVIOUS_ALIAS
-from pipeline.store import PriceStore
-from pipeline.symbols import registered_model_name
-from pipeline.tracking import Tracker
+from pipeline.common.outcome import Decision
+from pipeline.common.symbols import registered_model_name
+from pipeline.data.store import PriceStore
+from pipeline.evaluation.promotion import CHAMPION_ALIAS, PREVIOUS_ALIAS
+from pipeline.registry.tracking import Tracker
 from tests.support import MSFT_LAST_SESSION, clean_env, plant_lstm_champion, stockpipe
 
 pytestmark = pytest.mark.integration

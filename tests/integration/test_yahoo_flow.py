@@ -9,8 +9,8 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
 from flows.daily import FETCH_RETRIES, daily_pipeline
-from pipeline.outcome import Decision
-from pipeline.store import PriceStore
+from pipeline.common.outcome import Decision
+from pipeline.data.store import PriceStore
 from tests import yahoo_fake
 from tests.support import SNAPSHOTS
 

@@ -25,8 +25,8 @@ import psutil
 import pytest
 from mlflow import MlflowClient
 
-from pipeline.store import PriceStore
-from pipeline.symbols import registered_model_name
+from pipeline.common.symbols import registered_model_name
+from pipeline.data.store import PriceStore
 from tests.kill_at import MARKER
 from tests.support import MSFT_LAST_SESSION, PROJECT_ROOT, SNAPSHOTS, TINY_TRAINING, clean_env, stockpipe
 
@@ -298,19 +298,24 @@ class KillPoint:
 
 # In the order a ticker-day reaches them. Each target is what the running code looks up at run time.
 KILL_POINTS = [
-    KillPoint("fetch", "pipeline.sources.CsvSource.receive", "before", None),
-    KillPoint("validation", "pipeline.ingest.validate_prices", "before", None),
+    KillPoint("fetch", "pipeline.data.sources.CsvSource.receive", "before", None),
+    KillPoint("validation", "pipeline.data.ingest.validate_prices", "before", None),
     # Three epochs, cut after the first one was logged to the run: mid-training, the run open.
     KillPoint("training", "mlflow.log_metrics", "after", "training", {"STOCKPIPE_TRAINING__EPOCHS": "3"}),
-    KillPoint("logging", "pipeline.tracking.Tracker.log_forecaster", "after", "recording"),
-    KillPoint("registration", "pipeline.tracking.Tracker.register", "after", "applying", registers=True),
+    KillPoint("logging", "pipeline.registry.tracking.Tracker.log_forecaster", "after", "recording"),
+    KillPoint("registration", "pipeline.registry.tracking.Tracker.register", "after", "applying", registers=True),
     # make_champion moves `previous` first: cut between its two moves.
     KillPoint(
         "first alias move", "mlflow.MlflowClient.set_registered_model_alias", "after", "applying", registers=True
     ),
     # Both aliases moved, the run not closed yet.
     KillPoint(
-        "alias moved", "pipeline.tracking.Tracker.make_champion", "after", "applying", registers=True, crowned=True
+        "alias moved",
+        "pipeline.registry.tracking.Tracker.make_champion",
+        "after",
+        "applying",
+        registers=True,
+        crowned=True,
     ),
 ]
 

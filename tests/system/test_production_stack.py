@@ -30,9 +30,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.outcome import Decision
-from pipeline.promotion import CHAMPION_ALIAS
-from pipeline.symbols import registered_model_name
+from pipeline.common.outcome import Decision
+from pipeline.common.symbols import registered_model_name
+from pipeline.evaluation.promotion import CHAMPION_ALIAS
 from tests import servers
 from tests.servers import (
     VENV_BIN,

@@ -87,7 +87,7 @@ def test_the_serving_example_answers_like_predict(checkout):
             [
                 ".venv/bin/python",
                 "-c",
-                "import pandas as pd; from pipeline.forecasters import to_model_input; "
+                "import pandas as pd; from pipeline.models.forecasters import to_model_input; "
                 "prices = pd.read_parquet('.stockpipe/store/MSFT.parquet').tail(300); "
                 "print(to_model_input(prices).to_json(orient='split', index=False))",
             ],

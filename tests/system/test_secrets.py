@@ -187,7 +187,7 @@ def write_auth_ini(path: Path, database_uri: str) -> None:
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     text = "\n".join(
         [
-            "# Written by tests/integration/test_secrets.py in the format of docker/mlflow-basic-auth.sh.",
+            "# Written by tests/system/test_secrets.py in the format of docker/mlflow-basic-auth.sh.",
             "[mlflow]",
             "default_permission = READ",
             f"database_uri = {value}",

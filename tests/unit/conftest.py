@@ -7,9 +7,10 @@ import datetime as dt
 import pandas as pd
 import pytest
 
-from pipeline.settings import BUNDLED_SNAPSHOTS, BUNDLED_SUITE
-from pipeline.sources import CsvSource
-from pipeline.validation import load_suite_definition
+from pipeline.common.settings import BUNDLED_SNAPSHOTS, BUNDLED_SUITE
+from pipeline.contract.inputs import load_suite_definition
+from pipeline.data.sources import CsvSource
+from tests.support import fetch
 
 # The bundled MSFT history ends on this session.
 MSFT_LAST_SESSION = dt.date(2017, 11, 10)
@@ -18,7 +19,7 @@ SLICE_ROWS = 300
 
 @pytest.fixture(scope="session")
 def _msft_slice() -> pd.DataFrame:
-    prices = CsvSource(BUNDLED_SNAPSHOTS).fetch("MSFT", None, MSFT_LAST_SESSION)
+    prices = fetch(CsvSource(BUNDLED_SNAPSHOTS), "MSFT", None, MSFT_LAST_SESSION)
     return prices.tail(SLICE_ROWS).reset_index(drop=True)
 
 

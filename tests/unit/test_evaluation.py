@@ -1,4 +1,4 @@
-"""pipeline.evaluation: point metrics against hand-computed values, and shrinkage toward persistence."""
+"""pipeline.evaluation.metrics: point metrics against hand-computed values, and shrinkage toward persistence."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from pipeline.evaluation import directional_accuracy, point_metrics, shrinkage_toward_persistence
+from pipeline.evaluation.metrics import directional_accuracy, point_metrics
+from pipeline.models.shrinkage import shrinkage_toward_persistence
 
 # Four days worked by hand:
 #   actual - forecast   = [-1, 1, -2, 1]   -> MSE 7/4, MAE 5/4

@@ -1,4 +1,5 @@
-"""pipeline.evidence: per-block RMSE, the one-sided HLN Diebold-Mariano test, and each branch of the promotion rule."""
+"""pipeline.evaluation.evidence: per-block RMSE, the one-sided HLN Diebold-Mariano test, and each branch of the
+promotion rule."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import pandas as pd
 import pytest
 from scipy.special import stdtr
 
-from pipeline.evidence import (
+from pipeline.common import codec
+from pipeline.evaluation.evidence import (
     BLOCKS,
     DM,
     GAIN,
@@ -171,7 +173,7 @@ def test_evidence_is_json_ready():
     actual, challenger, champion, naive = from_errors(alternating(0.5, -0.5), alternating(1.0, -1.0), np.zeros(N))
     e = gather_evidence(actual, challenger, champion, naive, blocks=5, dates=dates)
     assert math.isnan(e.u2)  # a perfect naive forecast: U2 undefined
-    values = json.loads(json.dumps(e.to_dict(), allow_nan=False))
+    values = json.loads(json.dumps(codec.dump(e), allow_nan=False))
     assert values["u2"] is None
     assert values["per_block"][0]["first"] == "2017-01-02"
     assert values["blocks_won"] == 5
@@ -276,8 +278,8 @@ def test_non_finite_evidence_is_kept_with_a_clear_reason():
     assert not promote
     assert reason.startswith("cannot judge non-finite evidence (challenger_rmse=nan")
     assert not any(c.passed for c in checks[:2])
-    json.dumps(e.to_dict(), allow_nan=False)
-    json.dumps([c.to_dict() for c in checks], allow_nan=False)
+    json.dumps(codec.dump(e), allow_nan=False)
+    json.dumps([codec.dump(c) for c in checks], allow_nan=False)
 
 
 def test_checks_report_figure_and_threshold():

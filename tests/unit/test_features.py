@@ -1,4 +1,4 @@
-"""pipeline.features: strided windows against a plain loop, next-session targets, the scaling."""
+"""pipeline.models.features: strided windows against a plain loop, next-session targets, the scaling."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from pipeline.features import (
+from pipeline.common import codec
+from pipeline.models.features import (
     FEATURE_NAMES,
     Scaling,
-    first_forecast_index,
     next_log_returns,
     window_features,
 )
@@ -67,7 +67,6 @@ def test_window_features_need_window_plus_one_closes():
     window = 8
     assert window_features(random_walk(window, seed=1), window).shape == (0, window, 2)
     assert window_features(random_walk(window + 1, seed=1), window).shape == (1, window, 2)
-    assert first_forecast_index(window) == window
 
 
 def test_next_log_returns_are_the_move_after_each_windows_last_close():
@@ -129,7 +128,7 @@ def test_scaling_round_trips_through_plain_json():
     rng = np.random.default_rng(9)
     features = rng.normal(size=(10, 4, 2))
     scaling = Scaling.fit(features, rng.normal(size=10))
-    rebuilt = Scaling.from_dict(json.loads(json.dumps(scaling.to_dict())))
+    rebuilt = codec.load(Scaling, json.loads(json.dumps(codec.dump(scaling))))
     assert rebuilt == scaling
     np.testing.assert_array_equal(rebuilt.features(features), scaling.features(features))
-    assert set(scaling.to_dict()) == {"features", "target"}
+    assert set(codec.dump(scaling)) == {"features", "target"}

@@ -1,5 +1,6 @@
-"""pipeline.forecasters and pipeline.model_files: the naive and LSTM forecasters on raw OHLCV input, stored as data
-(JSON and a .keras file) and loaded back with their SHA-256 fingerprints checked; the MLflow pyfunc face."""
+"""pipeline.models.forecasters and pipeline.models.model_files: the naive and LSTM forecasters on raw OHLCV input,
+stored as data (JSON and a .keras file) and loaded back with their SHA-256 fingerprints checked; the MLflow pyfunc
+face."""
 
 from __future__ import annotations
 
@@ -10,11 +11,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import model_files
-from pipeline.forecasters import LstmForecaster, NaiveForecaster, forecasts_on, min_input_rows, to_model_input
-from pipeline.settings import BUNDLED_SNAPSHOTS, TrainingConfig
-from pipeline.sources import COLUMNS, CsvSource
-from pipeline.windows import build_dataset
+from pipeline.common.settings import BUNDLED_SNAPSHOTS, TrainingConfig
+from pipeline.data.sources import COLUMNS, CsvSource
+from pipeline.models import model_files
+from pipeline.models.forecasters import LstmForecaster, NaiveForecaster, forecasts_on, min_input_rows, to_model_input
+from pipeline.models.windows import build_dataset
+from tests.support import fetch
 
 WINDOW = 10
 CONFIG = TrainingConfig(window=WINDOW, units=4, epochs=1, batch_size=32, history_years=5.0, eval_sessions=40)
@@ -22,7 +24,7 @@ CONFIG = TrainingConfig(window=WINDOW, units=4, epochs=1, batch_size=32, history
 
 @pytest.fixture(scope="module")
 def prices() -> pd.DataFrame:
-    return CsvSource(BUNDLED_SNAPSHOTS).fetch("MSFT", None, dt.date(2017, 12, 31)).tail(300).reset_index(drop=True)
+    return fetch(CsvSource(BUNDLED_SNAPSHOTS), "MSFT", None, dt.date(2017, 12, 31)).tail(300).reset_index(drop=True)
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +36,7 @@ def dataset(prices):
 def lstm(dataset) -> LstmForecaster:
     """An untrained (seeded) network with the dataset's scaler: enough to check the plumbing."""
     pytest.importorskip("keras")
-    from pipeline.model import build_lstm
+    from pipeline.models.lstm import build_lstm
 
     return LstmForecaster(build_lstm(WINDOW, 2, CONFIG), dataset.scaler, WINDOW, shrinkage=0.5)
 
@@ -144,7 +146,7 @@ def test_naive_intervals_bracket_the_forecast_once_a_month_of_returns_is_known(p
 
 
 def test_lstm_with_a_calibration_serves_intervals(lstm, dataset, prices):
-    from pipeline.training import calibrate_intervals
+    from pipeline.models.training import calibrate_intervals
 
     calibrated = lstm.with_calibration(calibrate_intervals(lstm, dataset))
     out = calibrated.predict(to_model_input(prices))
@@ -242,7 +244,7 @@ def test_the_pyfunc_face_forecasts_like_the_forecaster_without_any_pickle(
 ):
     import mlflow.pyfunc
 
-    from pipeline.tracking import MODEL_CODE
+    from pipeline.registry.logged_models import MODEL_CODE
 
     monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
     code = tmp_path / "stockpipe_model.py"

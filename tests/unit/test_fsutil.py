@@ -1,4 +1,4 @@
-"""pipeline/fsutil.py: durable atomic writes, state private to the user without touching the umask, and untrusted
+"""pipeline/common/files.py: durable atomic writes, state private to the user without touching the umask, and untrusted
 inputs read only when they are regular files inside their folder (no devices, FIFOs, links out, oversize files)."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import fsutil
-from pipeline.fsutil import UnsafeInput, atomic_write, atomic_write_bytes, private_dir, read_regular_file
+from pipeline.common import files as fsutil
+from pipeline.common.files import UnsafeInput, atomic_write, atomic_write_bytes, private_dir, read_regular_file
 
 
 class Crash(Exception):

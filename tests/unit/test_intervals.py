@@ -1,4 +1,5 @@
-"""pipeline.intervals: EWMA volatility, conformal calibration and tracking, the naive baseline, scores, real data."""
+"""Prediction intervals (pipeline.models.volatility, conformal, naive_intervals; pipeline.evaluation.interval_scores):
+EWMA volatility, conformal calibration and tracking, the naive baseline, scores, real data."""
 
 from __future__ import annotations
 
@@ -9,21 +10,20 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.intervals import (
+from pipeline.common import codec
+from pipeline.common.settings import BUNDLED_SNAPSHOTS
+from pipeline.evaluation.interval_scores import score_interval, score_intervals, winkler_scores
+from pipeline.models.conformal import (
     IntervalCalibration,
     calibrate,
     conformal_quantile,
     conformity_scores,
-    ewma_volatility,
-    interval_columns,
-    naive_intervals,
     prediction_intervals,
-    score_interval,
-    score_intervals,
     tracked_intervals,
-    winkler_scores,
 )
-from pipeline.settings import BUNDLED_SNAPSHOTS
+from pipeline.models.intervals import interval_columns
+from pipeline.models.naive_intervals import naive_intervals
+from pipeline.models.volatility import ewma_volatility
 
 COLUMNS = ["lower_80", "upper_80", "lower_95", "upper_95"]
 
@@ -118,8 +118,8 @@ def test_calibration_round_trips_through_json():
     calibration = calibrate(closes, np.arange(100, 400), closes[100:400])
     _, tracked = tracked_intervals(closes, closes[400:699], calibration, np.arange(400, 699))
     for fitted in (calibration, tracked):
-        text = json.dumps(fitted.to_dict(), allow_nan=False)
-        assert IntervalCalibration.from_dict(json.loads(text)) == fitted
+        text = json.dumps(codec.dump(fitted), allow_nan=False)
+        assert codec.load(IntervalCalibration, json.loads(text)) == fitted
     assert tracked.n_tracked == 299 and tracked.quantiles != calibration.quantiles
     assert tracked.calibrated_quantiles == calibration.quantiles
 
@@ -282,7 +282,7 @@ def test_score_intervals_names_metrics_by_level():
 
 
 def pipeline_split(ticker: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Closes of the last 10 years, the validation and the test as-of positions, as pipeline.windows builds them
+    """Closes of the last 10 years, the validation and the test as-of positions, as pipeline.models.windows builds them
     with the default TrainingConfig: 60-session windows, test the last 250 windows, validation 10% of all
     windows just before it."""
     prices = pd.read_csv(BUNDLED_SNAPSHOTS / f"{ticker}.csv", parse_dates=["Date"])

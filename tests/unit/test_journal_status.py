@@ -6,11 +6,11 @@ import datetime as dt
 
 import pytest
 
-from pipeline import journal
-from pipeline.outcome import Decision, TickerOutcome
+from pipeline.common.outcome import Decision, TickerOutcome
+from pipeline.data.store import PriceStore
+from pipeline.registry import journal
+from pipeline.registry.tracking import Champion
 from pipeline.status import known_tickers, ticker_status
-from pipeline.store import PriceStore
-from pipeline.tracking import Champion
 from tests.support import bundled
 
 STATUS_KEYS = {

@@ -1,13 +1,14 @@
-"""pipeline.promotion: the typed verdict over the evidence rule (pipeline.evidence.judge, whose every branch
-tests/unit/test_evidence.py covers), and the run description that shows every figure the rule used."""
+"""pipeline.evaluation.promotion: the typed verdict over the evidence rule (pipeline.evaluation.evidence.judge, whose
+every branch tests/unit/test_evidence.py covers), and the run description that shows every figure the rule used."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from pipeline.evidence import PromotionPolicy, gather_evidence
-from pipeline.outcome import Decision
-from pipeline.promotion import decide, describe
+from pipeline.common import codec
+from pipeline.common.outcome import Decision
+from pipeline.evaluation.evidence import PromotionPolicy, gather_evidence
+from pipeline.evaluation.promotion import decide, describe
 
 POLICY = PromotionPolicy(min_relative_gain=0.002, promotion_alpha=0.10)
 
@@ -47,7 +48,7 @@ def test_an_identical_challenger_never_promotes():
 def test_the_verdict_and_the_description_carry_every_figure():
     evidence = evidence_for(0.3, 1.0)
     verdict = decide(evidence, POLICY)
-    record = verdict.to_dict()
+    record = codec.dump(verdict)
     assert record["decision"] == "promoted" and record["min_relative_gain"] == 0.002
     assert [c["name"] for c in record["checks"]] == ["relative_gain", "dm_pvalue", "blocks_won", "u2"]
     text = describe("MSFT", verdict, evidence, "v1 (naive)")

@@ -1,5 +1,6 @@
-"""pipeline/quarantine.py: rejected batches kept exactly as received with their report, under a name of the source's
-choosing (never a path from the data), pruned by age then by total size, and never anything it did not write."""
+"""pipeline/data/quarantine.py: rejected batches kept exactly as received with their report, under a name of the
+source's choosing (never a path from the data), pruned by age then by total size, and never anything it did not
+write."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.quarantine import STAMP_FORMAT, Retention, Usage, keep, prune, usage
-from pipeline.symbols import InvalidTicker
+from pipeline.common.symbols import InvalidTicker
+from pipeline.data.quarantine import STAMP_FORMAT, Retention, Usage, keep, prune, usage
 
 NOW = dt.datetime(2024, 3, 15, 18, 0, 0, 123456, tzinfo=dt.UTC)
 # Bytes as a source may deliver them: a BOM, CRLF line ends, a NUL, invalid UTF-8. Kept byte for byte.

@@ -1,5 +1,5 @@
 """The README's "Using it" synopsis is the CLI's real surface: every command and option it shows exists, and every
-command the CLI has is shown (the blocks that run things are played by CI and tests/integration/test_readme.py)."""
+command the CLI has is shown (the blocks that run things are played by CI and tests/system/test_readme.py)."""
 
 from __future__ import annotations
 

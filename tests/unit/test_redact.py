@@ -1,11 +1,12 @@
-"""pipeline/redact.py: passwords in URLs and key=value secrets masked in anything that leaves the process, URIs shown
-without their password, untrusted text cut to a short single-line excerpt, and the environment's secrets listed."""
+"""pipeline/common/redact.py: passwords in URLs and key=value secrets masked in anything that leaves the process,
+URIs shown without their password, untrusted text cut to a short single-line excerpt, and the environment's secrets
+listed."""
 
 from __future__ import annotations
 
 import pytest
 
-from pipeline.redact import MASK, excerpt, mask_secrets, masked_uri, secret_values
+from pipeline.common.redact import MASK, excerpt, mask_secrets, masked_uri, secret_values
 
 # -- mask_secrets: passwords in URLs --------------------------------------------------------------------------------
 

@@ -7,7 +7,7 @@ import os
 import pytest
 from pydantic import ValidationError
 
-from pipeline.settings import (
+from pipeline.common.settings import (
     BUNDLED_SNAPSHOTS,
     BUNDLED_SUITE,
     DEFAULT_MIN_RELATIVE_GAIN,

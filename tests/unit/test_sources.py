@@ -13,8 +13,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.settings import BUNDLED_SNAPSHOTS
-from pipeline.sources import (
+from pipeline.common.settings import BUNDLED_SNAPSHOTS
+from pipeline.common.symbols import InvalidTicker
+from pipeline.data.sources import (
     COLUMNS,
     CsvSource,
     SourceError,
@@ -25,8 +26,7 @@ from pipeline.sources import (
     normalize,
     yfinance_history,
 )
-from pipeline.symbols import InvalidTicker
-from tests.support import PRICE_SCHEMA
+from tests.support import PRICE_SCHEMA, fetch
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = PRICE_SCHEMA
@@ -163,7 +163,7 @@ def snapshot() -> CsvSource:
 
 
 def test_snapshot_as_of_hides_later_rows(snapshot):
-    prices = snapshot.fetch("MSFT", None, dt.date(2010, 6, 30))
+    prices = fetch(snapshot, "MSFT", None, dt.date(2010, 6, 30))
     assert dtypes(prices) == SCHEMA
     assert prices["Date"].max() == pd.Timestamp("2010-06-30")
     assert prices["Date"].min() == pd.Timestamp("1986-03-13")
@@ -173,22 +173,22 @@ def test_snapshot_as_of_hides_later_rows(snapshot):
 
 
 def test_snapshot_as_of_on_a_closed_day_ends_at_the_previous_session(snapshot):
-    prices = snapshot.fetch("MSFT", None, dt.date(2017, 11, 5))  # a Sunday
+    prices = fetch(snapshot, "MSFT", None, dt.date(2017, 11, 5))  # a Sunday
     assert day_strings(prices)[-1] == "2017-11-03"
 
 
 def test_snapshot_since_returns_only_newer_rows(snapshot):
-    prices = snapshot.fetch("MSFT", dt.date(2017, 11, 3), dt.date(2017, 11, 8))
+    prices = fetch(snapshot, "MSFT", dt.date(2017, 11, 3), dt.date(2017, 11, 8))
     assert day_strings(prices) == ["2017-11-06", "2017-11-07", "2017-11-08"]
 
 
 def test_snapshot_since_at_as_of_is_empty(snapshot):
-    prices = snapshot.fetch("GSPC", dt.date(2018, 12, 31), dt.date(2018, 12, 31))
+    prices = fetch(snapshot, "GSPC", dt.date(2018, 12, 31), dt.date(2018, 12, 31))
     assert prices.empty and list(prices.columns) == COLUMNS
 
 
 def test_snapshot_values_match_the_file(snapshot):
-    prices = snapshot.fetch("GSPC", dt.date(1999, 1, 4), dt.date(1999, 1, 6))
+    prices = fetch(snapshot, "GSPC", dt.date(1999, 1, 4), dt.date(1999, 1, 6))
     assert day_strings(prices) == ["1999-01-05", "1999-01-06"]
     assert prices["Close"].tolist() == pytest.approx([1244.780029, 1272.339966])
     assert prices["Volume"].tolist() == [775000000, 986900000]
@@ -197,7 +197,7 @@ def test_snapshot_values_match_the_file(snapshot):
 def test_missing_file_names_the_ticker_and_the_file(tmp_path):
     source = CsvSource(tmp_path)
     with pytest.raises(SourceError) as raised:
-        source.fetch("AAPL", None, dt.date(2020, 1, 1))
+        fetch(source, "AAPL", None, dt.date(2020, 1, 1))
     message = str(raised.value)
     assert "AAPL" in message and str(tmp_path / "AAPL.csv") in message
 
@@ -206,16 +206,16 @@ def test_invalid_ticker_is_refused_before_touching_a_path(tmp_path):
     (tmp_path / "secret.csv").write_text("Date,Open,High,Low,Close,Volume\n2020-01-02,1,1,1,1,1\n")
     source = CsvSource(tmp_path / "exports")
     with pytest.raises(InvalidTicker):
-        source.fetch("../secret", None, dt.date(2020, 1, 1))
+        fetch(source, "../secret", None, dt.date(2020, 1, 1))
 
 
 def test_unparseable_and_empty_files_are_source_errors_naming_the_file(tmp_path):
     (tmp_path / "EMPTY.csv").write_text("")
     with pytest.raises(SourceError, match="EMPTY.csv"):
-        CsvSource(tmp_path).fetch("EMPTY", None, dt.date(2020, 1, 1))
+        fetch(CsvSource(tmp_path), "EMPTY", None, dt.date(2020, 1, 1))
     (tmp_path / "BAD.csv").write_bytes(b"Date,Open,High,Low,Close,Volume\n2020-01-02,1,1,1,1,\xff\xfe\n")
     with pytest.raises(SourceError, match="BAD.csv"):
-        CsvSource(tmp_path).fetch("BAD", None, dt.date(2020, 1, 1))
+        fetch(CsvSource(tmp_path), "BAD", None, dt.date(2020, 1, 1))
 
 
 def test_csv_export_is_normalised(tmp_path):
@@ -225,7 +225,7 @@ def test_csv_export_is_normalised(tmp_path):
         "2020-01-02,1,1,1,1,1,10\n"
         "2020-01-06,3,3,3,3,3,30\n"
     )
-    prices = CsvSource(tmp_path, name="csv").fetch("BRK-B", None, dt.date(2020, 1, 3))
+    prices = fetch(CsvSource(tmp_path, name="csv"), "BRK-B", None, dt.date(2020, 1, 3))
     assert list(prices.columns) == COLUMNS and dtypes(prices) == SCHEMA
     assert day_strings(prices) == ["2020-01-02", "2020-01-03"]
 
@@ -280,7 +280,7 @@ DST_DAYS = ["2017-11-02", "2017-11-03", "2017-11-06", "2017-11-07"]  # US clocks
 
 def test_yahoo_frame_is_normalised():
     download = FakeDownloader(yfinance_frame(DST_DAYS, [84.05, 84.14, 84.47, 84.27]))
-    prices = YahooSource({}, download=download).fetch("MSFT", None, dt.date(2017, 11, 7))
+    prices = fetch(YahooSource({}, download=download), "MSFT", None, dt.date(2017, 11, 7))
     assert list(prices.columns) == COLUMNS and dtypes(prices) == SCHEMA
     assert prices["Date"].dt.tz is None
     assert day_strings(prices) == DST_DAYS
@@ -291,7 +291,7 @@ def test_yahoo_frame_is_normalised():
 
 def test_yahoo_maps_index_symbols():
     download = FakeDownloader(yfinance_frame(DST_DAYS, [2580.0, 2587.8, 2591.1, 2590.6]))
-    prices = YahooSource({"GSPC": "^GSPC"}, download=download).fetch("GSPC", None, dt.date(2017, 11, 7))
+    prices = fetch(YahooSource({"GSPC": "^GSPC"}, download=download), "GSPC", None, dt.date(2017, 11, 7))
     assert [call[0] for call in download.calls] == ["^GSPC"]
     assert len(prices) == 4
 
@@ -299,34 +299,34 @@ def test_yahoo_maps_index_symbols():
 def test_yahoo_asks_from_the_day_after_since_and_windows_the_answer():
     # Providers may answer more than asked (Yahoo appends today's bar): the window still applies.
     download = FakeDownloader(yfinance_frame(["2017-11-03", *DST_DAYS[2:], "2017-11-08"], [1, 2, 3, 4]))
-    prices = YahooSource({}, download=download).fetch("MSFT", dt.date(2017, 11, 3), dt.date(2017, 11, 7))
+    prices = fetch(YahooSource({}, download=download), "MSFT", dt.date(2017, 11, 3), dt.date(2017, 11, 7))
     assert download.calls == [("MSFT", dt.date(2017, 11, 4), dt.date(2017, 11, 7))]
     assert day_strings(prices) == ["2017-11-06", "2017-11-07"]
 
 
 def test_yahoo_up_to_date_store_does_not_download():
     download = FakeDownloader(RuntimeError("must not be called"))
-    prices = YahooSource({}, download=download).fetch("MSFT", dt.date(2017, 11, 7), dt.date(2017, 11, 7))
+    prices = fetch(YahooSource({}, download=download), "MSFT", dt.date(2017, 11, 7), dt.date(2017, 11, 7))
     assert prices.empty and list(prices.columns) == COLUMNS and dtypes(prices) == SCHEMA
     assert download.calls == []
 
 
 def test_yahoo_empty_answer_is_an_empty_table():
     download = FakeDownloader(pd.DataFrame())
-    prices = YahooSource({}, download=download).fetch("MSFT", dt.date(2017, 11, 3), dt.date(2017, 11, 5))
+    prices = fetch(YahooSource({}, download=download), "MSFT", dt.date(2017, 11, 3), dt.date(2017, 11, 5))
     assert prices.empty and list(prices.columns) == COLUMNS
 
 
 def test_yahoo_errors_name_the_ticker_and_keep_their_kind():
     transient = YahooSource({"GSPC": "^GSPC"}, download=FakeDownloader(TransientSourceError("HTTP 429")))
     with pytest.raises(TransientSourceError, match="^GSPC: HTTP 429"):
-        transient.fetch("GSPC", None, dt.date(2017, 11, 7))
+        fetch(transient, "GSPC", None, dt.date(2017, 11, 7))
     unknown = YahooSource({}, download=FakeDownloader(UnknownSymbol("delisted")))
     with pytest.raises(UnknownSymbol, match="^XYZ: delisted"):
-        unknown.fetch("XYZ", None, dt.date(2017, 11, 7))
+        fetch(unknown, "XYZ", None, dt.date(2017, 11, 7))
     other = YahooSource({"GSPC": "^GSPC"}, download=FakeDownloader(KeyError("chart")))
     with pytest.raises(SourceError, match=r"GSPC: Yahoo download failed for \^GSPC: KeyError") as raised:
-        other.fetch("GSPC", None, dt.date(2017, 11, 7))
+        fetch(other, "GSPC", None, dt.date(2017, 11, 7))
     assert not isinstance(raised.value, TransientSourceError)
     assert isinstance(raised.value.__cause__, KeyError)
 
@@ -334,7 +334,7 @@ def test_yahoo_errors_name_the_ticker_and_keep_their_kind():
 def test_yahoo_refuses_an_invalid_ticker_before_downloading():
     download = FakeDownloader(yfinance_frame(DST_DAYS, [1, 2, 3, 4]))
     with pytest.raises(InvalidTicker):
-        YahooSource({}, download=download).fetch("^GSPC", None, dt.date(2017, 11, 7))
+        fetch(YahooSource({}, download=download), "^GSPC", None, dt.date(2017, 11, 7))
     assert download.calls == []
 
 
@@ -343,13 +343,14 @@ def test_importing_sources_and_the_yahoo_path_do_not_import_tensorflow():
     code = (
         "import datetime as dt, sys\n"
         "import pandas as pd\n"
-        "import pipeline.sources as s\n"
+        "import pipeline.data.sources as s\n"
         "assert 'tensorflow' not in sys.modules, 'import'\n"
         "assert 'yfinance' not in sys.modules, 'yfinance is imported lazily'\n"
         "frame = pd.DataFrame({'Date': pd.DatetimeIndex(['2017-11-06'], tz='America/New_York'),\n"
         "    'Open': [1.0], 'High': [1.0], 'Low': [1.0], 'Close': [1.0], 'Volume': [1],\n"
         "    'Dividends': [0.0], 'Stock Splits': [0.0]})\n"
-        "out = s.YahooSource({'GSPC': '^GSPC'}, download=lambda *a: frame).fetch('GSPC', None, dt.date(2017, 11, 6))\n"
+        "source = s.YahooSource({'GSPC': '^GSPC'}, download=lambda *a: frame)\n"
+        "out = source.receive('GSPC', None, dt.date(2017, 11, 6)).rows\n"
         "assert len(out) == 1\n"
         "assert 'tensorflow' not in sys.modules, 'yahoo path'\n"
         "import yfinance\n"
@@ -454,7 +455,7 @@ def chart_requests(requests, path: str) -> list[dict]:
 
 
 def test_yfinance_parses_a_v8_chart_answer_into_the_store_schema(yahoo_http):
-    prices = YahooSource({}).fetch("MSFT", dt.date(2017, 10, 31), dt.date(2017, 11, 7))
+    prices = fetch(YahooSource({}), "MSFT", dt.date(2017, 10, 31), dt.date(2017, 11, 7))
 
     assert list(prices.columns) == COLUMNS and dtypes(prices) == SCHEMA
     assert prices["Date"].dt.tz is None
@@ -475,7 +476,7 @@ def test_yfinance_parses_a_v8_chart_answer_into_the_store_schema(yahoo_http):
 
 
 def test_yfinance_real_path_maps_index_symbols_and_hides_rows_after_as_of(yahoo_http):
-    prices = YahooSource({"GSPC": "^GSPC"}).fetch("GSPC", dt.date(2017, 11, 1), dt.date(2017, 11, 6))
+    prices = fetch(YahooSource({"GSPC": "^GSPC"}), "GSPC", dt.date(2017, 11, 1), dt.date(2017, 11, 6))
     assert day_strings(prices) == ["2017-11-02", "2017-11-03", "2017-11-06"]
     assert chart_requests(yahoo_http, "/v8/finance/chart/^GSPC")
     assert not chart_requests(yahoo_http, "/v8/finance/chart/GSPC")
@@ -493,7 +494,7 @@ def test_rows_with_an_unreadable_date_reach_the_contract_instead_of_vanishing(tm
     prices = pd.read_csv(BUNDLED_SNAPSHOTS / "MSFT.csv").tail(5)
     prices.iloc[2, prices.columns.get_loc("Date")] = "2017-11-3x"
     prices.to_csv(tmp_path / "MSFT.csv", index=False)
-    from pipeline.sources import CsvSource
+    from pipeline.data.sources import CsvSource
 
-    fetched = CsvSource(tmp_path).fetch("MSFT", dt.date(2017, 11, 1), dt.date(2017, 11, 10))
+    fetched = fetch(CsvSource(tmp_path), "MSFT", dt.date(2017, 11, 1), dt.date(2017, 11, 10))
     assert len(fetched) == 5 and fetched["Date"].isna().sum() == 1

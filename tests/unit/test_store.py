@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 from filelock import FileLock, Timeout
 
-from pipeline import fsutil
-from pipeline.sources import COLUMNS, normalize
-from pipeline.store import PriceStore, StoreUnreadable, digest, merge_new_rows, overlap_disagreement
-from pipeline.symbols import InvalidTicker
+from pipeline.common import files as fsutil
+from pipeline.common.symbols import InvalidTicker
+from pipeline.data.sources import COLUMNS, normalize
+from pipeline.data.store import PriceStore, StoreUnreadable, digest, merge_new_rows, overlap_disagreement
 from tests.support import PRICE_SCHEMA
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -227,7 +227,10 @@ def test_digest_survives_the_parquet_round_trip(store, msft_slice):
 
 def test_digest_is_the_same_in_another_process(tmp_path, store, msft_slice):
     store.write("MSFT", msft_slice)
-    code = "import sys, pandas as pd\nfrom pipeline.store import digest\nprint(digest(pd.read_parquet(sys.argv[1])))\n"
+    code = (
+        "import sys, pandas as pd\nfrom pipeline.data.store import digest\n"
+        "print(digest(pd.read_parquet(sys.argv[1])))\n"
+    )
     done = subprocess.run(
         [sys.executable, "-c", code, str(store.path("MSFT"))],
         cwd=PROJECT_ROOT,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from pipeline.symbols import InvalidTicker, Ticker, registered_model_name, validate_ticker
+from pipeline.common.symbols import InvalidTicker, Ticker, registered_model_name, validate_ticker
 
 
 @pytest.mark.parametrize("ticker", ["MSFT", "GSPC", "A", "BRK-B", "RDS.A", "7203", "X1", "A" * 15])

@@ -1,24 +1,24 @@
-"""pipeline.tracking on a real SQLite store: the registry conventions, errors that are not absence, models loaded
-only when their files match their fingerprints, and a lost server recognised as such."""
+"""pipeline.registry.tracking and .connection on a real SQLite store: the registry conventions, errors that are not
+absence, models loaded only when their files match their fingerprints, and a lost server recognised as such."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from mlflow.exceptions import MlflowException
 
-from pipeline.baseline import ensure_baseline
-from pipeline.forecasters import NAIVE
-from pipeline.model_files import ModelRefused
-from pipeline.promotion import CHAMPION_ALIAS, PREVIOUS_ALIAS
+from pipeline.common import codec
+from pipeline.common.settings import Settings
+from pipeline.common.symbols import registered_model_name
+from pipeline.evaluation.promotion import CHAMPION_ALIAS, PREVIOUS_ALIAS
+from pipeline.models.forecasters import NAIVE
+from pipeline.models.model_files import ModelRefused
+from pipeline.registry.baseline import ensure_baseline
+from pipeline.registry.connection import TrackingUnavailable, tracking_errors, unreachable_reason
+from pipeline.registry.tracking import Tracker
 from pipeline.serving import forecast_next
-from pipeline.symbols import registered_model_name
-from pipeline.tracking import Tracker, TrackingUnavailable, tracking_errors, unreachable_reason
 from tests.support import (
-    PROJECT_ROOT,
     FailingOnce,
     bundled,
     closed_port,
@@ -101,7 +101,7 @@ def test_the_champion_loads_as_data_and_forecasts_the_next_session_with_interval
     assert forecast.as_of == "2017-11-10" and forecast.forecast_date == "2017-11-13"
     assert forecast.forecast_close == forecast.last_close == pytest.approx(83.87)
     assert forecast.lower_95 < forecast.lower_80 < forecast.forecast_close < forecast.upper_80 < forecast.upper_95
-    assert forecast.to_dict()["model_kind"] == NAIVE
+    assert codec.dump(forecast)["model_kind"] == NAIVE
     with pytest.raises(ValueError, match="no stored prices"):
         forecast_next("MSFT", model, history.iloc[0:0], champion.version)
 
@@ -134,31 +134,23 @@ def test_run_links_point_at_the_configured_ui_or_the_server(tracker):
     assert configured.run_url("abc") == "http://ui.internal:8080/#/experiments/7/runs/abc"
 
 
+def test_the_tracker_from_settings_opens_their_experiment_and_links_to_their_ui(tmp_path):
+    settings = Settings(
+        home=tmp_path,
+        mlflow_tracking_uri=migrated_tracking_store(tmp_path / "mlflow.db"),
+        experiment_name="stockpipe-settings",
+        mlflow_ui_url="http://ui.internal:8080/",
+    )
+    tracker = Tracker.from_settings(settings)
+    experiment = tracker.client.get_experiment(tracker.experiment_id)
+    assert experiment.name == "stockpipe-settings"
+    assert experiment.artifact_location == settings.artifacts_dir.as_uri()
+    assert tracker.run_url("abc") == f"http://ui.internal:8080/#/experiments/{tracker.experiment_id}/runs/abc"
+
+
 def test_the_experiment_is_marked_as_classic_model_training(tracker):
     experiment = tracker.client.get_experiment(tracker.experiment_id)
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
-
-
-def test_processes_opening_one_fresh_sqlite_store_at_once_all_succeed(tmp_path):
-    """Opening the store migrates a fresh schema; without the init lock, a second process trips over the first's
-    half-done migration (seen: "alembic_version ... 0 found")."""
-    script = (
-        "import sys, pathlib; from pipeline.tracking import Tracker; "
-        "Tracker.connect(f'sqlite:///{sys.argv[1]}', 'stockpipe', pathlib.Path(sys.argv[1]).parent / 'a')"
-    )
-    database = tmp_path / "mlflow.db"
-    openers = [
-        subprocess.Popen(
-            [sys.executable, "-c", script, str(database)],
-            cwd=PROJECT_ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for _ in range(3)
-    ]
-    outputs = [p.communicate(timeout=300)[0] for p in openers]
-    assert [p.returncode for p in openers] == [0, 0, 0], "\n".join(o[-2000:] for o in outputs)
 
 
 # -- recognising a lost server ----------------------------------------------------------------------

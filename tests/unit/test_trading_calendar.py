@@ -7,9 +7,9 @@ import datetime as dt
 import pandas as pd
 import pytest
 
+from pipeline.common.trading_calendar import is_session, last_session_on_or_before, next_session, sessions_missed_before
+from pipeline.contract.inputs import contract_frame
 from pipeline.replay import ReplayRefused, replay_sessions
-from pipeline.trading_calendar import is_session, last_session_on_or_before, next_session, sessions_missed_before
-from pipeline.validation import contract_frame
 
 D = dt.date
 

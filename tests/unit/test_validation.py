@@ -9,17 +9,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.settings import BUNDLED_SNAPSHOTS
-from pipeline.sources import CsvSource
-from pipeline.validation import (
-    CRITICAL,
-    FailedExpectation,
-    ValidationReport,
-    contract_frame,
-    load_suite_definition,
-    validate_prices,
-    verdict,
-)
+from pipeline.common.settings import BUNDLED_SNAPSHOTS
+from pipeline.contract.inputs import contract_frame, load_suite_definition
+from pipeline.contract.report import CRITICAL, FailedExpectation, ValidationReport
+from pipeline.contract.runner import validate_prices
+from pipeline.contract.verdict import verdict
+from pipeline.data.sources import CsvSource
+from tests.support import fetch
 
 AS_OF = dt.date(2017, 11, 10)  # the slice's last session
 
@@ -37,7 +33,7 @@ def names(failures: list[FailedExpectation]) -> set[tuple[str, str | None]]:
 
 @pytest.mark.parametrize("ticker", ["MSFT", "GSPC"])
 def test_bundled_history_passes_the_contract(ticker, price_suite):
-    prices = CsvSource(BUNDLED_SNAPSHOTS).fetch(ticker, None, dt.date(2019, 1, 1))
+    prices = fetch(CsvSource(BUNDLED_SNAPSHOTS), ticker, None, dt.date(2019, 1, 1))
     report = validate_prices(
         prices, subject=ticker, suite_definition=price_suite, as_of=dt.date(2019, 1, 1), min_rows=1000
     )
@@ -446,7 +442,7 @@ def test_today_is_a_parameter(msft_slice, price_suite):
 
 def write_csv(tmp_path, frame: pd.DataFrame, replace: dict[tuple[int, str], str]) -> pd.DataFrame:
     """The slice as a CSV export with some cells replaced by raw text, read back the way sources read it."""
-    from pipeline.sources import normalize
+    from pipeline.data.sources import normalize
 
     raw = frame.assign(Date=frame["Date"].dt.strftime("%Y-%m-%d")).astype(str)
     for (row, column), text in replace.items():
@@ -513,7 +509,7 @@ def test_text_dates_fail_without_a_traceback(msft_slice, price_suite):
 
 
 def test_excerpt_and_safe_values():
-    from pipeline.validation import excerpt, row_label, safe_value
+    from pipeline.contract.sanitize import excerpt, row_label, safe_value
 
     assert excerpt("HOME=/root\x00SECRET=abc\u202edef") == "HOME=*** SECRET=***"
     assert excerpt("postgresql://user:hunter2@db/x") == "postgresql://user:***@db/x"
@@ -556,7 +552,7 @@ def test_verdict_reads_failing_rows_and_errors_from_gx_json():
 
 
 def test_sanitized_gx_result_caps_lists_and_drops_tracebacks():
-    from pipeline.validation import sanitize_gx_result
+    from pipeline.contract.sanitize import sanitize_gx_result
 
     raw = gx_result(
         close_out_of_range(
@@ -580,12 +576,12 @@ def test_sanitized_gx_result_caps_lists_and_drops_tracebacks():
 
 
 def test_one_gx_context_is_reused_and_suites_are_registered_once(msft_slice, price_suite):
-    from pipeline import validation
+    from pipeline.contract import gx_context
 
     run(msft_slice, price_suite)
-    state = validation._GX
+    state = gx_context._GX
     run(msft_slice.tail(5).reset_index(drop=True), price_suite, min_rows=1)
-    assert validation._GX is state and len(state.suites) >= 1
+    assert gx_context._GX is state and len(state.suites) >= 1
     suites = len(state.context.suites.all())
     run(msft_slice, price_suite, as_of=msft_slice["Date"].iloc[-2].date())  # other parameters, same suite
     assert len(state.context.suites.all()) == suites
@@ -605,7 +601,7 @@ def test_parallel_validations_take_turns_and_keep_their_own_results(msft_slice, 
 
 
 def test_data_docs_are_rendered_on_request(tmp_path, msft_slice, price_suite):
-    from pipeline.validation import render_data_docs
+    from pipeline.contract.data_docs import render_data_docs
 
     reports = [run(nan_close(msft_slice.copy()), price_suite), run(msft_slice, price_suite)]
     assert not (tmp_path / "docs").exists()
@@ -622,7 +618,7 @@ def test_data_docs_are_rendered_on_request(tmp_path, msft_slice, price_suite):
 
 
 def test_data_docs_escape_what_came_from_the_data(tmp_path, msft_slice, price_suite):
-    from pipeline.validation import render_data_docs
+    from pipeline.contract.data_docs import render_data_docs
 
     report = run(msft_slice.rename(columns={"Open": "<script>alert(1)</script>"}), price_suite)
     render_data_docs([report], tmp_path)

@@ -1,4 +1,4 @@
-"""The self-contained HTML page of contract results (pipeline/validation_report.py)."""
+"""The self-contained HTML page of contract results (pipeline/contract/html_report.py)."""
 
 from __future__ import annotations
 
@@ -9,16 +9,12 @@ from html.parser import HTMLParser
 import numpy as np
 import pytest
 
-from pipeline.settings import BUNDLED_SNAPSHOTS
-from pipeline.sources import CsvSource
-from pipeline.validation import (
-    CRITICAL,
-    ExpectationOutcome,
-    FailedExpectation,
-    ValidationReport,
-    validate_prices,
-)
-from pipeline.validation_report import render_html
+from pipeline.common.settings import BUNDLED_SNAPSHOTS
+from pipeline.contract.html_report import render_html
+from pipeline.contract.report import CRITICAL, ExpectationOutcome, FailedExpectation, ValidationReport
+from pipeline.contract.runner import validate_prices
+from pipeline.data.sources import CsvSource
+from tests.support import fetch
 
 AS_OF = dt.date(2017, 11, 10)
 
@@ -29,7 +25,7 @@ def reports(_msft_slice, price_suite) -> list[ValidationReport]:
     batch = _msft_slice.copy()
     batch.loc[20:31, "Volume"] = -1  # twelve rows: more than the reports name
     batch.loc[40, "Close"] = np.nan
-    full = CsvSource(BUNDLED_SNAPSHOTS).fetch("MSFT", None, AS_OF)
+    full = fetch(CsvSource(BUNDLED_SNAPSHOTS), "MSFT", None, AS_OF)
     return [
         validate_prices(batch, subject="MSFT new batch", suite_definition=price_suite, as_of=AS_OF),
         validate_prices(full, subject="MSFT merged history", suite_definition=price_suite, as_of=AS_OF, min_rows=1000),

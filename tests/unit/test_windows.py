@@ -1,4 +1,4 @@
-"""pipeline.windows: chronological splits, minimum history, history trimming, and no test-period leakage."""
+"""pipeline.models.windows: chronological splits, minimum history, history trimming, and no test-period leakage."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.settings import BUNDLED_SNAPSHOTS, TrainingConfig
-from pipeline.sources import CsvSource
-from pipeline.windows import NotEnoughHistory, build_dataset, min_rows_for, training_history
+from pipeline.common import codec
+from pipeline.common.settings import BUNDLED_SNAPSHOTS, TrainingConfig
+from pipeline.data.sources import CsvSource
+from pipeline.models.windows import NotEnoughHistory, build_dataset, min_rows_for, training_history
+from tests.support import fetch
 
 PRICE_COLUMNS = ["Open", "High", "Low", "Close"]
 
@@ -18,7 +20,7 @@ PRICE_COLUMNS = ["Open", "High", "Low", "Close"]
 @pytest.fixture(scope="module")
 def msft() -> pd.DataFrame:
     """The last 400 sessions of the bundled MSFT snapshot (about 1.6 years, up to 2017-11-10)."""
-    prices = CsvSource(BUNDLED_SNAPSHOTS).fetch("MSFT", None, dt.date(2017, 12, 31))
+    prices = fetch(CsvSource(BUNDLED_SNAPSHOTS), "MSFT", None, dt.date(2017, 12, 31))
     return prices.tail(400).reset_index(drop=True)
 
 
@@ -158,7 +160,7 @@ def test_the_test_period_is_the_sessions_the_test_windows_forecast(msft):
 @pytest.fixture(scope="module")
 def msft_long() -> pd.DataFrame:
     """Four years of MSFT: room for the default 250-session test span with training and validation before it."""
-    prices = CsvSource(BUNDLED_SNAPSHOTS).fetch("MSFT", None, dt.date(2017, 12, 31))
+    prices = fetch(CsvSource(BUNDLED_SNAPSHOTS), "MSFT", None, dt.date(2017, 12, 31))
     return prices.tail(1000).reset_index(drop=True)
 
 
@@ -185,7 +187,7 @@ def test_changing_the_test_period_leaves_scaler_train_and_validation_bit_identic
     assert not np.array_equal(other.test.x, original.test.x)
     # ...but nothing the model is fitted on, scaled with or early-stopped on.
     assert other.scaler == original.scaler
-    assert other.scaler.to_dict() == original.scaler.to_dict()
+    assert codec.dump(other.scaler) == codec.dump(original.scaler)
     assert_same_split(other.train, original.train)
     assert_same_split(other.val, original.val)
 

@@ -8,10 +8,11 @@ import pandas as pd
 import pytest
 from curl_cffi.requests.exceptions import DNSError
 
-from pipeline.ingest import fetch_batch
-from pipeline.sources import COLUMNS, TransientSourceError, UnknownSymbol, YahooSource
-from pipeline.store import PriceStore
+from pipeline.data.ingest import fetch_batch
+from pipeline.data.sources import COLUMNS, TransientSourceError, UnknownSymbol, YahooSource
+from pipeline.data.store import PriceStore
 from tests import yahoo_fake
+from tests.support import fetch
 
 SNAPSHOT = pd.read_csv(yahoo_fake.RECORDED.parents[2] / "data" / "snapshots" / "MSFT.csv", parse_dates=["Date"])
 
@@ -28,7 +29,7 @@ def store(tmp_path):
 
 def test_normal_answer_is_normalised_to_the_store_schema(yahoo):
     yahoo.answer("MSFT", "msft_2017-10-25_2017-11-10.json")
-    prices = YahooSource({}).fetch("MSFT", dt.date(2017, 10, 31), dt.date(2017, 11, 10))
+    prices = fetch(YahooSource({}), "MSFT", dt.date(2017, 10, 31), dt.date(2017, 11, 10))
 
     assert list(prices.columns) == COLUMNS
     assert prices["Date"].dt.tz is None, "exchange-local session dates, no time zone"
@@ -52,32 +53,32 @@ def test_normal_answer_is_normalised_to_the_store_schema(yahoo):
 
 def test_index_symbols_are_mapped(yahoo):
     yahoo.answer("^GSPC", "msft_2017-10-25_2017-11-10.json")
-    prices = YahooSource({"GSPC": "^GSPC"}).fetch("GSPC", dt.date(2017, 11, 8), dt.date(2017, 11, 10))
+    prices = fetch(YahooSource({"GSPC": "^GSPC"}), "GSPC", dt.date(2017, 11, 8), dt.date(2017, 11, 10))
     assert len(prices) == 2
     assert yahoo.chart_requests("^GSPC") and not yahoo.chart_requests("GSPC")
 
 
 def test_empty_answer_on_a_closed_day_is_nothing_new(yahoo):
     yahoo.answer("MSFT", "msft_empty_weekend.json")
-    prices = YahooSource({}).fetch("MSFT", dt.date(2017, 11, 10), dt.date(2017, 11, 12))
+    prices = fetch(YahooSource({}), "MSFT", dt.date(2017, 11, 10), dt.date(2017, 11, 12))
     assert prices.empty and list(prices.columns) == COLUMNS
 
 
 def test_rate_limit_is_transient(yahoo):
     yahoo.answer("MSFT", 429)
     with pytest.raises(TransientSourceError, match="MSFT.*429"):
-        YahooSource({}).fetch("MSFT", dt.date(2017, 11, 1), dt.date(2017, 11, 10))
+        fetch(YahooSource({}), "MSFT", dt.date(2017, 11, 1), dt.date(2017, 11, 10))
 
 
 def test_dns_failure_is_transient(yahoo):
     yahoo.answer("MSFT", DNSError("Could not resolve host: query2.finance.yahoo.com"))
     with pytest.raises(TransientSourceError, match="network error"):
-        YahooSource({}).fetch("MSFT", dt.date(2017, 11, 1), dt.date(2017, 11, 10))
+        fetch(YahooSource({}), "MSFT", dt.date(2017, 11, 1), dt.date(2017, 11, 10))
 
 
 def test_unknown_symbol_is_final_and_says_so(yahoo):
     with pytest.raises(UnknownSymbol, match="unknown or delisted"):
-        YahooSource({}).fetch("NOSUCH", None, dt.date(2017, 11, 10))
+        fetch(YahooSource({}), "NOSUCH", None, dt.date(2017, 11, 10))
 
 
 def test_split_re_adjusted_history_replaces_the_store(yahoo, store):

@@ -5,9 +5,9 @@ from pathlib import Path
 sys.path.insert(0, "/work/main")
 import mlflow.artifacts, mlflow.pyfunc
 from tests.support import bundled, tiny_config, migrated_tracking_store, plant_lstm_champion
-from pipeline.tracking import Tracker
-from pipeline.baseline import ensure_baseline
-from pipeline.forecasters import to_model_input
+from pipeline.registry.tracking import Tracker
+from pipeline.registry.baseline import ensure_baseline
+from pipeline.models.forecasters import to_model_input
 
 out = Path("/work/main/tests/data/logged_models")
 shutil.rmtree(out, ignore_errors=True); out.mkdir(parents=True)

@@ -1,0 +1,127 @@
+"""GX's Data Docs for a run's reports, rendered on request from their stored (sanitised) GX results."""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+import re
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pipeline.contract.gx_context import gx_state
+from pipeline.contract.report import UNEVALUATED, ValidationReport
+from pipeline.contract.sanitize import excerpt
+
+DOCS_SITE = "stockpipe"
+_GX_RESULT_KEYS = {"success", "results", "suite_name", "suite_parameters", "statistics", "meta"}
+
+
+def render_data_docs(reports: Sequence[ValidationReport], docs_dir: Path, *, replace: bool = True) -> Path:
+    """Render GX's Data Docs for these reports into `docs_dir` (replacing what was there); returns index.html.
+
+    Built from the reports' (sanitised, HTML-escaped) GX results in a throwaway context, so it costs nothing at
+    validation time and a long-running process keeps no results; meant to be called once per run, into the
+    state directory. GX's pages load CSS and scripts from CDNs: for MLflow, use `html_report.render_html`.
+    """
+    docs_dir = Path(docs_dir)
+    if replace:
+        shutil.rmtree(docs_dir, ignore_errors=True)
+    with gx_state():  # GX is not thread-safe: the throwaway context takes its turn like the shared one
+        context = _docs_context(docs_dir)
+        stored = (_store(context, number, report) for number, report in enumerate(reports))
+        identifiers = [identifier for identifier in stored if identifier is not None]
+        context.build_data_docs(site_names=[DOCS_SITE], resource_identifiers=identifiers or None)
+    return docs_dir / "index.html"
+
+
+def _docs_context(docs_dir: Path) -> Any:
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    context.add_data_docs_site(
+        site_name=DOCS_SITE,
+        site_config={
+            "class_name": "SiteBuilder",
+            "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir)},
+            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+        },
+    )
+    return context
+
+
+def _store(context: Any, number: int, report: ValidationReport) -> Any | None:
+    """Put one report's GX result in the context's store; returns its identifier (None: nothing to show)."""
+    from great_expectations.core.expectation_validation_result import expectationSuiteValidationResultSchema
+    from great_expectations.core.run_identifier import RunIdentifier
+    from great_expectations.data_context.types.resource_identifiers import (
+        ExpectationSuiteIdentifier,
+        ValidationResultIdentifier,
+    )
+
+    raw = {k: v for k, v in report.raw.items() if k in _GX_RESULT_KEYS}
+    if not raw.get("results"):
+        return None
+    raw.setdefault("suite_name", "prices")
+    raw["results"] = [r for r in raw["results"] if (r.get("expectation_config") or {}).get("type") != UNEVALUATED]
+    identifier = ValidationResultIdentifier(
+        expectation_suite_identifier=ExpectationSuiteIdentifier(name=raw["suite_name"]),
+        run_id=RunIdentifier(run_name=_slug(report.subject), run_time=_run_time(raw)),
+        batch_identifier=f"{number:02d}-{_slug(report.subject)}",
+    )
+    context.validation_results_store.store_validation_results(
+        suite_validation_result=expectationSuiteValidationResultSchema.load(_docs_ready(raw)),
+        suite_validation_result_identifier=identifier,
+    )
+    return identifier
+
+
+def _docs_ready(raw: dict[str, Any]) -> dict[str, Any]:
+    out = dict(raw)
+    out["meta"] = {k: v for k, v in (raw.get("meta") or {}).items() if k != "validation_time"}
+    # GX's templates do not escape observed values (a column named <script> would run): escape them here.
+    out["results"] = [
+        {
+            **r,
+            "result": _escaped(r.get("result") or {}),
+            "exception_info": _escaped(_with_tracebacks(r.get("exception_info") or {})),
+        }
+        for r in raw.get("results", [])
+    ]
+    out.setdefault("statistics", {})
+    out.setdefault("success", False)
+    return out
+
+
+def _escaped(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _escaped(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_escaped(v) for v in value]
+    return html.escape(value, quote=True) if isinstance(value, str) else value
+
+
+def _with_tracebacks(info: Any) -> Any:
+    """GX's renderer needs a traceback string where an exception was raised; the report keeps only the message."""
+    if not isinstance(info, dict):
+        return info
+    if "raised_exception" not in info:
+        return {k: _with_tracebacks(v) for k, v in info.items()}
+    if info.get("raised_exception") and info.get("exception_traceback") is None:
+        return {**info, "exception_traceback": info.get("exception_message") or ""}
+    return info
+
+
+def _run_time(raw: dict[str, Any]) -> dt.datetime:
+    stamp = (raw.get("meta") or {}).get("validation_time")
+    try:
+        return dt.datetime.fromisoformat(stamp) if stamp else dt.datetime.now(dt.UTC)
+    except (TypeError, ValueError):
+        return dt.datetime.now(dt.UTC)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", excerpt(text, 60)).strip("-") or "report"

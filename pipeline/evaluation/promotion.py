@@ -1,0 +1,93 @@
+"""The promotion decision, pure: a challenger replaces the champion only on evidence, never on noise.
+
+The rule (pipeline.evaluation.evidence.judge) asks four things of the same test sessions: a relative RMSE gain over the
+champion of at least `min_relative_gain`, a one-sided Diebold-Mariano p-value below `promotion_alpha`, a majority of
+the consecutive blocks won, and U2 (RMSE over the naive forecast's) below 1. A tie never promotes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import SerializerFunctionWrapHandler, model_serializer, model_validator
+
+from pipeline.common.outcome import Decision
+from pipeline.evaluation.evidence import Check, Evidence, PromotionPolicy, judge
+
+CHAMPION_ALIAS = "champion"
+PREVIOUS_ALIAS = "previous"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """In decision.json through `pipeline.common.codec`, with the policy's two settings beside the checks."""
+
+    decision: Decision
+    reason: str
+    checks: tuple[Check, ...]
+    policy: PromotionPolicy
+
+    @property
+    def promote(self) -> bool:
+        return self.decision is Decision.promoted
+
+    @model_serializer(mode="wrap")
+    def _policy_inline(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        values = handler(self)
+        policy = values.pop("policy")
+        return {**values, **policy}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _policy_nested(cls, values: Any) -> Any:
+        if isinstance(values, Mapping) and "policy" not in values:
+            names = ("min_relative_gain", "promotion_alpha")
+            return {**values, "policy": {name: values[name] for name in names if name in values}}
+        return values
+
+
+def decide(evidence: Evidence, policy: PromotionPolicy) -> Verdict:
+    promote, reason, checks = judge(evidence, policy)
+    return Verdict(Decision.promoted if promote else Decision.kept, reason, tuple(checks), policy)
+
+
+def _num(value: float | None, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    return f"{value:.{digits}f}"
+
+
+def describe(ticker: str, verdict: Verdict, evidence: Evidence, champion_before: str) -> str:
+    """The run's description (Markdown): the decision in one sentence, then the figures the rule used."""
+    outcome = (
+        f"**Promoted**: the challenger replaces {champion_before} as {ticker}'s champion"
+        if verdict.promote
+        else f"**Kept** {champion_before} as {ticker}'s champion"
+    )
+    rows = ["| test | figure | needed | passed |", "|---|---|---|---|"]
+    for check in verdict.checks:
+        rows.append(
+            f"| {check.name} | {_num(check.figure)} | {_num(check.threshold)} | {'yes' if check.passed else 'no'} |"
+        )
+    rmse = [
+        "| model | test RMSE |",
+        "|---|---|",
+        f"| challenger | {_num(evidence.challenger_rmse)} |",
+        f"| champion ({champion_before}) | {_num(evidence.champion_rmse)} |",
+        f"| naive (tomorrow = today) | {_num(evidence.naive_rmse)} |",
+    ]
+    return "\n".join(
+        [
+            f"{outcome}: {verdict.reason}.",
+            "",
+            *rows,
+            "",
+            *rmse,
+            "",
+            f"{evidence.sessions} test sessions in {evidence.blocks} blocks; Diebold-Mariano (HLN-corrected, "
+            f"one-sided) statistic {_num(evidence.dm_stat, 3)}.",
+        ]
+    )

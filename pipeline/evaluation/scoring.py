@@ -1,0 +1,89 @@
+"""Scoring: the challenger, the champion and the naive forecast on the same test sessions, from the same raw prices.
+
+Nothing here decides; `pipeline.evaluation.promotion.decide` turns the scores' evidence into a verdict.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from pipeline.evaluation.evidence import CHALLENGER, CHAMPION, NAIVE, Evidence, gather_evidence
+from pipeline.evaluation.interval_scores import score_intervals
+from pipeline.evaluation.metrics import point_metrics
+from pipeline.models.conformal import IntervalCalibration, tracked_intervals
+from pipeline.models.forecasters import Forecaster, LstmForecaster, forecasts_on, to_model_input
+from pipeline.models.intervals import LEVELS, interval_columns
+from pipeline.models.naive_intervals import naive_intervals
+from pipeline.models.training import as_of_positions
+from pipeline.models.windows import Dataset
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Everything measured on the test sessions: forecasts, point metrics per model, intervals and evidence."""
+
+    as_of: pd.DatetimeIndex
+    target_date: pd.DatetimeIndex
+    actual: np.ndarray
+    last_close: np.ndarray
+    forecasts: dict[str, np.ndarray]
+    metrics: dict[str, dict[str, float]]
+    evidence: Evidence
+    # Per model with intervals: column name (lower_80, ...) -> bounds on the test sessions.
+    bounds: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    interval_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    # The challenger's interval quantiles after tracking every test session: what it serves with from here on.
+    challenger_calibration: IntervalCalibration | None = None
+
+    @property
+    def test_days(self) -> list[str]:
+        return [day.strftime("%Y-%m-%d") for day in self.target_date]
+
+
+def forecast_on_test(model: Forecaster, dataset: Dataset) -> pd.DataFrame:
+    """A forecaster's predictions for every session of the dataset's history (intervals included if it has them)."""
+    return model.predict(to_model_input(dataset.history))
+
+
+def score(dataset: Dataset, challenger: LstmForecaster, champion: Forecaster, blocks: int) -> Scores:
+    test = dataset.test
+    closes = dataset.history["Close"].to_numpy("float64")
+    positions = as_of_positions(dataset, test.as_of)
+    champion_frame = forecast_on_test(champion, dataset)
+    forecasts = {
+        CHALLENGER: challenger.point_forecasts(closes)[positions - challenger.window],
+        CHAMPION: forecasts_on(champion_frame, test.as_of),
+        NAIVE: test.last_close.astype("float64"),
+    }
+    metrics = {name: point_metrics(test.next_close, values, test.last_close) for name, values in forecasts.items()}
+    evidence = gather_evidence(
+        test.next_close, forecasts[CHALLENGER], forecasts[CHAMPION], forecasts[NAIVE], blocks, dates=test.target_date
+    )
+    bounds: dict[str, dict[str, np.ndarray]] = {NAIVE: naive_intervals(closes, positions)}
+    calibration = None
+    if challenger.calibration is not None:
+        # Each test session's interval uses only earlier outcomes; the state after the last one is what serves next.
+        bounds[CHALLENGER], calibration = tracked_intervals(
+            closes, forecasts[CHALLENGER], challenger.calibration, positions
+        )
+    champion_columns = [c for level in LEVELS for c in interval_columns(level) if c in champion_frame]
+    if champion_columns:
+        bounds[CHAMPION] = {column: forecasts_on(champion_frame, test.as_of, column) for column in champion_columns}
+    interval_metrics = {
+        name: score_intervals(test.next_close, values, test.last_close) for name, values in bounds.items()
+    }
+    return Scores(
+        test.as_of,
+        test.target_date,
+        test.next_close,
+        test.last_close,
+        forecasts,
+        metrics,
+        evidence,
+        bounds,
+        interval_metrics,
+        calibration,
+    )
