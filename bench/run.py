@@ -49,6 +49,14 @@ TARGETS = {
     "peak_rss_gib_max": 1.5,
 }
 # The steps of a ticker's day, as the outcome's timings name them.
+# The interval table's rows: the challenger, v1 (what a fresh clone serves), and the textbook references.
+INTERVAL_LABELS = {
+    "served": "served (v1 naive, method chosen on validation)",
+    "model": "challenger (conformal)",
+    "naive": "empirical quantiles (v1 before issue 22)",
+    "ewma": "EWMA Gaussian",
+    "garch_t": "GARCH(1,1)-t",
+}
 STEPS = ("fetch", "validate", "train", "evaluate", "track")
 
 
@@ -190,9 +198,10 @@ def import_seconds() -> dict[str, float]:
 
 def train_and_score(ticker: str, config: TrainingConfig, prices: pd.DataFrame | None = None) -> dict:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from pipeline.evaluation.evidence import CHALLENGER, NAIVE
+    from pipeline.evaluation.evidence import CHALLENGER, CHAMPION, NAIVE
     from pipeline.evaluation.scoring import score
     from pipeline.models.forecasters import NaiveForecaster
+    from pipeline.models.references import EWMA, GARCH_REFIT_EVERY, GARCH_T, GARCH_WINDOW, REFERENCES
     from pipeline.models.training import train_challenger
 
     prices = prices if prices is not None else CsvSource(BUNDLED_SNAPSHOTS).read(ticker)[0]
@@ -204,7 +213,23 @@ def train_and_score(ticker: str, config: TrainingConfig, prices: pd.DataFrame | 
         "challenger": challenger,
         "scores": scores,
         "test": test,
-        "intervals": {"model": scores.interval_metrics[CHALLENGER], "naive": scores.interval_metrics[NAIVE]},
+        # The naive forecaster is what a fresh clone serves (v1); the references are scored on the same sessions.
+        "intervals": {
+            "served": scores.interval_metrics[CHAMPION],
+            "model": scores.interval_metrics[CHALLENGER],
+            "naive": scores.interval_metrics[NAIVE],
+            **{name: scores.interval_metrics[name] for name in REFERENCES},
+        },
+        "interval_methods": {
+            "served": scores.served_choice.description if scores.served_choice else NaiveForecaster.interval_method,
+            "model": challenger.forecaster.interval_method,
+            "naive": NaiveForecaster.interval_method,
+            EWMA: "naive point forecast, RiskMetrics EWMA (lambda 0.94) Gaussian",
+            GARCH_T: f"naive point forecast, GARCH(1,1)-t (arch), refit every {GARCH_REFIT_EVERY} sessions on "
+            f"{GARCH_WINDOW} returns",
+        },
+        # What the served method was chosen on: every candidate on the 250 sessions before the test span.
+        "served_validation": scores.served_choice.validation if scores.served_choice else None,
     }
 
 
@@ -231,6 +256,8 @@ def quality_row(result: dict, config: TrainingConfig) -> dict:
         "epoch_steady_seconds": challenger.timings["epoch_steady"],
         "train_windows": len(challenger.dataset.train.y),
         "intervals": result["intervals"],
+        "interval_methods": result["interval_methods"],
+        "served_validation": result["served_validation"],
     }
 
 
@@ -564,15 +591,18 @@ def markdown(r: dict) -> str:
             for q in r["quality"]
         ],
         "",
-        "| ticker | intervals | coverage 80% | coverage 95% | width 80% | Winkler 80% | Winkler 95% |",
-        "|---|---|---|---|---|---|---|",
+        "| ticker | intervals | coverage 80% | coverage 95% | width 80% | Winkler 80% | Winkler 95% | pinball | "
+        "Kupiec p 80% | Christoffersen p 80% |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for q in r["quality"]:
-        for name in ("model", "naive"):
+        for name in q["intervals"]:
             i = q["intervals"][name]
             lines.append(
-                f"| {q['ticker']} | {name} | {f(i['coverage_80'])} | {f(i['coverage_95'])} | "
-                f"{f(i['relative_width_80'] * 100, 2)}% | {f(i['winkler_80'], 3)} | {f(i['winkler_95'], 3)} |"
+                f"| {q['ticker']} | {INTERVAL_LABELS.get(name, name)} | {f(i['coverage_80'])} | "
+                f"{f(i['coverage_95'])} | "
+                f"{f(i['relative_width_80'] * 100, 2)}% | {f(i['winkler_80'], 3)} | {f(i['winkler_95'], 3)} | "
+                f"{f(i.get('pinball'), 3)} | {f(i.get('kupiec_p_80'))} | {f(i.get('christoffersen_p_80'))} |"
             )
     d = r["daily_run"]
     lines += [

@@ -309,6 +309,7 @@ STATUS_COLUMNS = (
     ("champion", "right"),
     ("naive", "right"),
     ("cov80", "right"),
+    ("served80", "right"),
     ("decision", "left"),
 )
 
@@ -342,6 +343,7 @@ def _print_status(rows: list[dict]) -> None:
             num(r["champion_test_rmse"]),
             num(r["naive_test_rmse"]),
             num(r["coverage_80"], 2),
+            num(r["served_coverage_80"], 2),
             r["last_decision"] or "-",
             why,
         )

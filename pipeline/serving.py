@@ -6,11 +6,13 @@ import datetime as dt
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 
 from pipeline.common.codec import KEEP_NON_FINITE
 from pipeline.common.trading_calendar import next_session
-from pipeline.models.forecasters import Forecaster, min_input_rows, to_model_input
+from pipeline.evaluation.served_intervals import choose_intervals, served_bounds
+from pipeline.models.forecasters import NAIVE, Forecaster, min_input_rows, to_model_input
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,8 @@ class Forecast:
     upper_95: float | None
     model_version: str
     model_kind: str
+    # How the bounds were made (None when the model gives none).
+    interval_method: str | None = None
 
 
 def _bound(row: pd.Series, column: str) -> float | None:
@@ -47,6 +51,14 @@ def forecast_next(ticker: str, model: Forecaster, history: pd.DataFrame, model_v
     if predictions.empty:
         raise ValueError(f"{ticker}: the model needs more history than the {len(recent)} stored session(s)")
     last = predictions.iloc[-1]
+    interval_method = getattr(model, "interval_method", None)
+    if model.kind == NAIVE:
+        served = _naive_served(history)
+        if served is not None:
+            last = last.copy()
+            for column, value in served[0].items():
+                last[column] = value
+            interval_method = served[1]
     as_of = dt.date.fromisoformat(str(last["as_of"]))
     last_close = float(recent.loc[pd.to_datetime(recent["Date"]).dt.date == as_of, "Close"].iloc[-1])
     return Forecast(
@@ -61,4 +73,18 @@ def forecast_next(ticker: str, model: Forecaster, history: pd.DataFrame, model_v
         upper_95=_bound(last, "upper_95"),
         model_version=str(model_version),
         model_kind=model.kind,
+        interval_method=interval_method,
     )
+
+
+def _naive_served(history: pd.DataFrame) -> tuple[dict[str, float], str] | None:
+    """The next session's bounds around the last close from the interval method the latest validation sessions
+    favour, and its description; None when the history is too short to choose (the model's own bounds serve)."""
+    prices = history.reset_index(drop=True)
+    closes = prices["Close"].to_numpy("float64")
+    try:
+        choice = choose_intervals(prices, closes, len(closes) - 1)
+    except ValueError:
+        return None
+    bounds = served_bounds(prices, closes, choice, np.array([len(closes) - 1]))
+    return {column: float(values[0]) for column, values in bounds.items()}, choice.description

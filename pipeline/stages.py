@@ -65,7 +65,10 @@ def publish(
             verdict=evaluation.verdict,
             champion_before=evaluation.champion_before,
         )
-        description = describe(ticker, evaluation.verdict, evaluation.scores.evidence, evaluation.champion_before)
+        scores = evaluation.scores
+        description = describe(
+            ticker, evaluation.verdict, scores.evidence, evaluation.champion_before, scores.interval_metrics
+        )
         return apply(
             tracker,
             run_id,
@@ -99,6 +102,7 @@ def decided_outcome(
     evaluation: Evaluation,
 ) -> TickerOutcome:
     evidence, intervals = evaluation.scores.evidence, evaluation.scores.interval_metrics.get("challenger", {})
+    served = intervals if evaluation.verdict.promote else evaluation.scores.interval_metrics.get("champion", {})
     return TickerOutcome(
         ticker=ticker,
         decision=evaluation.verdict.decision,
@@ -120,4 +124,6 @@ def decided_outcome(
         u2=evidence.u2,
         coverage_80=intervals.get("coverage_80"),
         coverage_95=intervals.get("coverage_95"),
+        served_coverage_80=served.get("coverage_80"),
+        served_coverage_95=served.get("coverage_95"),
     )

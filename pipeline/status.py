@@ -48,6 +48,8 @@ def ticker_status(
         "u2": last.u2 if last else None,
         "coverage_80": last.coverage_80 if last else None,
         "coverage_95": last.coverage_95 if last else None,
+        "served_coverage_80": last.served_coverage_80 if last else None,
+        "served_coverage_95": last.served_coverage_95 if last else None,
         "last_decision": last.decision.value if last else None,
         "last_reason": last.reason if last else None,
         "last_run_id": last.run_id if last else None,

@@ -53,6 +53,9 @@ class TickerOutcome:
     u2: float | None = None
     coverage_80: float | None = None
     coverage_95: float | None = None
+    # The coverage of what serves after this day (the champion's intervals, or the promoted challenger's).
+    served_coverage_80: float | None = None
+    served_coverage_95: float | None = None
     timings: dict[str, float] = field(default_factory=dict)
     finished_at: str = field(default_factory=utc_now)
 
@@ -82,6 +85,8 @@ CARRIED_OVER = (
     "u2",
     "coverage_80",
     "coverage_95",
+    "served_coverage_80",
+    "served_coverage_95",
 )
 
 

@@ -23,6 +23,8 @@ BUNDLED_SUITE = PROJECT_ROOT / "expectations" / "prices.json"
 
 # Two small LSTMs train side by side on this kind of 2-core machine; a third only competes for the cores.
 DEFAULT_MAX_WORKERS = 2
+# A price file larger than this is refused before it is read (a misdirected path, not an export).
+DEFAULT_MAX_INPUT_BYTES = 256 * 2**20
 # Chosen from the replay of the promotion rule on the bundled data (bench/promotion_replay.py; README, "How a model
 # earns promotion"): the smallest margin that alone refused as many of the old rule's noise promotions as 0.5% did.
 DEFAULT_MIN_RELATIVE_GAIN = 0.002
@@ -109,7 +111,9 @@ class Settings(BaseSettings):
         PROJECT_ROOT / "data",
         description="Deployed runs read --csv-dir folders only inside this root.",
     )
-    max_input_bytes: int = Field(256 * 2**20, ge=1, description="Largest price file one source read accepts.")
+    max_input_bytes: int = Field(
+        DEFAULT_MAX_INPUT_BYTES, ge=1, description="Largest price file one source read accepts."
+    )
     quarantine_max_age_days: float = Field(30, ge=0, description="Rejected batches older than this are deleted.")
     quarantine_max_bytes: int = Field(
         200 * 2**20,

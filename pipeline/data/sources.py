@@ -25,6 +25,7 @@ import pandas as pd
 
 from pipeline.common.files import UnsafeInput, read_regular_file
 from pipeline.common.redact import excerpt
+from pipeline.common.settings import DEFAULT_MAX_INPUT_BYTES
 from pipeline.common.symbols import validate_ticker
 
 log = logging.getLogger(__name__)
@@ -45,8 +46,6 @@ class UnknownSymbol(SourceError):
     """The provider does not know the symbol, or it is delisted: retrying cannot help."""
 
 
-# A price file larger than this is refused before it is read (a misdirected path, not an export).
-DEFAULT_MAX_INPUT_BYTES = 256 * 2**20
 # Volumes above this cannot be stored exactly (int64, and float64 for the contract's arithmetic).
 MAX_VOLUME = 2**53
 

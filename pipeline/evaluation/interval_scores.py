@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from pipeline.evaluation.interval_tests import christoffersen_independence, exceedances, kupiec_pof, mean_pinball
 from pipeline.models.intervals import LEVELS, check_levels, interval_columns, level_name
 
 
@@ -58,8 +60,11 @@ def score_interval(
 def score_intervals(
     actual: np.ndarray, intervals: Mapping[str, np.ndarray], price: np.ndarray, levels: Sequence[float] = LEVELS
 ) -> dict[str, float]:
-    """Flat metrics for logging: coverage_80, width_80, relative_width_80, winkler_80, ... per level."""
+    """Flat metrics for logging, per level: coverage_80, width_80, relative_width_80, winkler_80, and the p-values of
+    Kupiec's coverage test and Christoffersen's independence test of the misses (kupiec_p_80, christoffersen_p_80);
+    then `pinball`, the mean pinball loss over every served quantile."""
     metrics: dict[str, float] = {}
+    quantiles = {}
     for level in check_levels(levels):
         lower, upper = interval_columns(level)
         score = score_interval(actual, intervals[lower], intervals[upper], level, price)
@@ -68,4 +73,12 @@ def score_intervals(
         metrics[f"width_{suffix}"] = score.mean_width
         metrics[f"relative_width_{suffix}"] = score.mean_relative_width
         metrics[f"winkler_{suffix}"] = score.winkler
+        missed = exceedances(actual, intervals[lower], intervals[upper])
+        metrics[f"kupiec_p_{suffix}"] = kupiec_pof(missed, level).p_value
+        metrics[f"christoffersen_p_{suffix}"] = christoffersen_independence(missed).p_value
+        quantiles[level] = (
+            np.asarray(intervals[lower], dtype="float64"),
+            np.asarray(intervals[upper], dtype="float64"),
+        )
+    metrics["pinball"] = mean_pinball(np.asarray(actual, dtype="float64"), quantiles) if len(actual) else math.nan
     return metrics

@@ -60,8 +60,39 @@ def _num(value: float | None, digits: int = 4) -> str:
     return f"{value:.{digits}f}"
 
 
-def describe(ticker: str, verdict: Verdict, evidence: Evidence, champion_before: str) -> str:
-    """The run's description (Markdown): the decision in one sentence, then the figures the rule used."""
+# The interval sets of a run's description, in the order shown, with what each is.
+INTERVAL_ROWS = (
+    ("challenger", "challenger (conformal, tracked)"),
+    ("champion", "champion (served today)"),
+    ("naive", "empirical quantiles, 250 returns"),
+    ("ewma", "EWMA (RiskMetrics) Gaussian"),
+    ("garch_t", "GARCH(1,1)-t (arch)"),
+)
+
+
+def interval_table(intervals: Mapping[str, Mapping[str, float]]) -> list[str]:
+    """Every interval set scored on the test sessions, references included, as Markdown rows."""
+    rows = [
+        "| intervals | coverage 80% | coverage 95% | Winkler 80% | Winkler 95% | Kupiec p 80% | Christoffersen p 80% |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for key, label in INTERVAL_ROWS:
+        if key in intervals:
+            m = intervals[key]
+            figures = ("coverage_80", "coverage_95", "winkler_80", "winkler_95", "kupiec_p_80", "christoffersen_p_80")
+            rows.append(f"| {label} | " + " | ".join(_num(m.get(f), 3) for f in figures) + " |")
+    return rows
+
+
+def describe(
+    ticker: str,
+    verdict: Verdict,
+    evidence: Evidence,
+    champion_before: str,
+    intervals: Mapping[str, Mapping[str, float]] | None = None,
+) -> str:
+    """The run's description (Markdown): the decision in one sentence, then the figures the rule used, then how
+    every interval set held up on the same sessions."""
     outcome = (
         f"**Promoted**: the challenger replaces {champion_before} as {ticker}'s champion"
         if verdict.promote
@@ -89,5 +120,6 @@ def describe(ticker: str, verdict: Verdict, evidence: Evidence, champion_before:
             "",
             f"{evidence.sessions} test sessions in {evidence.blocks} blocks; Diebold-Mariano (HLN-corrected, "
             f"one-sided) statistic {_num(evidence.dm_stat, 3)}.",
+            *(["", *interval_table(intervals)] if intervals else []),
         ]
     )

@@ -13,10 +13,13 @@ import pandas as pd
 from pipeline.evaluation.evidence import CHALLENGER, CHAMPION, NAIVE, Evidence, gather_evidence
 from pipeline.evaluation.interval_scores import score_intervals
 from pipeline.evaluation.metrics import point_metrics
+from pipeline.evaluation.served_intervals import IntervalChoice, choose_intervals, served_bounds
 from pipeline.models.conformal import IntervalCalibration, tracked_intervals
+from pipeline.models.forecasters import NAIVE as NAIVE_KIND
 from pipeline.models.forecasters import Forecaster, LstmForecaster, forecasts_on, to_model_input
 from pipeline.models.intervals import LEVELS, interval_columns
 from pipeline.models.naive_intervals import naive_intervals
+from pipeline.models.references import reference_intervals
 from pipeline.models.training import as_of_positions
 from pipeline.models.windows import Dataset
 
@@ -37,6 +40,8 @@ class Scores:
     interval_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     # The challenger's interval quantiles after tracking every test session: what it serves with from here on.
     challenger_calibration: IntervalCalibration | None = None
+    # The interval method a naive champion serves, with every candidate's validation scores.
+    served_choice: IntervalChoice | None = None
 
     @property
     def test_days(self) -> list[str]:
@@ -62,16 +67,25 @@ def score(dataset: Dataset, challenger: LstmForecaster, champion: Forecaster, bl
     evidence = gather_evidence(
         test.next_close, forecasts[CHALLENGER], forecasts[CHAMPION], forecasts[NAIVE], blocks, dates=test.target_date
     )
-    bounds: dict[str, dict[str, np.ndarray]] = {NAIVE: naive_intervals(closes, positions)}
+    # The textbook references (EWMA, GARCH-t around "tomorrow = today") beside every model, on the same sessions.
+    bounds: dict[str, dict[str, np.ndarray]] = {
+        NAIVE: naive_intervals(closes, positions),
+        **reference_intervals(closes, positions),
+    }
     calibration = None
     if challenger.calibration is not None:
         # Each test session's interval uses only earlier outcomes; the state after the last one is what serves next.
         bounds[CHALLENGER], calibration = tracked_intervals(
             closes, forecasts[CHALLENGER], challenger.calibration, positions
         )
-    champion_columns = [c for level in LEVELS for c in interval_columns(level) if c in champion_frame]
-    if champion_columns:
-        bounds[CHAMPION] = {column: forecasts_on(champion_frame, test.as_of, column) for column in champion_columns}
+    served_choice = _naive_served_choice(dataset, champion, positions)
+    if served_choice is not None:
+        # What a naive champion serves: the method its validation sessions favour, tracked over the test sessions.
+        bounds[CHAMPION] = served_bounds(dataset.history, closes, served_choice, positions)
+    else:
+        champion_columns = [c for level in LEVELS for c in interval_columns(level) if c in champion_frame]
+        if champion_columns:
+            bounds[CHAMPION] = {c: forecasts_on(champion_frame, test.as_of, c) for c in champion_columns}
     interval_metrics = {
         name: score_intervals(test.next_close, values, test.last_close) for name, values in bounds.items()
     }
@@ -86,4 +100,17 @@ def score(dataset: Dataset, challenger: LstmForecaster, champion: Forecaster, bl
         bounds,
         interval_metrics,
         calibration,
+        served_choice,
     )
+
+
+def _naive_served_choice(dataset: Dataset, champion: Forecaster, positions: np.ndarray) -> IntervalChoice | None:
+    """The interval method a naive champion serves over the test sessions, chosen on the sessions before them;
+    None for an LSTM champion (it serves its own calibrated intervals) or a history too short to choose on."""
+    if champion.kind != NAIVE_KIND or not positions.size:
+        return None
+    closes = dataset.history["Close"].to_numpy("float64")
+    try:
+        return choose_intervals(dataset.history, closes, int(positions[0]))
+    except ValueError:
+        return None

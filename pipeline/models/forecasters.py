@@ -20,7 +20,7 @@ from pipeline.common import codec
 from pipeline.data.sources import COLUMNS
 from pipeline.models.conformal import IntervalCalibration, prediction_intervals
 from pipeline.models.features import FEATURE_NAMES, Scaling, window_features
-from pipeline.models.naive_intervals import NAIVE_LOOKBACK, naive_intervals
+from pipeline.models.naive_intervals import NAIVE_INTERVAL_METHOD, NAIVE_LOOKBACK, naive_intervals
 from pipeline.models.volatility import EWMA_WINDOW
 
 NAIVE = "naive"
@@ -68,6 +68,7 @@ class NaiveForecaster:
     (so every forecast, even the baseline's, says how sure it is)."""
 
     kind = NAIVE
+    interval_method = NAIVE_INTERVAL_METHOD
 
     def predict(self, model_input: pd.DataFrame) -> pd.DataFrame:
         closes, dates = closes_and_dates(model_input)
@@ -100,6 +101,10 @@ class LstmForecaster:
         # Fraction of the network's predicted return kept (estimated on validation): 0 is "tomorrow = today".
         self.shrinkage = float(shrinkage)
         self.calibration = calibration
+
+    @property
+    def interval_method(self) -> str | None:
+        return None if self.calibration is None else self.calibration.method
 
     def with_calibration(self, calibration: IntervalCalibration) -> LstmForecaster:
         return LstmForecaster(self.keras_model, self.scaling, self.window, self.shrinkage, calibration)

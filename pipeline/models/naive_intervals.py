@@ -15,6 +15,7 @@ from pipeline.models.intervals import LEVELS, as_of_positions, check_levels, int
 from pipeline.models.volatility import MIN_RETURNS, log_returns
 
 NAIVE_LOOKBACK = 250
+NAIVE_INTERVAL_METHOD = f"empirical quantiles of the last {NAIVE_LOOKBACK} log returns"
 
 
 def naive_intervals(

@@ -87,7 +87,7 @@ class GarchParams:
     nu: float
 
 
-def _fit_garch_t(scaled: np.ndarray) -> GarchParams | None:
+def fit_garch_t(scaled: np.ndarray) -> GarchParams | None:
     """GARCH(1,1)-t fit; None when arch fails, does not converge or returns an inadmissible point."""
     try:
         with warnings.catch_warnings():
@@ -107,7 +107,7 @@ def _fit_garch_t(scaled: np.ndarray) -> GarchParams | None:
     return GarchParams(omega, alpha, beta, nu) if admissible else None
 
 
-def _garch_forecasts(scaled: np.ndarray, params: GarchParams) -> np.ndarray:
+def garch_forecasts(scaled: np.ndarray, params: GarchParams) -> np.ndarray:
     """h[t]: the one-step variance forecast made at t (for return t + 1), over the whole of `scaled`.
 
     Started as arch starts it (its GARCH backcast: 0.94-weighted mean of the first 75 squares, standing in
@@ -148,11 +148,11 @@ def garch_t_sigma(
         start = max(0, int(anchor) - window + 1)
         if anchor + 1 - start < MIN_GARCH_RETURNS:
             continue
-        params = _fit_garch_t(GARCH_SCALE * returns[start : anchor + 1]) or previous
+        params = fit_garch_t(GARCH_SCALE * returns[start : anchor + 1]) or previous
         previous = params
         members = np.flatnonzero(anchors == anchor)
         last = int(where[members].max())
-        forecasts = _garch_forecasts(GARCH_SCALE * returns[start : last + 1], params)
+        forecasts = garch_forecasts(GARCH_SCALE * returns[start : last + 1], params)
         sigma[members] = np.sqrt(forecasts[where[members] - start]) / GARCH_SCALE
         nu[members] = params.nu
     return sigma, nu

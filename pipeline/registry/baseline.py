@@ -43,8 +43,8 @@ def ensure_baseline(tracker: Tracker, ticker: str, history: pd.DataFrame, run_ta
             logged,
             run_id,
             tags={"decision": BASELINE, "data_end": data_end},
-            description="Naive baseline: tomorrow's close is today's close; intervals from "
-            "the empirical quantiles of the last year's daily returns.",
+            description="Naive baseline: tomorrow's close is today's close. `stockpipe predict` serves it with "
+            "the interval method its latest validation sessions favour (pipeline.evaluation.served_intervals).",
         )
         tracker.make_champion(ticker, str(version.version))
         tracker.client.set_terminated(run_id, "FINISHED")

@@ -43,6 +43,9 @@ DAILY = "daily"
 # Stages a run passes through, tagged as it goes, so a run cut off by a kill says where.
 TRAINING, SCORING, RECORDING, APPLYING, DONE = "training", "scoring", "recording", "applying", "done"
 
+# Params
+SERVED_INTERVAL_METHOD = "served_interval_method"
+
 # Artifacts
 VALIDATION_HTML = "validation/report.html"
 VALIDATION_JSON = "validation/result.json"
@@ -109,6 +112,15 @@ def score_metrics(scores: Scores) -> dict[str, float]:
             for measure, value in measures.items()
         }
     )
+    choice = scores.served_choice
+    if choice is not None:
+        metrics.update(
+            {
+                f"served_validation_{method}_{measure}": value
+                for method, measures in choice.validation.items()
+                for measure, value in measures.items()
+            }
+        )
     evidence = scores.evidence
     metrics.update(
         {
@@ -153,6 +165,26 @@ def decision_report(
         "test_start": scores.test_days[0],
         "test_end": scores.test_days[-1],
         "data_digest": admitted.data_digest,
+        **served_report(scores),
+    }
+
+
+def served_params(scores: Scores) -> dict[str, str]:
+    """How a naive champion's intervals are made from this run on (an LSTM champion serves its own)."""
+    choice = scores.served_choice
+    return {} if choice is None else {SERVED_INTERVAL_METHOD: choice.method}
+
+
+def served_report(scores: Scores) -> dict[str, Any]:
+    choice = scores.served_choice
+    if choice is None:
+        return {}
+    return {
+        "served_intervals": {
+            "method": choice.method,
+            "description": choice.description,
+            "validation": choice.validation,
+        }
     }
 
 
@@ -175,7 +207,7 @@ def record(
 ) -> Recorded:
     """Everything about the decision into the run, and the challenger as a logged model linked to it."""
     tracker.set_tags(run_id, {STAGE: RECORDING})
-    tracker.log_params(run_id, data_params(admitted, challenger))
+    tracker.log_params(run_id, {**data_params(admitted, challenger), **served_params(scores)})
     logged_metrics = tracker.client.get_run(run_id).data.metrics
     if "challenger_rmse" not in logged_metrics:  # one batch: all of them are there, or none
         tracker.log_metrics(run_id, {**score_metrics(scores), **training_metrics(challenger)}, block_series(scores))
@@ -196,7 +228,7 @@ def record(
             DECISION: verdict.decision.value,
             REASON: excerpt(verdict.reason, 1000),
             CHAMPION_BEFORE: champion_before,
-            DESCRIPTION_TAG: describe(ticker, verdict, scores.evidence, champion_before),
+            DESCRIPTION_TAG: describe(ticker, verdict, scores.evidence, champion_before, scores.interval_metrics),
         },
     )
     return Recorded(logged, forecaster)

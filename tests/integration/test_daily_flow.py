@@ -119,6 +119,11 @@ def test_a_daily_run_trains_records_and_decides_each_ticker(settings):
             "blocks_won",
             "challenger_coverage_80",
             "challenger_coverage_95",
+            "garch_t_winkler_80",
+            "ewma_coverage_95",
+            "champion_kupiec_p_80",
+            "naive_christoffersen_p_95",
+            "challenger_pinball",
             "relative_gain",
         ):
             assert metric in run.data.metrics, metric

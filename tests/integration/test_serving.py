@@ -17,6 +17,7 @@ from pipeline.common.outcome import Decision
 from pipeline.common.symbols import registered_model_name
 from pipeline.data.store import PriceStore
 from pipeline.evaluation.promotion import CHAMPION_ALIAS, PREVIOUS_ALIAS
+from pipeline.models.conformal import METHOD
 from pipeline.registry.tracking import Tracker
 from tests.support import MSFT_LAST_SESSION, clean_env, plant_lstm_champion, stockpipe
 
@@ -48,6 +49,7 @@ def test_predict_serves_intervals_and_rollback_swaps_back(settings, monkeypatch)
     assert lstm["as_of"] == "2017-11-10" and lstm["forecast_date"] == "2017-11-13"  # Friday -> Monday
     assert lstm["last_close"] == pytest.approx(83.87)
     assert lstm["lower_95"] < lstm["lower_80"] < lstm["forecast_close"] < lstm["upper_80"] < lstm["upper_95"]
+    assert lstm["interval_method"] == METHOD, "predict names how the bounds were made"
 
     # Loaded the README's way, by its models:/ URI, MLflow writes a bookkeeping file into the champion's folder in
     # the local artifact store; the champion's fingerprint must still hold for predict.

@@ -26,6 +26,8 @@ STATUS_KEYS = {
     "u2",
     "coverage_80",
     "coverage_95",
+    "served_coverage_80",
+    "served_coverage_95",
     "last_decision",
     "last_reason",
     "last_run_id",
@@ -89,6 +91,8 @@ def test_status_combines_store_last_outcome_and_champion(tmp_path):
         u2=0.5,
         coverage_80=0.8,
         coverage_95=0.96,
+        served_coverage_80=0.79,
+        served_coverage_95=0.95,
         run_id="abc",
     )
     journal.write(tmp_path / "reports", last)
@@ -101,6 +105,7 @@ def test_status_combines_store_last_outcome_and_champion(tmp_path):
     assert row["data_start"] == "2017-11-01" and row["data_end"] == "2017-11-10" and row["rows"] == 8
     assert (row["champion_version"], row["champion_kind"]) == ("3", "lstm")
     assert (row["last_decision"], row["challenger_test_rmse"], row["coverage_80"]) == ("promoted", 1.0, 0.8)
+    assert (row["served_coverage_80"], row["served_coverage_95"]) == (0.79, 0.95)
     assert row["problems"] == [] and row["quarantined_batches"] == 0
 
 
