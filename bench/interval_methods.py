@@ -43,8 +43,8 @@ from pipeline.evaluation.interval_tests import (  # noqa: E402
 from pipeline.models.conformal import TRACKING_STEP, conformal_quantile  # noqa: E402
 from pipeline.models.intervals import interval_columns  # noqa: E402
 from pipeline.models.naive_intervals import naive_intervals  # noqa: E402
+from pipeline.models.volatility import ewma_volatility  # noqa: E402
 from pipeline.models.volatility_estimators import (  # noqa: E402
-    ewma_sigma,
     fit_har,
     garch_t_sigma,
     garman_klass,
@@ -102,7 +102,7 @@ def methods(prices: pd.DataFrame, cal: np.ndarray, ev: np.ndarray) -> tuple[dict
     closes = prices["Close"].to_numpy(dtype="float64")
     returns = np.diff(np.log(closes))  # returns[t] is the log return into close t + 1
     # As-of close i knows returns[: i], so its forecast of the return into close i + 1 sits at position i - 1.
-    ewma = ewma_sigma(returns)
+    ewma = ewma_volatility(closes)  # [i]: made at close i
     garch_sigma, garch_nu = np.full(closes.size, np.nan), np.full(closes.size, np.nan)
     started = time.perf_counter()
     garch_sigma[ev], garch_nu[ev] = garch_t_sigma(returns, ev - 1)
@@ -114,14 +114,14 @@ def methods(prices: pd.DataFrame, cal: np.ndarray, ev: np.ndarray) -> tuple[dict
         "empirical": {
             level: (naive[interval_columns(level)[0]], naive[interval_columns(level)[1]]) for level in LEVELS
         },
-        "ewma-gauss": symmetric(closes, ev, ewma[ev - 1], lambda level: stats.norm.ppf(0.5 + level / 2)),
+        "ewma-gauss": symmetric(closes, ev, ewma[ev], lambda level: stats.norm.ppf(0.5 + level / 2)),
         "garch-t": symmetric(
             closes, ev, garch_sigma[ev], lambda level: standardized_t_quantile(0.5 + level / 2, garch_nu[ev])
         ),
     }
     har_fits: dict[str, dict] = {}
     scales: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-        "ewma": lambda idx: ewma[idx - 1],
+        "ewma": ewma.__getitem__,
         "garch": garch_sigma.__getitem__,
     }
     ohlc = [prices[c].to_numpy(dtype="float64") for c in ("Open", "High", "Low", "Close")]

@@ -34,9 +34,7 @@ def before_imports(settings: Settings, parallel_trainings: int = 1) -> None:
         os.environ.setdefault("PREFECT_HOME", str(home / "prefect"))
         # Its first start creates the database; 20 s (Prefect's default) is too short for a busy 2-core machine.
         os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
-    for name, value in DEFAULTS.items():
-        os.environ.setdefault(name, value)
-    os.environ.update(ENFORCED)
+    _defaults_and_enforced()
     if parallel_trainings > 1:
         # Each parallel training gets its share of the cores: TensorFlow's default, one pool per process spanning
         # all cores, makes two tickers' small LSTMs fight over the same threads (measured: 25% slower on 2 cores).
@@ -48,7 +46,11 @@ def in_flow_process(settings: Settings) -> None:
     MLflow's Keras callback logs through MLflow's process-wide tracking URI, and the enforced settings above."""
     import mlflow
 
+    _defaults_and_enforced()
+    mlflow.set_tracking_uri(settings.tracking_uri())
+
+
+def _defaults_and_enforced() -> None:
     for name, value in DEFAULTS.items():
         os.environ.setdefault(name, value)
     os.environ.update(ENFORCED)
-    mlflow.set_tracking_uri(settings.tracking_uri())

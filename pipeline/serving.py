@@ -81,10 +81,10 @@ def _naive_served(history: pd.DataFrame) -> tuple[dict[str, float], str] | None:
     """The next session's bounds around the last close from the interval method the latest validation sessions
     favour, and its description; None when the history is too short to choose (the model's own bounds serve)."""
     prices = history.reset_index(drop=True)
-    closes = prices["Close"].to_numpy("float64")
+    last = len(prices) - 1
     try:
-        choice = choose_intervals(prices, closes, len(closes) - 1)
+        choice = choose_intervals(prices, last)
     except ValueError:
         return None
-    bounds = served_bounds(prices, closes, choice, np.array([len(closes) - 1]))
+    bounds = served_bounds(prices, choice, np.array([last]))
     return {column: float(values[0]) for column, values in bounds.items()}, choice.description

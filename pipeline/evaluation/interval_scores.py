@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -80,5 +79,5 @@ def score_intervals(
             np.asarray(intervals[lower], dtype="float64"),
             np.asarray(intervals[upper], dtype="float64"),
         )
-    metrics["pinball"] = mean_pinball(np.asarray(actual, dtype="float64"), quantiles) if len(actual) else math.nan
+    metrics["pinball"] = mean_pinball(np.asarray(actual, dtype="float64"), quantiles)
     return metrics

@@ -81,7 +81,7 @@ def score(dataset: Dataset, challenger: LstmForecaster, champion: Forecaster, bl
     served_choice = _naive_served_choice(dataset, champion, positions)
     if served_choice is not None:
         # What a naive champion serves: the method its validation sessions favour, tracked over the test sessions.
-        bounds[CHAMPION] = served_bounds(dataset.history, closes, served_choice, positions)
+        bounds[CHAMPION] = served_bounds(dataset.history, served_choice, positions)
     else:
         champion_columns = [c for level in LEVELS for c in interval_columns(level) if c in champion_frame]
         if champion_columns:
@@ -109,8 +109,7 @@ def _naive_served_choice(dataset: Dataset, champion: Forecaster, positions: np.n
     None for an LSTM champion (it serves its own calibrated intervals) or a history too short to choose on."""
     if champion.kind != NAIVE_KIND or not positions.size:
         return None
-    closes = dataset.history["Close"].to_numpy("float64")
     try:
-        return choose_intervals(dataset.history, closes, int(positions[0]))
+        return choose_intervals(dataset.history, int(positions[0]))
     except ValueError:
         return None

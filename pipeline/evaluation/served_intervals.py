@@ -28,9 +28,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from pipeline.evaluation.interval_scores import winkler_scores
-from pipeline.models.conformal import TRACKING_STEP, conformal_quantile
+from pipeline.evaluation.interval_scores import score_interval
+from pipeline.models.conformal import TRACKING_STEP, conformal_quantile, scaled_scores, track
 from pipeline.models.intervals import LEVELS, interval_columns, level_name
+from pipeline.models.naive_intervals import NAIVE_INTERVAL_METHOD, naive_intervals
 from pipeline.models.volatility import ewma_volatility
 from pipeline.models.volatility_estimators import (
     GARCH_SCALE,
@@ -47,13 +48,12 @@ from pipeline.models.volatility_estimators import (
 EMPIRICAL, EWMA, GARCH, HAR_PARKINSON = "empirical", "ewma", "garch", "har_parkinson"
 CANDIDATES = (EMPIRICAL, EWMA, GARCH, HAR_PARKINSON)
 DESCRIPTIONS = {
-    EMPIRICAL: "empirical quantiles of the last 250 log returns",
+    EMPIRICAL: NAIVE_INTERVAL_METHOD,
     EWMA: "EWMA-volatility-scaled conformal, tracked",
     GARCH: "GARCH(1,1)-t-volatility-scaled conformal, tracked",
     HAR_PARKINSON: "HAR(Parkinson range variance)-scaled conformal, tracked",
 }
 WINDOW = 250
-EMPIRICAL_LOOKBACK = 250
 GARCH_FIT = 1000
 HAR_FIT = 2500
 # Fewer sessions than this before the calibration window do not pin a HAR or GARCH fit down: the candidate sits out.
@@ -82,59 +82,54 @@ class IntervalChoice:
 @dataclass(frozen=True)
 class _Prices:
     closes: np.ndarray
-    forecasts: np.ndarray
     ohlc: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
-def _prices(history: pd.DataFrame, forecasts: np.ndarray) -> _Prices:
-    columns = tuple(history[c].to_numpy(dtype="float64") for c in ("Open", "High", "Low", "Close"))
-    forecasts = np.asarray(forecasts, dtype="float64")
-    if forecasts.shape != columns[3].shape:
-        raise ValueError(f"{forecasts.size} forecasts for {columns[3].size} sessions")
-    return _Prices(columns[3], forecasts, columns)  # type: ignore[arg-type]
+def _prices(history: pd.DataFrame) -> _Prices:
+    open_, high, low, close = (history[c].to_numpy(dtype="float64") for c in ("Open", "High", "Low", "Close"))
+    return _Prices(close, (open_, high, low, close))
 
 
-def _scales(prices: _Prices, fit_end: int) -> tuple[dict[str, np.ndarray], HarCoefficients | None, GarchParams | None]:
-    """sigma per as-of position for each volatility candidate; parameters fitted on sessions before `fit_end`."""
-    closes = prices.closes
-    scales = {EWMA: ewma_volatility(closes)}
-    returns = np.diff(np.log(closes))  # returns[k] is the return into close k + 1
+@dataclass(frozen=True)
+class _Fits:
+    """The fitted volatility models (None where the history before the fit's end cannot pin one down)."""
+
+    har: HarCoefficients | None
+    garch: GarchParams | None
+
+
+def _fit(prices: _Prices, fit_end: int) -> _Fits:
+    """GARCH(1,1)-t and HAR fitted on the sessions before `fit_end` only."""
+    returns = np.diff(np.log(prices.closes))  # returns[k] is the return into close k + 1
     garch = None
     if fit_end - 1 >= MIN_GARCH_RETURNS:
         garch = fit_garch_t(GARCH_SCALE * returns[max(0, fit_end - 1 - GARCH_FIT) : fit_end - 1])
-    if garch is not None:
-        sigma = np.full(closes.size, np.nan)
-        # As-of close i knows returns[: i]; the forecast of return i (into close i + 1) sits at index i - 1.
-        sigma[1:] = np.sqrt(garch_forecasts(GARCH_SCALE * returns, garch)) / GARCH_SCALE
-        scales[GARCH] = sigma
     har = None
     if fit_end >= MIN_FIT:
-        variance = parkinson(*prices.ohlc)
         try:
-            har = fit_har(variance, fit_end, train_start=max(0, fit_end - HAR_FIT))
+            har = fit_har(parkinson(*prices.ohlc), fit_end, train_start=max(0, fit_end - HAR_FIT))
         except ValueError:  # too few usable sessions (flat or missing ranges)
             har = None
-    if har is not None:
-        scales[HAR_PARKINSON] = har_sigma(parkinson(*prices.ohlc), har)
-    return scales, har, garch
+    return _Fits(har, garch)
 
 
-def _empirical(prices: _Prices, positions: np.ndarray) -> dict[str, np.ndarray]:
-    returns = np.diff(np.log(prices.closes))
-    bounds: dict[str, np.ndarray] = {}
-    for level in LEVELS:
-        lower, upper = interval_columns(level)
-        tail = (1 - level) / 2
-        quantiles = np.array(
-            [np.quantile(returns[max(0, i - EMPIRICAL_LOOKBACK) : i], [tail, 1 - tail]) for i in positions]
-        )
-        bounds[lower] = prices.forecasts[positions] * np.exp(quantiles[:, 0])
-        bounds[upper] = prices.forecasts[positions] * np.exp(quantiles[:, 1])
-    return bounds
+def _sigma(prices: _Prices, method: str, fits: _Fits) -> np.ndarray | None:
+    """One candidate's volatility at every as-of position, from already fitted models; None if it has none."""
+    if method == EWMA:
+        return ewma_volatility(prices.closes)
+    if method == GARCH and fits.garch is not None:
+        returns = np.diff(np.log(prices.closes))
+        sigma = np.full(prices.closes.size, np.nan)
+        # As-of close i knows returns[: i]; the forecast of return i (into close i + 1) sits at index i - 1.
+        sigma[1:] = np.sqrt(garch_forecasts(GARCH_SCALE * returns, fits.garch)) / GARCH_SCALE
+        return sigma
+    if method == HAR_PARKINSON and fits.har is not None:
+        return har_sigma(parkinson(*prices.ohlc), fits.har)
+    return None
 
 
 def _calibrate(prices: _Prices, sigma: np.ndarray, window: np.ndarray) -> tuple[float, ...]:
-    scores = np.abs(np.log(prices.closes[window + 1] / prices.forecasts[window])) / sigma[window]
+    scores = scaled_scores(prices.closes[window + 1], prices.closes[window], sigma[window])
     scores = scores[np.isfinite(scores)]
     return tuple(conformal_quantile(scores, level) for level in LEVELS)
 
@@ -143,31 +138,19 @@ def _tracked(
     prices: _Prices, sigma: np.ndarray, quantiles: tuple[float, ...], positions: np.ndarray
 ) -> dict[str, np.ndarray]:
     """Bounds over consecutive positions, each quantile moved after every known outcome (as the LSTM's are)."""
-    forecasts, scale = prices.forecasts[positions], sigma[positions]
-    known = positions + 1 < prices.closes.size
-    actual = np.where(known, prices.closes[np.minimum(positions + 1, prices.closes.size - 1)], np.nan)
-    bounds: dict[str, np.ndarray] = {}
-    for level, q0 in zip(LEVELS, quantiles, strict=True):
-        lower, upper = interval_columns(level)
-        q, used = q0, np.empty(positions.size)
-        for k in range(positions.size):
-            used[k] = q
-            half = q * scale[k]
-            if known[k] and math.isfinite(half) and math.isfinite(forecasts[k]):
-                missed = not forecasts[k] * math.exp(-half) <= actual[k] <= forecasts[k] * math.exp(half)
-                q = max(0.0, q + TRACKING_STEP * q0 * (missed - (1 - level)))
-        bounds[lower], bounds[upper] = forecasts * np.exp(-used * scale), forecasts * np.exp(used * scale)
+    start = zip(LEVELS, quantiles, quantiles, strict=True)
+    bounds, _, _ = track(prices.closes, positions, prices.closes[positions], sigma[positions], start, TRACKING_STEP)
     return bounds
 
 
 def _summary(prices: _Prices, bounds: dict[str, np.ndarray], positions: np.ndarray) -> dict[str, float]:
-    actual = prices.closes[positions + 1]
+    actual, last = prices.closes[positions + 1], prices.closes[positions]
     summary: dict[str, float] = {}
     for level in LEVELS:
         lower, upper = (bounds[c] for c in interval_columns(level))
-        suffix = level_name(level)
-        summary[f"coverage_{suffix}"] = float(np.mean((actual >= lower) & (actual <= upper)))
-        summary[f"winkler_{suffix}"] = float(np.mean(winkler_scores(actual, lower, upper, level)))
+        score = score_interval(actual, lower, upper, level, last)
+        summary[f"coverage_{level_name(level)}"] = score.coverage
+        summary[f"winkler_{level_name(level)}"] = score.winkler
     return summary
 
 
@@ -189,51 +172,49 @@ def _choose(validation: dict[str, dict[str, float]]) -> str:
     return min(pool, key=relative_winkler)
 
 
-def choose_intervals(history: pd.DataFrame, forecasts: np.ndarray, first_out_of_sample: int) -> IntervalChoice:
-    """The method to serve from `first_out_of_sample` on, chosen on the validation window before it.
-
-    `forecasts[i]` is the point forecast made at as-of position i (for close i + 1), NaN where there is none.
-    Raises ValueError when the history before `first_out_of_sample` is shorter than the two windows.
-    """
-    prices = _prices(history, forecasts)
+def choose_intervals(history: pd.DataFrame, first_out_of_sample: int) -> IntervalChoice:
+    """The method a naive champion serves from as-of position `first_out_of_sample` on, chosen on the validation
+    window before it. Raises ValueError when the history before it is shorter than the two windows."""
+    prices = _prices(history)
     validation_window = np.arange(first_out_of_sample - WINDOW, first_out_of_sample)
     calibration_window = validation_window - WINDOW
-    if calibration_window[0] < 1 or not np.all(
-        np.isfinite(prices.forecasts[calibration_window[0] : first_out_of_sample])
-    ):
+    if calibration_window[0] < 1:
         raise ValueError(f"choosing an interval method needs {2 * WINDOW + 1} sessions with forecasts before it")
-    scales, har, garch = _scales(prices, fit_end=int(calibration_window[0]))
-    validation = {EMPIRICAL: _summary(prices, _empirical(prices, validation_window), validation_window)}
-    for method, sigma in scales.items():
-        quantiles = _calibrate(prices, sigma, calibration_window)
-        if all(math.isfinite(q) for q in quantiles) and np.all(np.isfinite(sigma[validation_window])):
-            tracked = _tracked(prices, sigma, quantiles, validation_window)
-            validation[method] = _summary(prices, tracked, validation_window)
+    fits = _fit(prices, fit_end=int(calibration_window[0]))
+    empirical = naive_intervals(prices.closes, validation_window)
+    validation = {EMPIRICAL: _summary(prices, empirical, validation_window)}
+    quantiles: dict[str, tuple[float, ...]] = {}
+    for method in CANDIDATES[1:]:
+        sigma = _sigma(prices, method, fits)
+        if sigma is None or not np.all(np.isfinite(sigma[validation_window])):
+            continue
+        start = _calibrate(prices, sigma, calibration_window)
+        if all(math.isfinite(q) for q in start):
+            validation[method] = _summary(prices, _tracked(prices, sigma, start, validation_window), validation_window)
+            # Recalibrated on the validation window, the most recent one, for serving after it.
+            quantiles[method] = _calibrate(prices, sigma, validation_window)
     method = _choose(validation)
-    final = () if method == EMPIRICAL else _calibrate(prices, scales[method], validation_window)
     return IntervalChoice(
         method,
         first_out_of_sample,
-        final,
+        quantiles.get(method, ()),
         validation,
-        har if method == HAR_PARKINSON else None,
-        garch if method == GARCH else None,
+        fits.har if method == HAR_PARKINSON else None,
+        fits.garch if method == GARCH else None,
     )
 
 
-def served_bounds(
-    history: pd.DataFrame, forecasts: np.ndarray, choice: IntervalChoice, positions: np.ndarray
-) -> dict[str, np.ndarray]:
+def served_bounds(history: pd.DataFrame, choice: IntervalChoice, positions: np.ndarray) -> dict[str, np.ndarray]:
     """The chosen method's bounds at `positions` (increasing, none before the choice's first out-of-sample one),
     tracked through every session from there, each using only outcomes known by its as-of close."""
-    prices = _prices(history, forecasts)
+    prices = _prices(history)
     positions = np.asarray(positions, dtype="int64")
     if positions.size and positions[0] < choice.first_out_of_sample:
         raise ValueError("served bounds start at the choice's first out-of-sample session")
-    if choice.method == EMPIRICAL:
-        return _empirical(prices, positions)
-    scales, _har, _garch = _scales(prices, fit_end=choice.first_out_of_sample - 2 * WINDOW)
+    sigma = _sigma(prices, choice.method, _Fits(choice.har, choice.garch))
+    if sigma is None:
+        return naive_intervals(prices.closes, positions)
     span = np.arange(choice.first_out_of_sample, int(positions.max()) + 1) if positions.size else positions
-    tracked = _tracked(prices, scales[choice.method], choice.quantiles, span)
+    tracked = _tracked(prices, sigma, choice.quantiles, span)
     picked = positions - choice.first_out_of_sample
     return {column: values[picked] for column, values in tracked.items()}

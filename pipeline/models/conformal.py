@@ -22,7 +22,7 @@ last session whose outcome is known (the state for the next session).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -120,7 +120,12 @@ def conformity_scores(
         raise IndexError("the last as-of session has no next close to score against")
     forecasts = _forecasts_for(positions, forecasts)
     sigma = ewma_volatility(closes, ewma_lambda, ewma_window, min_returns)[positions]
-    return np.abs(np.log(closes[positions + 1] / forecasts)) / np.maximum(sigma, SIGMA_FLOOR)
+    return scaled_scores(closes[positions + 1], forecasts, sigma)
+
+
+def scaled_scores(actual: np.ndarray, forecasts: np.ndarray, sigma: np.ndarray) -> np.ndarray:
+    """|log(actual / forecast)| / sigma: the conformity score of any volatility-scaled interval."""
+    return np.abs(np.log(actual / forecasts)) / np.maximum(sigma, SIGMA_FLOOR)
 
 
 def _forecasts_for(positions: np.ndarray, forecasts: np.ndarray) -> np.ndarray:
@@ -213,7 +218,28 @@ def tracked_intervals(
         raise ValueError("tracking needs as-of positions in increasing order")
     forecasts = _forecasts_for(positions, forecasts)
     sigma = ewma_volatility(closes, calibration.ewma_lambda, calibration.ewma_window, calibration.min_returns)
-    sigma = sigma[positions]
+    intervals, tracked, learned = track(
+        closes,
+        positions,
+        forecasts,
+        sigma[positions],
+        zip(calibration.levels, calibration.quantiles, calibration.calibrated_quantiles, strict=False),
+        calibration.step,
+    )
+    return intervals, replace(calibration, quantiles=tracked, n_tracked=calibration.n_tracked + learned)
+
+
+def track(
+    closes: np.ndarray,
+    positions: np.ndarray,
+    forecasts: np.ndarray,
+    sigma: np.ndarray,
+    start: Iterable[tuple[float, float, float]],
+    step: float,
+) -> tuple[dict[str, np.ndarray], tuple[float, ...], int]:
+    """Quantile tracking of any volatility-scaled interval over consecutive as-of `positions` (`forecasts` and
+    `sigma` given at each), from `start`: (level, current quantile, calibrated quantile) per level. Returns the
+    intervals, the quantiles after the last known outcome, and how many outcomes moved them."""
     actual = np.full(positions.size, np.nan)
     has_next = positions + 1 < len(closes)
     actual[has_next] = closes[positions[has_next] + 1]
@@ -222,9 +248,9 @@ def tracked_intervals(
 
     intervals: dict[str, np.ndarray] = {}
     tracked = []
-    for level, q, q0 in zip(calibration.levels, calibration.quantiles, calibration.calibrated_quantiles, strict=False):
+    for level, q, q0 in start:
         lower_name, upper_name = interval_columns(level)
-        alpha, eta = 1 - level, calibration.step * q0
+        alpha, eta = 1 - level, step * q0
         quantile_used = np.empty(positions.size)
         for k in range(positions.size):
             quantile_used[k] = q
@@ -235,6 +261,4 @@ def tracked_intervals(
             q = max(0.0, q + eta * (missed - alpha))
         intervals[lower_name], intervals[upper_name] = _bounds(forecasts, quantile_used, sigma)
         tracked.append(float(q))
-    return intervals, replace(
-        calibration, quantiles=tuple(tracked), n_tracked=calibration.n_tracked + int(learns.sum())
-    )
+    return intervals, tuple(tracked), int(learns.sum())

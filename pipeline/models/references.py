@@ -11,7 +11,8 @@ import numpy as np
 from scipy import stats
 
 from pipeline.models.intervals import LEVELS, check_levels, interval_columns
-from pipeline.models.volatility_estimators import ewma_sigma, garch_t_sigma, standardized_t_quantile
+from pipeline.models.volatility import ewma_volatility
+from pipeline.models.volatility_estimators import garch_t_sigma, standardized_t_quantile
 
 EWMA = "ewma"
 GARCH_T = "garch_t"
@@ -31,7 +32,7 @@ def reference_intervals(
     returns = np.log(closes[1:] / closes[:-1])  # returns[k] is the return into close k + 1
     into_as_of = positions - 1
     last = closes[positions]
-    ewma = ewma_sigma(returns)[into_as_of]
+    ewma = ewma_volatility(closes)[positions]
     garch, nu = garch_t_sigma(returns, into_as_of, refit_every=GARCH_REFIT_EVERY, window=GARCH_WINDOW)
     bounds: dict[str, dict[str, np.ndarray]] = {EWMA: {}, GARCH_T: {}}
     for level in check_levels(levels):

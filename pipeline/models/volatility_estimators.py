@@ -3,18 +3,14 @@
 Every forecast here is strictly one step ahead: the value at position t uses data up to and including t and
 forecasts the log return from t to t + 1. Inputs are numpy arrays; nothing here reads or writes files.
 
-- `ewma_sigma`: RiskMetrics exponentially weighted volatility (J.P. Morgan/Reuters, RiskMetrics Technical
-  Document, 4th ed. 1996, §5.2; lambda = 0.94 for daily data).
 - `garch_t_sigma`: GARCH(1,1) (Bollerslev 1986, J. Econometrics 31(3)) with standardised Student-t errors
   (Bollerslev 1987, Rev. Econ. Stat. 69(3)), fitted by the `arch` package (Sheppard, arch 8.0).
-- `parkinson` (Parkinson 1980, J. Business 53(1)), `garman_klass` (Garman & Klass 1980, J. Business 53(1)),
-  `rogers_satchell` (Rogers & Satchell 1991, Ann. Appl. Probab. 1(4)) and `yang_zhang` (Yang & Zhang 2000,
-  J. Business 73(3)): daily variance from Open/High/Low/Close.
+- `parkinson` (Parkinson 1980, J. Business 53(1)), `garman_klass` (Garman & Klass 1980, J. Business 53(1)) and
+  `rogers_satchell` (Rogers & Satchell 1991, Ann. Appl. Probab. 1(4)): daily variance from Open/High/Low/Close.
 - `fit_har` / `har_sigma`: the heterogeneous autoregressive model of Corsi (2009, J. Financial Econometrics
   7(2)), here on the log of a range-based variance, with daily, weekly (5) and monthly (22) components.
 
-This module sits beside `pipeline.models.volatility` (the EWMA of closes that the served intervals use) rather
-than inside it, so the references can be benchmarked without touching what is served.
+The RiskMetrics EWMA of closes is `pipeline.models.volatility.ewma_volatility`, shared with the LSTM's intervals.
 """
 
 from __future__ import annotations
@@ -24,8 +20,6 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from arch import arch_model
-from arch.utility.exceptions import ConvergenceWarning, DataScaleWarning
 from scipy import signal, stats
 
 RISKMETRICS_LAMBDA = 0.94
@@ -40,7 +34,6 @@ FALLBACK_GARCH = (0.0, 1 - RISKMETRICS_LAMBDA, RISKMETRICS_LAMBDA, math.inf)
 # be -inf and dominate an OLS in logs. 1e-8 is a 0.01% daily standard deviation, below any real tick.
 VARIANCE_FLOOR = 1e-8
 HAR_HORIZONS = (1, 5, 22)
-YANG_ZHANG_WINDOW = 22
 
 
 def _vector(values: np.ndarray, name: str) -> np.ndarray:
@@ -55,23 +48,6 @@ def _finite_returns(log_returns: np.ndarray) -> np.ndarray:
     if not np.all(np.isfinite(returns)):
         raise ValueError("log_returns must be finite")
     return returns
-
-
-# -- EWMA ----------------------------------------------------------------------------------------
-
-
-def ewma_sigma(log_returns: np.ndarray, lam: float = RISKMETRICS_LAMBDA) -> np.ndarray:
-    """sigma[t]: RiskMetrics forecast, made at t, of the volatility of log return t + 1.
-
-    Zero-mean recursion S_t = lam S_{t-1} + (1 - lam) r_t^2 from S_{-1} = 0, divided by 1 - lam**(t+1) so the
-    weights on r_0..r_t sum to one: no pre-sample seed is needed, and nothing after t is used.
-    """
-    if not 0 < lam < 1:
-        raise ValueError(f"lam must lie in (0, 1), got {lam}")
-    returns = _finite_returns(log_returns)
-    smoothed = signal.lfilter([1 - lam], [1, -lam], returns**2)
-    weight = 1 - lam ** np.arange(1, returns.size + 1, dtype="float64")
-    return np.sqrt(smoothed / weight)
 
 
 # -- GARCH(1,1)-t ------------------------------------------------------------------------------------
@@ -89,6 +65,10 @@ class GarchParams:
 
 def fit_garch_t(scaled: np.ndarray) -> GarchParams | None:
     """GARCH(1,1)-t fit; None when arch fails, does not converge or returns an inadmissible point."""
+    # Imported here: `arch` (and the statsmodels it brings) costs every process that only imports scoring ~0.5 s.
+    from arch import arch_model
+    from arch.utility.exceptions import ConvergenceWarning, DataScaleWarning
+
     try:
         with warnings.catch_warnings():
             # A non-converged fit is detected from convergence_flag below; the warnings would only be noise.
@@ -202,36 +182,6 @@ def rogers_satchell(open_: np.ndarray, high: np.ndarray, low: np.ndarray, close:
     """Per-session variance ln(H/C) ln(H/O) + ln(L/C) ln(L/O); unbiased under a drift, unlike Parkinson's."""
     o, h, lo, c = _log_ohlc(open_, high, low, close)
     return (h - c) * (h - o) + (lo - c) * (lo - o)
-
-
-def yang_zhang(
-    open_: np.ndarray, high: np.ndarray, low: np.ndarray, close: np.ndarray, window: int = YANG_ZHANG_WINDOW
-) -> np.ndarray:
-    """Variance over the `window` sessions ending at each session: overnight + k open-to-close + (1 - k) RS.
-
-    k = 0.34 / (1.34 + (n + 1) / (n - 1)) minimises the estimator's variance (Yang & Zhang 2000, eq. 9).
-    The overnight return needs the previous close, so the first value is at session `window`; NaN before.
-    """
-    if window < 2:
-        raise ValueError("yang_zhang needs a window of at least 2 sessions")
-    o, h, lo, c = _log_ohlc(open_, high, low, close)
-    out = np.full(o.size, np.nan)
-    if o.size <= window:
-        return out
-    overnight = o[1:] - c[:-1]  # session t's gap, at index t - 1
-    intraday = (c - o)[1:]
-    rs = ((h - c) * (h - o) + (lo - c) * (lo - o))[1:]
-    k = 0.34 / (1.34 + (window + 1) / (window - 1))
-
-    def rolling(x: np.ndarray) -> np.ndarray:
-        return np.lib.stride_tricks.sliding_window_view(x, window)
-
-    out[window:] = (
-        rolling(overnight).var(axis=1, ddof=1)
-        + k * rolling(intraday).var(axis=1, ddof=1)
-        + (1 - k) * rolling(rs).mean(axis=1)
-    )
-    return out
 
 
 # -- HAR of log range variance ------------------------------------------------------------------------

@@ -35,7 +35,7 @@ def msft():
 def test_every_candidate_is_scored_on_validation_and_the_choice_is_one_of_them(msft):
     history, closes = msft
     first = len(closes) - 251
-    choice = choose_intervals(history, closes, first)
+    choice = choose_intervals(history, first)
     assert set(choice.validation) == set(CANDIDATES)
     assert choice.method in CANDIDATES and choice.first_out_of_sample == first
     for scores in choice.validation.values():
@@ -46,36 +46,36 @@ def test_every_candidate_is_scored_on_validation_and_the_choice_is_one_of_them(m
 def test_prices_from_the_first_out_of_sample_target_on_never_touch_the_choice(msft):
     history, closes = msft
     first = len(closes) - 251
-    choice = choose_intervals(history, closes, first)
+    choice = choose_intervals(history, first)
     shocked = history.copy()
     later = shocked.index > first  # every target close of the out-of-sample sessions, and their bars
     for column in ("Open", "High", "Low", "Close"):
         shocked.loc[later, column] = shocked.loc[later, column] * 1.5
-    again = choose_intervals(shocked, shocked["Close"].to_numpy("float64"), first)
+    again = choose_intervals(shocked, first)
     assert dataclasses.asdict(again) == dataclasses.asdict(choice), "bit-identical method, quantiles and fits"
 
 
 def test_served_bounds_start_from_the_recalibrated_quantiles_and_track_known_outcomes(msft):
     history, closes = msft
     first = len(closes) - 251
-    choice = choose_intervals(history, closes, first)
+    choice = choose_intervals(history, first)
     positions = np.arange(first, len(closes) - 1)
-    bounds = served_bounds(history, closes, choice, positions)
+    bounds = served_bounds(history, choice, positions)
     assert set(bounds) == {"lower_80", "upper_80", "lower_95", "upper_95"}
     assert np.all(bounds["lower_95"] < bounds["lower_80"]) and np.all(bounds["lower_80"] < closes[positions])
     assert np.all(closes[positions] < bounds["upper_80"]) and np.all(bounds["upper_80"] < bounds["upper_95"])
     # One position alone gets the same bounds as in the run over the whole span (tracking starts at `first`).
-    alone = served_bounds(history, closes, choice, positions[:1])
+    alone = served_bounds(history, choice, positions[:1])
     assert alone["upper_80"][0] == bounds["upper_80"][0]
     with pytest.raises(ValueError, match="first out-of-sample"):
-        served_bounds(history, closes, choice, positions - 1)
+        served_bounds(history, choice, positions - 1)
 
 
 def test_a_history_shorter_than_the_two_windows_cannot_choose(msft):
     history, _ = msft
     short = history.tail(2 * WINDOW).reset_index(drop=True)
     with pytest.raises(ValueError, match="sessions with forecasts"):
-        choose_intervals(short, short["Close"].to_numpy("float64"), len(short) - 1)
+        choose_intervals(short, len(short) - 1)
 
 
 def test_the_rule_prefers_calibrated_coverage_then_the_lowest_relative_winkler():
@@ -105,8 +105,8 @@ def test_the_description_names_the_method_and_where_it_was_chosen():
 def test_predict_serves_a_naive_champion_the_method_chosen_on_the_latest_validation_sessions(msft):
     history, closes = msft
     forecast = forecast_next("MSFT", NaiveForecaster(), history, "1")
-    choice = choose_intervals(history, closes, len(closes) - 1)
-    bounds = served_bounds(history, closes, choice, np.array([len(closes) - 1]))
+    choice = choose_intervals(history, len(closes) - 1)
+    bounds = served_bounds(history, choice, np.array([len(closes) - 1]))
     assert forecast.forecast_close == closes[-1] and forecast.as_of == "2017-11-10"
     assert forecast.interval_method == choice.description
     assert (forecast.lower_80, forecast.upper_95) == (bounds["lower_80"][0], bounds["upper_95"][0])
@@ -119,3 +119,17 @@ def test_predict_falls_back_to_the_models_own_bounds_on_a_short_history(msft):
     forecast = forecast_next("MSFT", NaiveForecaster(), short, "1")
     assert forecast.interval_method == NaiveForecaster.interval_method
     assert forecast.lower_80 is not None and forecast.lower_80 < forecast.forecast_close
+
+
+def test_a_volatility_model_that_cannot_be_fitted_sits_out_and_a_method_is_still_chosen(msft):
+    history, closes = msft
+    flat = history.copy()
+    # Every session up to the end of the fit window trades at one price: GARCH has no variance to fit.
+    for column in ("Open", "High", "Low", "Close"):
+        flat.loc[: len(closes) - 600, column] = 50.0
+    first = len(closes) - 251
+    choice = choose_intervals(flat, first)
+    assert "garch" not in choice.validation and choice.garch is None
+    assert choice.method in choice.validation
+    bounds = served_bounds(flat, choice, np.arange(first, len(closes) - 1))
+    assert all(np.isfinite(values).all() for values in bounds.values())

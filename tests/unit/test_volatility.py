@@ -11,7 +11,6 @@ import pytest
 from arch import arch_model
 
 from pipeline.models.volatility_estimators import (
-    ewma_sigma,
     fit_har,
     garch_t_sigma,
     garman_klass,
@@ -19,7 +18,6 @@ from pipeline.models.volatility_estimators import (
     parkinson,
     rogers_satchell,
     standardized_t_quantile,
-    yang_zhang,
 )
 
 SNAPSHOTS = Path(__file__).resolve().parents[2] / "data" / "snapshots"
@@ -29,28 +27,6 @@ SNAPSHOTS = Path(__file__).resolve().parents[2] / "data" / "snapshots"
 def gspc_returns() -> np.ndarray:
     closes = pd.read_csv(SNAPSHOTS / "GSPC.csv")["Close"].to_numpy(dtype="float64")
     return np.diff(np.log(closes))
-
-
-# -- EWMA ----------------------------------------------------------------------------------------
-
-
-def test_ewma_matches_a_hand_unrolled_three_step_recursion():
-    r = np.array([0.01, -0.02, 0.015])
-    lam = 0.94
-    s0 = (1 - lam) * r[0] ** 2
-    s1 = lam * s0 + (1 - lam) * r[1] ** 2
-    s2 = lam * s1 + (1 - lam) * r[2] ** 2
-    expected = np.sqrt([s0 / (1 - lam), s1 / (1 - lam**2), s2 / (1 - lam**3)])
-    np.testing.assert_allclose(ewma_sigma(r, lam), expected, rtol=1e-12)
-    # The first forecast is just |r_0|: the weights on what has been seen sum to one.
-    assert ewma_sigma(r, lam)[0] == pytest.approx(0.01, rel=1e-12)
-
-
-def test_ewma_rejects_bad_input():
-    with pytest.raises(ValueError, match="lam"):
-        ewma_sigma(np.ones(3), 1.0)
-    with pytest.raises(ValueError, match="finite"):
-        ewma_sigma(np.array([0.01, np.nan]))
 
 
 # -- Range-based variance --------------------------------------------------------------------------
@@ -78,32 +54,6 @@ def test_range_estimators_give_nan_for_non_positive_prices_and_match_their_formu
     u, d, k = math.log(103 / 100), math.log(98 / 100), math.log(99 / 100)  # high, low, close relative to open
     assert garman_klass(o, h, lo, c)[0] == pytest.approx(0.5 * (u - d) ** 2 - (2 * math.log(2) - 1) * k**2)
     assert rogers_satchell(o, h, lo, c)[0] == pytest.approx(u * (u - k) + d * (d - k))
-
-
-def test_yang_zhang_matches_an_explicit_loop():
-    rng = np.random.default_rng(3)
-    close = 100 * np.exp(np.cumsum(rng.normal(0, 0.01, 30)))
-    open_ = close * np.exp(rng.normal(0, 0.004, 30))
-    high = np.maximum(open_, close) * np.exp(np.abs(rng.normal(0, 0.005, 30)))
-    low = np.minimum(open_, close) * np.exp(-np.abs(rng.normal(0, 0.005, 30)))
-    n = 5
-    out = yang_zhang(open_, high, low, close, window=n)
-    k = 0.34 / (1.34 + (n + 1) / (n - 1))
-    t = 17
-    sessions = range(t - n + 1, t + 1)
-    overnight = [math.log(open_[s] / close[s - 1]) for s in sessions]
-    intraday = [math.log(close[s] / open_[s]) for s in sessions]
-    rs = [
-        math.log(high[s] / close[s]) * math.log(high[s] / open_[s])
-        + math.log(low[s] / close[s]) * math.log(low[s] / open_[s])
-        for s in sessions
-    ]
-    expected = np.var(overnight, ddof=1) + k * np.var(intraday, ddof=1) + (1 - k) * np.mean(rs)
-    assert out[t] == pytest.approx(expected, rel=1e-10)
-    assert np.isnan(out[:n]).all() and np.isfinite(out[n:]).all()
-
-
-# -- HAR ---------------------------------------------------------------------------------------------
 
 
 def test_har_fit_matches_an_independent_least_squares_and_ignores_later_sessions():
