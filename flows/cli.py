@@ -405,7 +405,7 @@ def predict(
                 raise fail(f"{ticker}: no champion yet; run `stockpipe run --tickers {ticker}` first")
             model = tracker.load(champion, ticker)
         history = PriceStore(settings.store_dir, settings.locks_dir).read(ticker)
-        forecast = forecast_next(ticker, model, history, champion.version)
+        forecast = forecast_next(ticker, model, history, champion.version, champion.serves_chosen_intervals)
     except (ModelRefused, StoreUnreadable, TrackingUnavailable, ValueError) as exc:
         raise fail(str(exc)) from None
     if as_json:

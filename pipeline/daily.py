@@ -318,6 +318,7 @@ def _train_and_decide(
             champion_before=opened.champion_before,
             policy=ctx.policy,
             blocks=ctx.config.eval_blocks,
+            champion_serves_chosen=opened.champion.serves_chosen_intervals,
         )
     ctx.check_stop("scoring")
     with _timed(timings, "track"):

@@ -42,8 +42,12 @@ def _bound(row: pd.Series, column: str) -> float | None:
     return None if value is None or not math.isfinite(float(value)) else float(value)
 
 
-def forecast_next(ticker: str, model: Forecaster, history: pd.DataFrame, model_version: str) -> Forecast:
-    """Forecast the session after the last stored one."""
+def forecast_next(
+    ticker: str, model: Forecaster, history: pd.DataFrame, model_version: str, chosen_intervals: bool = False
+) -> Forecast:
+    """Forecast the session after the last stored one. A naive model, or one crowned with `chosen_intervals`
+    (its own intervals scored worse at promotion), serves the intervals of the method the latest validation
+    sessions favour."""
     if history.empty:
         raise ValueError(f"{ticker}: no stored prices; run `stockpipe run` first")
     recent = history.tail(min_input_rows(model))
@@ -52,8 +56,8 @@ def forecast_next(ticker: str, model: Forecaster, history: pd.DataFrame, model_v
         raise ValueError(f"{ticker}: the model needs more history than the {len(recent)} stored session(s)")
     last = predictions.iloc[-1]
     interval_method = getattr(model, "interval_method", None)
-    if model.kind == NAIVE:
-        served = _naive_served(history)
+    if model.kind == NAIVE or chosen_intervals:
+        served = _chosen_served(history)
         if served is not None:
             last = last.copy()
             for column, value in served[0].items():
@@ -77,7 +81,7 @@ def forecast_next(ticker: str, model: Forecaster, history: pd.DataFrame, model_v
     )
 
 
-def _naive_served(history: pd.DataFrame) -> tuple[dict[str, float], str] | None:
+def _chosen_served(history: pd.DataFrame) -> tuple[dict[str, float], str] | None:
     """The next session's bounds around the last close from the interval method the latest validation sessions
     favour, and its description; None when the history is too short to choose (the model's own bounds serve)."""
     prices = history.reset_index(drop=True)

@@ -11,7 +11,14 @@ from typing import Any
 from pipeline.common.outcome import TickerOutcome
 from pipeline.data.ingest import Admitted, admit, fetch_batch
 from pipeline.evaluation.evidence import PromotionPolicy
-from pipeline.evaluation.promotion import Verdict, decide, describe
+from pipeline.evaluation.promotion import (
+    CHOSEN_INTERVALS,
+    IntervalServing,
+    Verdict,
+    decide,
+    describe,
+    interval_serving,
+)
 from pipeline.evaluation.scoring import Scores, score
 from pipeline.models.forecasters import Forecaster
 from pipeline.models.training import Challenger, train_challenger
@@ -28,6 +35,18 @@ class Evaluation:
     champion_before: str
     scores: Scores
     verdict: Verdict
+    # For a promotion: whose intervals the new champion serves.
+    serving: IntervalServing | None = None
+
+    @property
+    def served_interval_metrics(self) -> dict[str, float]:
+        """How what serves after this decision scored on the test sessions."""
+        metrics = self.scores.interval_metrics
+        if not self.verdict.promote:
+            return metrics.get("champion", {})
+        if self.serving is not None and self.serving.source == CHOSEN_INTERVALS:
+            return self.scores.chosen_metrics or {}
+        return metrics.get("challenger", {})
 
 
 def evaluate(
@@ -40,20 +59,35 @@ def evaluate(
     champion_before: str,
     policy: PromotionPolicy,
     blocks: int,
+    champion_serves_chosen: bool = False,
 ) -> Evaluation:
     """Score the three models on the challenger's test sessions and decide (pure, once the champion is loaded)."""
     with tracking_errors(tracker.tracking_uri, f"tracking {ticker}"):
         tracker.set_tags(run_id, {"stage": SCORING})
-    scores = score(challenger.dataset, challenger.forecaster, champion, blocks)
+    scores = score(challenger.dataset, challenger.forecaster, champion, blocks, champion_serves_chosen)
     verdict = decide(scores.evidence, policy)
     log.info("%s: %s (%s)", ticker, verdict.decision.value, verdict.reason)
-    return Evaluation(champion_before, scores, verdict)
+    serving = None
+    if verdict.promote:
+        chosen = scores.served_choice.description if scores.served_choice else None
+        serving = interval_serving(scores.interval_metrics.get("challenger", {}), scores.chosen_metrics, chosen)
+        log.info("%s: the new champion serves %s", ticker, serving.reason)
+    return Evaluation(champion_before, scores, verdict, serving)
 
 
 def publish(
     tracker: Tracker, run_id: str, *, ticker: str, admitted: Admitted, challenger: Challenger, evaluation: Evaluation
 ) -> str | None:
     """Record the decision in the run, then apply it to the registry; safe to call again after a lost connection."""
+    scores = evaluation.scores
+    description = describe(
+        ticker,
+        evaluation.verdict,
+        scores.evidence,
+        evaluation.champion_before,
+        scores.interval_metrics,
+        evaluation.serving,
+    )
     with tracking_errors(tracker.tracking_uri, f"tracking {ticker}"):
         recorded = record(
             tracker,
@@ -61,13 +95,10 @@ def publish(
             ticker=ticker,
             admitted=admitted,
             challenger=challenger,
-            scores=evaluation.scores,
+            scores=scores,
             verdict=evaluation.verdict,
             champion_before=evaluation.champion_before,
-        )
-        scores = evaluation.scores
-        description = describe(
-            ticker, evaluation.verdict, scores.evidence, evaluation.champion_before, scores.interval_metrics
+            description=description,
         )
         return apply(
             tracker,
@@ -77,6 +108,7 @@ def publish(
             verdict=evaluation.verdict,
             recorded=recorded,
             description=description,
+            served_intervals=evaluation.serving.source if evaluation.serving else None,
         )
 
 
@@ -102,7 +134,7 @@ def decided_outcome(
     evaluation: Evaluation,
 ) -> TickerOutcome:
     evidence, intervals = evaluation.scores.evidence, evaluation.scores.interval_metrics.get("challenger", {})
-    served = intervals if evaluation.verdict.promote else evaluation.scores.interval_metrics.get("champion", {})
+    served = evaluation.served_interval_metrics
     return TickerOutcome(
         ticker=ticker,
         decision=evaluation.verdict.decision,

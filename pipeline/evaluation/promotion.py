@@ -19,6 +19,9 @@ from pipeline.evaluation.evidence import Check, Evidence, PromotionPolicy, judge
 
 CHAMPION_ALIAS = "champion"
 PREVIOUS_ALIAS = "previous"
+# Which intervals a champion serves around its point forecast: its own (a challenger's conformal ones) or those of
+# the method its ticker's validation sessions favour (pipeline.evaluation.served_intervals), as a naive one does.
+OWN_INTERVALS, CHOSEN_INTERVALS = "own", "chosen"
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,46 @@ class Verdict:
 def decide(evidence: Evidence, policy: PromotionPolicy) -> Verdict:
     promote, reason, checks = judge(evidence, policy)
     return Verdict(Decision.promoted if promote else Decision.kept, reason, tuple(checks), policy)
+
+
+@dataclass(frozen=True)
+class IntervalServing:
+    """The intervals a newly promoted champion serves, and why."""
+
+    source: str
+    reason: str
+
+
+def interval_serving(
+    challenger: Mapping[str, float], chosen: Mapping[str, float] | None, chosen_method: str | None = None
+) -> IntervalServing:
+    """Promotion is decided on the point forecast alone; this keeps it from making the served intervals worse.
+
+    On the test sessions the promotion was judged on, the challenger's own intervals are compared with the chosen
+    method's by the mean over 80% and 95% of their Winkler-score ratio (the rule the method itself was chosen by):
+    above 1, the champion serves the chosen method; a tie keeps its own.
+    """
+    keys = ("winkler_80", "winkler_95")
+    pairs = [(challenger.get(key), (chosen or {}).get(key)) for key in keys]
+    usable = [
+        (float(own), float(other))
+        for own, other in pairs
+        if own is not None and other is not None and math.isfinite(own) and math.isfinite(other) and other > 0
+    ]
+    if len(usable) < len(keys):
+        return IntervalServing(OWN_INTERVALS, "its own conformal intervals (no other method was scored)")
+    ratio = sum(own / other for own, other in usable) / len(usable)
+    method = chosen_method or "the validation-chosen method"
+    if ratio > 1:
+        return IntervalServing(
+            CHOSEN_INTERVALS,
+            f"{method}: the challenger's own intervals scored {ratio - 1:.1%} worse (Winkler, mean of 80% and 95%) "
+            "on the same test sessions",
+        )
+    return IntervalServing(
+        OWN_INTERVALS,
+        f"its own conformal intervals: {1 - ratio:.1%} better (Winkler) than {method} on the test sessions",
+    )
 
 
 def _num(value: float | None, digits: int = 4) -> str:
@@ -90,6 +133,7 @@ def describe(
     evidence: Evidence,
     champion_before: str,
     intervals: Mapping[str, Mapping[str, float]] | None = None,
+    serving: IntervalServing | None = None,
 ) -> str:
     """The run's description (Markdown): the decision in one sentence, then the figures the rule used, then how
     every interval set held up on the same sessions."""
@@ -120,6 +164,7 @@ def describe(
             "",
             f"{evidence.sessions} test sessions in {evidence.blocks} blocks; Diebold-Mariano (HLN-corrected, "
             f"one-sided) statistic {_num(evidence.dm_stat, 3)}.",
+            *(["", f"Served intervals: {serving.reason}."] if verdict.promote and serving else []),
             *(["", *interval_table(intervals)] if intervals else []),
         ]
     )

@@ -40,8 +40,10 @@ class Scores:
     interval_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     # The challenger's interval quantiles after tracking every test session: what it serves with from here on.
     challenger_calibration: IntervalCalibration | None = None
-    # The interval method a naive champion serves, with every candidate's validation scores.
+    # The interval method the sessions before the test ones favour (what a naive champion serves), with every
+    # candidate's validation scores, and how it scored on the test sessions.
     served_choice: IntervalChoice | None = None
+    chosen_metrics: dict[str, float] | None = None
 
     @property
     def test_days(self) -> list[str]:
@@ -53,7 +55,14 @@ def forecast_on_test(model: Forecaster, dataset: Dataset) -> pd.DataFrame:
     return model.predict(to_model_input(dataset.history))
 
 
-def score(dataset: Dataset, challenger: LstmForecaster, champion: Forecaster, blocks: int) -> Scores:
+def score(
+    dataset: Dataset,
+    challenger: LstmForecaster,
+    champion: Forecaster,
+    blocks: int,
+    champion_serves_chosen: bool = False,
+) -> Scores:
+    """`champion_serves_chosen`: the champion serves the chosen method's intervals (a naive one always does)."""
     test = dataset.test
     closes = dataset.history["Close"].to_numpy("float64")
     positions = as_of_positions(dataset, test.as_of)
@@ -78,10 +87,15 @@ def score(dataset: Dataset, challenger: LstmForecaster, champion: Forecaster, bl
         bounds[CHALLENGER], calibration = tracked_intervals(
             closes, forecasts[CHALLENGER], challenger.calibration, positions
         )
-    served_choice = _naive_served_choice(dataset, champion, positions)
+    served_choice = _served_choice(dataset, positions)
+    chosen_metrics = None
     if served_choice is not None:
-        # What a naive champion serves: the method its validation sessions favour, tracked over the test sessions.
-        bounds[CHAMPION] = served_bounds(dataset.history, served_choice, positions)
+        # The method the validation sessions favour, tracked over the test sessions: what a naive champion serves,
+        # and what a promoted challenger serves if its own intervals score worse.
+        chosen = served_bounds(dataset.history, served_choice, positions)
+        chosen_metrics = score_intervals(test.next_close, chosen, test.last_close)
+    if served_choice is not None and (champion.kind == NAIVE_KIND or champion_serves_chosen):
+        bounds[CHAMPION] = chosen
     else:
         champion_columns = [c for level in LEVELS for c in interval_columns(level) if c in champion_frame]
         if champion_columns:
@@ -101,13 +115,13 @@ def score(dataset: Dataset, challenger: LstmForecaster, champion: Forecaster, bl
         interval_metrics,
         calibration,
         served_choice,
+        chosen_metrics,
     )
 
 
-def _naive_served_choice(dataset: Dataset, champion: Forecaster, positions: np.ndarray) -> IntervalChoice | None:
-    """The interval method a naive champion serves over the test sessions, chosen on the sessions before them;
-    None for an LSTM champion (it serves its own calibrated intervals) or a history too short to choose on."""
-    if champion.kind != NAIVE_KIND or not positions.size:
+def _served_choice(dataset: Dataset, positions: np.ndarray) -> IntervalChoice | None:
+    """The interval method chosen on the sessions before the test ones; None if the history is too short to choose."""
+    if not positions.size:
         return None
     try:
         return choose_intervals(dataset.history, int(positions[0]))

@@ -8,7 +8,8 @@ forecasts the log return from t to t + 1. Inputs are numpy arrays; nothing here 
 - `parkinson` (Parkinson 1980, J. Business 53(1)), `garman_klass` (Garman & Klass 1980, J. Business 53(1)) and
   `rogers_satchell` (Rogers & Satchell 1991, Ann. Appl. Probab. 1(4)): daily variance from Open/High/Low/Close.
 - `fit_har` / `har_sigma`: the heterogeneous autoregressive model of Corsi (2009, J. Financial Econometrics
-  7(2)), here on the log of a range-based variance, with daily, weekly (5) and monthly (22) components.
+  7(2)), here on the log of a range-based variance, with daily, weekly (5) and monthly (22) components, and
+  optionally the leverage terms of Corsi & Renò's LHAR (2012).
 
 The RiskMetrics EWMA of closes is `pipeline.models.volatility.ewma_volatility`, shared with the LSTM's intervals.
 """
@@ -189,7 +190,8 @@ def rogers_satchell(open_: np.ndarray, high: np.ndarray, low: np.ndarray, close:
 
 @dataclass(frozen=True)
 class HarCoefficients:
-    """log v_{t+1} = intercept + daily log v_t + weekly log mean5_t + monthly log mean22_t + e, Var(e) = s^2."""
+    """log v_{t+1} = intercept + daily log v_t + weekly log mean5_t + monthly log mean22_t
+    [+ leverage . (mean of min(r, 0) over the last 1, 5 and 22 sessions)] + e, Var(e) = s^2."""
 
     intercept: float
     daily: float
@@ -197,30 +199,48 @@ class HarCoefficients:
     monthly: float
     residual_variance: float
     n_obs: int
+    # The LHAR terms of Corsi & Renò (2012, J. Business & Economic Statistics 30(3)); None for a plain HAR.
+    leverage: tuple[float, float, float] | None = None
+
+    @property
+    def vector(self) -> np.ndarray:
+        return np.array([self.intercept, self.daily, self.weekly, self.monthly, *(self.leverage or ())])
 
 
-def har_design(variance: np.ndarray) -> np.ndarray:
+def _trailing_means(values: np.ndarray, horizon: int) -> np.ndarray:
+    means = np.full(values.size, np.nan)
+    if values.size >= horizon:
+        means[horizon - 1 :] = np.lib.stride_tricks.sliding_window_view(values, horizon).mean(axis=1)
+    return means
+
+
+def har_design(variance: np.ndarray, log_returns: np.ndarray | None = None) -> np.ndarray:
     """Rows [1, log v_t, log mean(v_{t-4..t}), log mean(v_{t-21..t})] per session; NaN before session 21.
 
     Corsi averages the variances and then takes logs, so a flat day's floor only touches the daily term.
+    With `log_returns` (r_t = log(C_t / C_{t-1}), one per session, NaN for the first), three leverage columns
+    follow: the trailing means of min(r, 0) over 1, 5 and 22 sessions. Falls raise tomorrow's variance more
+    than rises (the leverage effect), which a symmetric model can only learn late.
     """
     v = np.fmax(_vector(variance, "variance"), VARIANCE_FLOOR)  # fmax keeps NaN sessions NaN
-    design = np.full((v.size, 1 + len(HAR_HORIZONS)), np.nan)
-    design[:, 0] = 1.0
-    for column, horizon in enumerate(HAR_HORIZONS, start=1):
-        if v.size >= horizon:
-            means = np.lib.stride_tricks.sliding_window_view(v, horizon).mean(axis=1)
-            design[horizon - 1 :, column] = np.log(means)
-    return design
+    columns = [np.ones(v.size)] + [np.log(_trailing_means(v, horizon)) for horizon in HAR_HORIZONS]
+    if log_returns is not None:
+        returns = _vector(log_returns, "log_returns")
+        if returns.size != v.size:
+            raise ValueError(f"{returns.size} returns for {v.size} sessions of variance")
+        columns += [_trailing_means(np.minimum(returns, 0.0), horizon) for horizon in HAR_HORIZONS]
+    return np.column_stack(columns)
 
 
-def fit_har(variance: np.ndarray, train_end: int, train_start: int = 0) -> HarCoefficients:
+def fit_har(
+    variance: np.ndarray, train_end: int, train_start: int = 0, log_returns: np.ndarray | None = None
+) -> HarCoefficients:
     """OLS of log v_{t+1} on `har_design` row t, using sessions train_start..train_end - 1 only.
 
     A row enters when its whole 22-session history and its target lie in that span (rows with NaN are
     dropped), so nothing at or after train_end touches the coefficients.
     """
-    design = har_design(variance)
+    design = har_design(variance, log_returns)
     if not 0 <= train_start < train_end <= design.shape[0]:
         raise ValueError(f"need 0 <= train_start < train_end <= {design.shape[0]}")
     target = np.log(np.fmax(_vector(variance, "variance"), VARIANCE_FLOOR))
@@ -233,11 +253,12 @@ def fit_har(variance: np.ndarray, train_end: int, train_start: int = 0) -> HarCo
     beta, *_ = np.linalg.lstsq(x, y, rcond=None)
     residuals = y - x @ beta
     s2 = float(residuals @ residuals / (y.size - x.shape[1]))
-    intercept, daily, weekly, monthly = (float(b) for b in beta)
-    return HarCoefficients(intercept, daily, weekly, monthly, residual_variance=s2, n_obs=int(y.size))
+    intercept, daily, weekly, monthly, *leverage = (float(b) for b in beta)
+    lev = (leverage[0], leverage[1], leverage[2]) if leverage else None
+    return HarCoefficients(intercept, daily, weekly, monthly, s2, int(y.size), lev)
 
 
-def har_sigma(variance: np.ndarray, coefficients: HarCoefficients) -> np.ndarray:
+def har_sigma(variance: np.ndarray, coefficients: HarCoefficients, log_returns: np.ndarray | None = None) -> np.ndarray:
     """sigma[t]: the HAR forecast, made at t, of the range-based volatility of session t + 1.
 
     The model is linear in log v, so exp(fitted log) estimates the conditional median of v, not its mean;
@@ -245,6 +266,7 @@ def har_sigma(variance: np.ndarray, coefficients: HarCoefficients) -> np.ndarray
     The result is in the range estimator's units (e.g. open-to-close for Parkinson), not close-to-close:
     a conformal scale absorbs the difference.
     """
-    b = np.array([coefficients.intercept, coefficients.daily, coefficients.weekly, coefficients.monthly])
-    log_forecast = har_design(variance) @ b + coefficients.residual_variance / 2
+    if (coefficients.leverage is None) != (log_returns is None):
+        raise ValueError("an LHAR needs the log returns it was fitted on, and a plain HAR none")
+    log_forecast = har_design(variance, log_returns) @ coefficients.vector + coefficients.residual_variance / 2
     return np.sqrt(np.exp(log_forecast))

@@ -9,7 +9,7 @@ from pipeline.common.outcome import Decision
 from pipeline.data.ingest import Admitted
 from pipeline.evaluation.promotion import Verdict
 from pipeline.registry.recording import APPLYING, DONE, MODEL_VERSION, STAGE, Recorded
-from pipeline.registry.tracking import Tracker
+from pipeline.registry.tracking import SERVED_INTERVALS_TAG, Tracker
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +23,7 @@ def apply(
     verdict: Verdict,
     recorded: Recorded,
     description: str,
+    served_intervals: str | None = None,
 ) -> str | None:
     """Register and crown a promoted challenger, then close the run; returns the new version, if any."""
     tracker.set_tags(run_id, {STAGE: APPLYING})
@@ -37,6 +38,7 @@ def apply(
                 "decision": verdict.decision.value,
                 "data_end": admitted.data_end,
                 "data_digest": admitted.data_digest,
+                **({SERVED_INTERVALS_TAG: served_intervals} if served_intervals else {}),
             },
         )
         version = str(registered.version)

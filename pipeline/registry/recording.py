@@ -24,7 +24,7 @@ from pipeline.common.settings import TrainingConfig
 from pipeline.data.ingest import Admitted
 from pipeline.evaluation.evidence import CHALLENGER, CHAMPION, NAIVE
 from pipeline.evaluation.plots import forecast_figure
-from pipeline.evaluation.promotion import Verdict, describe
+from pipeline.evaluation.promotion import Verdict
 from pipeline.evaluation.scoring import Scores
 from pipeline.models.forecasters import LstmForecaster, min_input_rows
 from pipeline.models.training import Challenger
@@ -170,7 +170,8 @@ def decision_report(
 
 
 def served_params(scores: Scores) -> dict[str, str]:
-    """How a naive champion's intervals are made from this run on (an LSTM champion serves its own)."""
+    """The interval method the validation sessions favour: what a naive champion serves from this run on, and an
+    LSTM one crowned with chosen intervals (its own scored worse at promotion)."""
     choice = scores.served_choice
     return {} if choice is None else {SERVED_INTERVAL_METHOD: choice.method}
 
@@ -184,6 +185,7 @@ def served_report(scores: Scores) -> dict[str, Any]:
             "method": choice.method,
             "description": choice.description,
             "validation": choice.validation,
+            "test": scores.chosen_metrics,
         }
     }
 
@@ -204,8 +206,10 @@ def record(
     scores: Scores,
     verdict: Verdict,
     champion_before: str,
+    description: str,
 ) -> Recorded:
-    """Everything about the decision into the run, and the challenger as a logged model linked to it."""
+    """Everything about the decision into the run (`description` is its Markdown note), and the challenger as a
+    logged model linked to it."""
     tracker.set_tags(run_id, {STAGE: RECORDING})
     tracker.log_params(run_id, {**data_params(admitted, challenger), **served_params(scores)})
     logged_metrics = tracker.client.get_run(run_id).data.metrics
@@ -228,7 +232,7 @@ def record(
             DECISION: verdict.decision.value,
             REASON: excerpt(verdict.reason, 1000),
             CHAMPION_BEFORE: champion_before,
-            DESCRIPTION_TAG: describe(ticker, verdict, scores.evidence, champion_before, scores.interval_metrics),
+            DESCRIPTION_TAG: description,
         },
     )
     return Recorded(logged, forecaster)

@@ -25,9 +25,9 @@ from mlflow.exceptions import MlflowException
 from pipeline.common.redact import excerpt, masked_uri
 from pipeline.common.settings import Settings
 from pipeline.common.symbols import MODEL_PREFIX, registered_model_name
-from pipeline.evaluation.promotion import CHAMPION_ALIAS, PREVIOUS_ALIAS
+from pipeline.evaluation.promotion import CHAMPION_ALIAS, CHOSEN_INTERVALS, PREVIOUS_ALIAS
 from pipeline.models import model_files
-from pipeline.models.forecasters import Forecaster
+from pipeline.models.forecasters import NAIVE, Forecaster
 from pipeline.registry.connection import is_already_there, is_not_found, open_client
 from pipeline.registry.logged_models import (
     KIND_TAG,
@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 
 # MLflow's own tag for a run's description, which its UI renders as Markdown.
 DESCRIPTION_TAG = "mlflow.note.content"
+# On a registered version: whose intervals it serves (pipeline.evaluation.promotion.interval_serving).
+SERVED_INTERVALS_TAG = "served_intervals"
 # MLflow 3 opens experiments in its GenAI view unless told they hold classic model training.
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 CLASSIC_ML = "custom_model_development"
@@ -56,6 +58,12 @@ class Champion:
     data_end: str | None
     manifest: str | None
     run_id: str | None
+    # CHOSEN_INTERVALS when the version was crowned serving the validation-chosen method's intervals.
+    served_intervals: str | None = None
+
+    @property
+    def serves_chosen_intervals(self) -> bool:
+        return self.kind == NAIVE or self.served_intervals == CHOSEN_INTERVALS
 
 
 class Tracker:
@@ -137,6 +145,7 @@ class Tracker:
             version.tags.get("data_end"),
             version.tags.get(MANIFEST_TAG),
             version.run_id,
+            version.tags.get(SERVED_INTERVALS_TAG),
         )
 
     def load(self, champion: Champion, ticker: str) -> Forecaster:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+from pathlib import Path
 
 import mlflow
 import pandas as pd
@@ -20,7 +21,7 @@ from pipeline.data.quarantine import Retention
 from pipeline.data.sources import CsvSource
 from pipeline.data.store import PriceStore
 from pipeline.evaluation.evidence import PromotionPolicy
-from pipeline.evaluation.promotion import Verdict
+from pipeline.evaluation.promotion import CHOSEN_INTERVALS, IntervalServing, Verdict
 from pipeline.registry import journal
 from pipeline.registry.connection import TrackingUnavailable
 from pipeline.registry.tracking import Tracker
@@ -105,6 +106,27 @@ def test_promoted_registers_the_challenger_crowns_it_and_records_the_decision(ct
     assert run.data.tags["mlflow.note.content"].startswith("**Promoted**")
     assert [int(m.step) for m in tracker.client.get_metric_history(run.info.run_id, "loss")] == [0]
     assert journal.read(ctx.reports_dir, "MSFT") == outcome
+
+
+def test_a_promotion_serving_the_chosen_method_tags_the_version_says_so_and_reports_what_serves(ctx):
+    def decided(tracker, run_id, **kwargs) -> Evaluation:
+        real = evaluate(tracker, run_id, **kwargs)
+        assert real.scores.chosen_metrics, "the chosen method is scored on the test sessions whatever the champion"
+        verdict = Verdict(Decision.promoted, "forced promoted for the test", real.verdict.checks, real.verdict.policy)
+        serving = IntervalServing(CHOSEN_INTERVALS, "the chosen method, forced for the test")
+        return dataclasses.replace(real, verdict=verdict, serving=serving)
+
+    # Three years: the interval choice needs 500 sessions before the test ones.
+    ctx = dataclasses.replace(ctx, config=tiny_config(history_years=3.0))
+    outcome = run_ticker("MSFT", ctx, as_of=AS_OF, stages=Stages(evaluate=decided))
+    champion = tracker_of(ctx).champion("MSFT")
+    assert champion is not None and champion.kind == "lstm" and champion.served_intervals == CHOSEN_INTERVALS
+    assert champion.serves_chosen_intervals
+    run = tracker_of(ctx).client.get_run(outcome.run_id)
+    assert "Served intervals: the chosen method, forced for the test." in run.data.tags["mlflow.note.content"]
+    saved = tracker_of(ctx).client.download_artifacts(outcome.run_id, "decision/decision.json", str(ctx.reports_dir))
+    chosen = json.loads(Path(saved).read_text())["served_intervals"]["test"]
+    assert outcome.served_coverage_80 == chosen["coverage_80"], "status shows what serves: the chosen method's"
 
 
 def test_kept_registers_nothing_and_leaves_the_champion(ctx):

@@ -8,7 +8,7 @@ import numpy as np
 from pipeline.common import codec
 from pipeline.common.outcome import Decision
 from pipeline.evaluation.evidence import PromotionPolicy, gather_evidence
-from pipeline.evaluation.promotion import decide, describe
+from pipeline.evaluation.promotion import CHOSEN_INTERVALS, OWN_INTERVALS, decide, describe, interval_serving
 
 POLICY = PromotionPolicy(min_relative_gain=0.002, promotion_alpha=0.10)
 
@@ -59,3 +59,26 @@ def test_the_verdict_and_the_description_carry_every_figure():
     assert "250 test sessions in 5 blocks" in text
     kept = describe("MSFT", decide(evidence_for(1.0, 0.3), POLICY), evidence, "v3 (lstm)")
     assert kept.startswith("**Kept** v3 (lstm) as MSFT's champion: gain over champion")
+
+
+def test_a_promoted_challenger_whose_intervals_score_worse_serves_the_chosen_methods():
+    chosen = {"winkler_80": 10.0, "winkler_95": 20.0}
+    worse = interval_serving({"winkler_80": 10.5, "winkler_95": 20.6}, chosen, "HAR")
+    assert worse.source == CHOSEN_INTERVALS and worse.reason.startswith("HAR: ") and "4.0% worse" in worse.reason
+    better = interval_serving({"winkler_80": 9.0, "winkler_95": 21.0}, chosen, "HAR")  # (0.9 + 1.05) / 2 < 1
+    assert better.source == OWN_INTERVALS and "2.5% better" in better.reason
+    assert interval_serving(dict(chosen), chosen).source == OWN_INTERVALS, "a tie keeps the challenger's own"
+    assert interval_serving({"winkler_80": 99.0, "winkler_95": 99.0}, None).source == OWN_INTERVALS
+    assert interval_serving({"winkler_80": 99.0}, chosen).source == OWN_INTERVALS, "half the figures decide nothing"
+    assert interval_serving({"winkler_80": float("nan"), "winkler_95": 1.0}, chosen).source == OWN_INTERVALS
+
+
+def test_a_promotion_says_whose_intervals_serve_and_why_and_a_kept_run_does_not():
+    promoted = decide(evidence_for(0.3, 1.0), POLICY)
+    serving = interval_serving(
+        {"winkler_80": 11.0, "winkler_95": 22.0}, {"winkler_80": 10.0, "winkler_95": 20.0}, "HAR"
+    )
+    text = describe("MSFT", promoted, evidence_for(0.3, 1.0), "v1", serving=serving)
+    assert "Served intervals: HAR: the challenger's own intervals scored 10.0% worse" in text
+    kept = decide(evidence_for(1.0, 0.3), POLICY)
+    assert "Served intervals" not in describe("MSFT", kept, evidence_for(1.0, 0.3), "v1", serving=serving)

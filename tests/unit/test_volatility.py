@@ -101,6 +101,32 @@ def x_row(variance: np.ndarray, t: int) -> np.ndarray:
     )
 
 
+def test_the_leverage_har_is_the_ols_of_the_har_rows_plus_trailing_mean_negative_returns():
+    rng = np.random.default_rng(11)
+    n, train_end = 90, 80
+    variance = np.exp(rng.normal(-9, 0.6, n))
+    returns = np.concatenate([[np.nan], rng.normal(0, 0.01, n - 1)])
+    falls = np.minimum(returns, 0.0)
+    rows, targets = [], []
+    for t in range(22, train_end - 1):  # row 21's monthly fall mean would reach the first session, without a return
+        leverage = [falls[t], falls[t - 4 : t + 1].mean(), falls[t - 21 : t + 1].mean()]
+        rows.append([*x_row(variance, t), *leverage])
+        targets.append(math.log(variance[t + 1]))
+    x, y = np.array(rows), np.array(targets)
+    beta, *_ = np.linalg.lstsq(x, y, rcond=None)
+    s2 = np.sum((y - x @ beta) ** 2) / (len(y) - 7)
+
+    fit = fit_har(variance, train_end, log_returns=returns)
+    np.testing.assert_allclose(fit.vector, beta, rtol=1e-9, atol=1e-12)
+    assert fit.leverage is not None and fit.residual_variance == pytest.approx(s2, rel=1e-9)
+    t = 85
+    row = [*x_row(variance, t), falls[t], falls[t - 4 : t + 1].mean(), falls[t - 21 : t + 1].mean()]
+    sigma = har_sigma(variance, fit, returns)
+    assert sigma[t] == pytest.approx(math.sqrt(math.exp(np.array(row) @ beta + s2 / 2)), rel=1e-9)
+    with pytest.raises(ValueError, match="LHAR"):
+        har_sigma(variance, fit)
+
+
 def test_har_fit_needs_enough_rows():
     with pytest.raises(ValueError, match="usable HAR rows"):
         fit_har(np.full(30, 1e-4), 25)
