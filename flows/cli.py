@@ -257,12 +257,14 @@ def _tracker_or_none(settings: Settings) -> Iterator[Any]:
 
 def _status_rows(settings: Settings) -> list[dict]:
     from pipeline.common.redact import excerpt
+    from pipeline.data.forecast_log import ForecastLog
     from pipeline.data.store import PriceStore
     from pipeline.registry import journal
     from pipeline.registry.recording import rebuild_outcome
     from pipeline.status import known_tickers, ticker_status
 
     store = PriceStore(settings.store_dir, settings.locks_dir)
+    forecasts = ForecastLog(settings.forecasts_dir)
     local = known_tickers(store, settings.reports_dir, [])
     if (
         not local
@@ -282,7 +284,7 @@ def _status_rows(settings: Settings) -> list[dict]:
                 last = journal.last_outcome(settings.reports_dir, ticker, rebuild)
             except Exception as exc:
                 problems.append(f"{type(exc).__name__}: {excerpt(exc)}")
-            rows.append(ticker_status(ticker, store, last, champion, settings.quarantine_dir, problems))
+            rows.append(ticker_status(ticker, store, last, champion, settings.quarantine_dir, problems, forecasts))
     return rows
 
 
@@ -310,6 +312,9 @@ STATUS_COLUMNS = (
     ("naive", "right"),
     ("cov80", "right"),
     ("served80", "right"),
+    ("live", "right"),
+    ("liveU2", "right"),
+    ("live80", "right"),
     ("decision", "left"),
 )
 
@@ -344,6 +349,9 @@ def _print_status(rows: list[dict]) -> None:
             num(r["naive_test_rmse"]),
             num(r["coverage_80"], 2),
             num(r["served_coverage_80"], 2),
+            str(r["live_sessions"]) if r["live_sessions"] is not None else "-",
+            num(r["live_u2_60"], 3),
+            num(r["live_coverage_80_60"], 2),
             r["last_decision"] or "-",
             why,
         )

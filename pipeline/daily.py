@@ -2,8 +2,9 @@
 
     lock -> (market closed? skip) -> settle runs an earlier process left unfinished -> fetch -> admit (contract)
          -> fresh enough? -> same data and settings as the last decision? skip
-         -> store -> baseline champion -> open the run -> train (epochs logged live) -> score -> decide
-         -> record -> apply -> cache the outcome
+         -> store -> baseline champion -> open the run -> score the champion's matured forecasts (its live record)
+         -> train (epochs logged live) -> score -> decide -> record -> apply
+         -> keep the forecast now served, for a later day to score -> cache the outcome
 
 Every branch ends in a typed `TickerOutcome`; a failure is this ticker's outcome, never the other tickers'. The I/O is
 injected (`DailyContext`), and the stages an orchestrator wants to wrap (retries, task runs) are injected too
@@ -24,14 +25,18 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.common.outcome import Decision, TickerOutcome, carried_over
-from pipeline.common.settings import TrainingConfig
+from pipeline.common.redact import excerpt
+from pipeline.common.settings import OnDegraded, TrainingConfig
 from pipeline.common.trading_calendar import is_session, last_session_on_or_before
 from pipeline.data import quarantine
+from pipeline.data.forecast_log import ForecastLog
 from pipeline.data.ingest import Admitted, check_freshness
 from pipeline.data.sources import PriceSource
 from pipeline.data.store import PriceStore
 from pipeline.evaluation.evidence import PromotionPolicy
+from pipeline.evaluation.live_record import LiveRecord, degradation
 from pipeline.failures import Reached, StopRequested, cached, failed
+from pipeline.live import record_of, record_served
 from pipeline.models.callbacks import EpochHook, epoch_hook, stop_training_on
 from pipeline.models.forecasters import Forecaster
 from pipeline.models.training import warm_start_from
@@ -42,6 +47,7 @@ from pipeline.registry.connection import tracking_errors
 from pipeline.registry.live_epochs import epoch_callback
 from pipeline.registry.recording import (
     CHAMPION_BEFORE,
+    FALLBACK,
     TRAINING,
     admitted_tags,
     rebuild_outcome,
@@ -50,7 +56,7 @@ from pipeline.registry.recording import (
     training_params,
 )
 from pipeline.registry.settle import settle_cut_off
-from pipeline.registry.tracking import Champion, Tracker
+from pipeline.registry.tracking import BASELINE_VERSION, Champion, Tracker
 from pipeline.stages import Evaluation, Stages, decided_outcome, evaluate, publish
 
 log = logging.getLogger(__name__)
@@ -76,6 +82,13 @@ class DailyContext:
     today: Callable[[], dt.date] = dt.date.today
     # Set when the process is asked to stop (SIGINT, SIGTERM): the ticker stops at the next safe point.
     stop: threading.Event | None = None
+    # Where the served forecasts are kept (default: `forecasts/` beside the price store).
+    forecasts_dir: Path | None = None
+    on_degraded: OnDegraded = OnDegraded.fallback
+
+    @property
+    def forecast_log(self) -> ForecastLog:
+        return ForecastLog(self.forecasts_dir or Path(self.store.root).parent / "forecasts")
 
     def check_stop(self, stage: str) -> None:
         if self.stop is not None and self.stop.is_set():
@@ -92,7 +105,8 @@ def _timed(timings: dict[str, float], step: str) -> Iterator[None]:
     try:
         yield
     finally:
-        timings[step] = round(time.perf_counter() - started, 3)
+        # A step timed twice (the live record is read before training and written after) adds up.
+        timings[step] = round(timings.get(step, 0.0) + time.perf_counter() - started, 3)
 
 
 def already_decided(previous: TickerOutcome | None, data_digest: str, settings_digest: str) -> bool:
@@ -144,6 +158,9 @@ class _OpenRun:
     champion: Champion
     champion_before: str
     champion_model: Forecaster
+    # The live record of the champion that served until today, and the fallback it caused, if any.
+    live: LiveRecord | None = None
+    fallback: str | None = None
 
 
 def run_ticker(
@@ -271,6 +288,10 @@ def _open_run(
     ticker = request.ticker
     with tracking_errors(ctx.tracking_uri, f"opening {ticker}'s run"):
         champion = ensure_baseline(tracker, ticker, admitted.history, request.run_tags)
+        live = _live_record(ctx, ticker, admitted, champion)
+        fallback = _act_on_degradation(ctx, tracker, ticker, champion, live)
+        if fallback is not None:
+            champion = tracker.champion(ticker) or champion
         champion_before = f"v{champion.version} ({champion.kind})"
         attempt = tracker.next_attempt(ticker, admitted.data_end)
         run_id = tracker.start_run(
@@ -279,10 +300,13 @@ def _open_run(
                 **start_tags(ticker, admitted.data_end, attempt, day, ctx.source_name, request.run_tags, TRAINING),
                 **admitted_tags(admitted, settings_digest),
                 CHAMPION_BEFORE: champion_before,
+                **({FALLBACK: excerpt(fallback, 1000)} if fallback else {}),
             },
             description=f"Training a challenger for {ticker} on data to {admitted.data_end}…",
         )
         progress.advance(run_id=run_id)
+        if live is not None:
+            tracker.log_metrics(run_id, live.metrics())
         tracker.log_params(
             run_id, training_params(ctx.config, ctx.policy.min_relative_gain, ctx.policy.promotion_alpha)
         )
@@ -291,7 +315,7 @@ def _open_run(
         )
         # Checked against its recorded digests: a mismatch fails the ticker, naming the version.
         champion_model = tracker.load(champion, ticker)
-    return _OpenRun(run_id, champion, champion_before, champion_model)
+    return _OpenRun(run_id, champion, champion_before, champion_model, live, fallback)
 
 
 def _train_and_decide(
@@ -327,9 +351,63 @@ def _train_and_decide(
         )
     with tracking_errors(ctx.tracking_uri, f"reading {ticker}'s champion"):
         current = tracker.champion(ticker)
-    return decided_outcome(
-        ticker, admitted, settings_digest, tracker, opened.run_id, version, current, evaluation
-    ).replace(timings=dict(challenger.timings))
+    with _timed(timings, "live"):
+        _record_served(ctx, tracker, ticker, admitted, opened, current)
+    outcome = decided_outcome(ticker, admitted, settings_digest, tracker, opened.run_id, version, current, evaluation)
+    reason = outcome.reason if opened.fallback is None else f"{opened.fallback}; {outcome.reason}"
+    return outcome.replace(timings=dict(challenger.timings), reason=reason, **live_fields(opened.live))
+
+
+def _live_record(ctx: DailyContext, ticker: str, admitted: Admitted, champion: Champion) -> LiveRecord | None:
+    """The serving champion's record on the forecasts it served that have now matured."""
+    try:
+        return record_of(ctx.forecast_log, ticker, admitted.history, champion.version)
+    except Exception as exc:  # the live record informs; it must not cost the ticker its day
+        log.warning("%s: no live record today: %s", ticker, exc)
+        return None
+
+
+def _act_on_degradation(
+    ctx: DailyContext, tracker: Tracker, ticker: str, champion: Champion, live: LiveRecord | None
+) -> str | None:
+    """Tag a champion gone bad on its live record, and with `fallback` (the default) replace it before the day's
+    challenger is judged, so the challenger is compared with what serves now. Returns what was done, or None."""
+    verdict = degradation(live) if live is not None else None
+    if verdict is None or not verdict.degraded:
+        return None
+    if ctx.on_degraded == OnDegraded.alert or champion.version == BASELINE_VERSION:
+        tracker.mark_degraded(ticker, champion.version, verdict.reason)
+        return f"v{champion.version} degraded ({verdict.reason}); it still serves"
+    demoted, restored = tracker.fall_back(ticker, verdict.reason)
+    return f"v{demoted} degraded ({verdict.reason}); fell back to v{restored}"
+
+
+def _record_served(
+    ctx: DailyContext, tracker: Tracker, ticker: str, admitted: Admitted, opened: _OpenRun, current: Champion | None
+) -> None:
+    """Keep the forecast the champion now serves for the next session, to score it when that session's close comes."""
+    if current is None:
+        return
+    try:
+        same = current.version == opened.champion.version
+        model = opened.champion_model if same else tracker.load(current, ticker)
+        record_served(
+            ctx.forecast_log, ticker, model, admitted.history, current.version, current.serves_chosen_intervals
+        )
+    except Exception as exc:  # the decision is already applied; a forecast not kept only leaves a gap in the record
+        log.warning("%s: the served forecast was not recorded: %s", ticker, exc)
+
+
+def live_fields(live: LiveRecord | None) -> dict[str, Any]:
+    if live is None:
+        return {}
+    return {
+        "live_sessions": live.sessions,
+        "live_u2_60": live.u2_60,
+        "live_coverage_80_60": live.coverage_80_60,
+        "live_coverage_95_60": live.coverage_95_60,
+        "live_kupiec_p_80": live.kupiec_p_80,
+    }
 
 
 def _callbacks(request: Request, ctx: DailyContext, run_id: str) -> list[Any]:

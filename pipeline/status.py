@@ -10,7 +10,10 @@ from typing import Any
 
 from pipeline.common.outcome import TickerOutcome
 from pipeline.data import quarantine
+from pipeline.data.forecast_log import ForecastLog, ForecastLogUnreadable
 from pipeline.data.store import PriceStore, StoreUnreadable
+from pipeline.evaluation.live_record import LiveRecord
+from pipeline.live import record_of
 from pipeline.registry import journal
 from pipeline.registry.tracking import Champion
 
@@ -22,9 +25,12 @@ def ticker_status(
     champion: Champion | None,
     quarantine_dir: Path,
     problems: list[str] | None = None,
+    forecasts: ForecastLog | None = None,
 ) -> dict[str, Any]:
-    """`champion` is the registry's current champion (the last outcome may predate a rollback)."""
+    """`champion` is the registry's current champion (the last outcome may predate a rollback). Its live record is
+    computed here, from the forecasts it served and the prices stored now."""
     problems = list(problems or [])
+    live: LiveRecord | None = None
     try:
         prices = store.read(ticker)
         start = None if prices.empty else prices["Date"].min().strftime("%Y-%m-%d")
@@ -32,8 +38,12 @@ def ticker_status(
         rows = len(prices)
     except StoreUnreadable as exc:
         problems.append(str(exc))
-        start = end = None
-        rows = 0
+        prices, start, end, rows = None, None, None, 0
+    if forecasts is not None and champion is not None and prices is not None:
+        try:
+            live = record_of(forecasts, ticker, prices, champion.version)
+        except ForecastLogUnreadable as exc:
+            problems.append(str(exc))
     kept = quarantine.usage(quarantine_dir, ticker)
     return {
         "ticker": ticker,
@@ -50,6 +60,11 @@ def ticker_status(
         "coverage_95": last.coverage_95 if last else None,
         "served_coverage_80": last.served_coverage_80 if last else None,
         "served_coverage_95": last.served_coverage_95 if last else None,
+        "live_sessions": live.sessions if live else None,
+        "live_u2_60": live.u2_60 if live else None,
+        "live_coverage_80_60": live.coverage_80_60 if live else None,
+        "live_coverage_95_60": live.coverage_95_60 if live else None,
+        "live_kupiec_p_80": live.kupiec_p_80 if live else None,
         "last_decision": last.decision.value if last else None,
         "last_reason": last.reason if last else None,
         "last_run_id": last.run_id if last else None,

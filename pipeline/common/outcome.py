@@ -56,6 +56,12 @@ class TickerOutcome:
     # The coverage of what serves after this day (the champion's intervals, or the promoted challenger's).
     served_coverage_80: float | None = None
     served_coverage_95: float | None = None
+    # The serving champion's live record when the day began (pipeline.evaluation.live_record).
+    live_sessions: int | None = None
+    live_u2_60: float | None = None
+    live_coverage_80_60: float | None = None
+    live_coverage_95_60: float | None = None
+    live_kupiec_p_80: float | None = None
     timings: dict[str, float] = field(default_factory=dict)
     finished_at: str = field(default_factory=utc_now)
 
@@ -87,6 +93,11 @@ CARRIED_OVER = (
     "coverage_95",
     "served_coverage_80",
     "served_coverage_95",
+    "live_sessions",
+    "live_u2_60",
+    "live_coverage_80_60",
+    "live_coverage_95_60",
+    "live_kupiec_p_80",
 )
 
 

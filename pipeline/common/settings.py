@@ -31,6 +31,11 @@ DEFAULT_MIN_RELATIVE_GAIN = 0.002
 DEFAULT_PROMOTION_ALPHA = 0.10
 
 
+class OnDegraded(StrEnum):
+    fallback = "fallback"
+    alert = "alert"
+
+
 class SourceKind(StrEnum):
     snapshot = "snapshot"
     csv = "csv"
@@ -102,6 +107,11 @@ class Settings(BaseSettings):
         le=1,
         description="A challenger is promoted only if the one-sided Diebold-Mariano p-value is below this.",
     )
+    on_degraded: OnDegraded = Field(
+        OnDegraded.fallback,
+        description="When the champion goes bad on its live record: `fallback` (to `previous`, else the baseline v1) "
+        "or `alert` (only mark it degraded).",
+    )
     max_staleness_sessions: int = Field(
         3,
         ge=0,
@@ -146,6 +156,11 @@ class Settings(BaseSettings):
     @property
     def reports_dir(self) -> Path:
         return self.home / "reports"
+
+    @property
+    def forecasts_dir(self) -> Path:
+        """The served forecasts, one Parquet file per ticker, scored when their session comes (the live record)."""
+        return self.home / "forecasts"
 
     @property
     def quarantine_dir(self) -> Path:

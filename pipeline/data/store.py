@@ -16,6 +16,7 @@ from filelock import FileLock
 from pipeline.common.files import atomic_write, private_dir
 from pipeline.common.symbols import validate_ticker
 from pipeline.data.sources import COLUMNS, normalize
+from pipeline.data.tables import read_columns
 
 
 def merge_new_rows(history: pd.DataFrame, batch: pd.DataFrame) -> pd.DataFrame:
@@ -79,17 +80,14 @@ class PriceStore:
         path = self.path(ticker)
         if not path.exists():
             return normalize(pd.DataFrame(columns=COLUMNS))
-        try:
-            prices = pd.read_parquet(path)
-            missing = [c for c in COLUMNS if c not in prices.columns]
-            if missing:
-                raise ValueError(f"lacks column(s) {missing}")
-        except Exception as exc:
-            raise StoreUnreadable(
+        return read_columns(
+            path,
+            COLUMNS,
+            lambda exc: StoreUnreadable(
                 f"{path} is unreadable ({type(exc).__name__}); move it aside and run again to rebuild "
                 f"{ticker}'s history from the source (the model registry is not affected)"
-            ) from None
-        return prices[COLUMNS]
+            ),
+        )
 
     def last_date(self, ticker: str) -> dt.date | None:
         history = self.read(ticker)

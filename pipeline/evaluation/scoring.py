@@ -96,10 +96,8 @@ def score(
         chosen_metrics = score_intervals(test.next_close, chosen, test.last_close)
     if served_choice is not None and (champion.kind == NAIVE_KIND or champion_serves_chosen):
         bounds[CHAMPION] = chosen
-    else:
-        champion_columns = [c for level in LEVELS for c in interval_columns(level) if c in champion_frame]
-        if champion_columns:
-            bounds[CHAMPION] = {c: forecasts_on(champion_frame, test.as_of, c) for c in champion_columns}
+    elif own := _own_bounds(champion_frame, test.as_of):
+        bounds[CHAMPION] = own
     interval_metrics = {
         name: score_intervals(test.next_close, values, test.last_close) for name, values in bounds.items()
     }
@@ -117,6 +115,12 @@ def score(
         served_choice,
         chosen_metrics,
     )
+
+
+def _own_bounds(frame: pd.DataFrame, as_of: pd.DatetimeIndex) -> dict[str, np.ndarray]:
+    """The bounds a model's own predictions carry on the test sessions (none for a model without intervals)."""
+    columns = [c for level in LEVELS for c in interval_columns(level) if c in frame]
+    return {c: forecasts_on(frame, as_of, c) for c in columns}
 
 
 def _served_choice(dataset: Dataset, positions: np.ndarray) -> IntervalChoice | None:

@@ -38,6 +38,8 @@ TICKER, ROLE, DAY, ATTEMPT, AS_OF, SOURCE = "ticker", "role", "day", "attempt", 
 DECISION, REASON, STAGE, MODEL_VERSION = "decision", "reason", "stage", "model_version"
 DATA_DIGEST, SETTINGS_DIGEST, CHAMPION_BEFORE = "data_digest", "settings_digest", "champion_before"
 HISTORY_REPLACED = "history_replaced"
+# Set when the day began by replacing (or only marking) a champion gone bad on its live record.
+FALLBACK = "fallback"
 DAILY = "daily"
 
 # Stages a run passes through, tagged as it goes, so a run cut off by a kill says where.

@@ -41,6 +41,10 @@ log = logging.getLogger(__name__)
 
 # MLflow's own tag for a run's description, which its UI renders as Markdown.
 DESCRIPTION_TAG = "mlflow.note.content"
+# On a registered version that went bad on its live record: why (pipeline.evaluation.live_record.degradation).
+DEGRADED_TAG = "degraded"
+# The naive baseline registered on a ticker's first day.
+BASELINE_VERSION = "1"
 # On a registered version: whose intervals it serves (pipeline.evaluation.promotion.interval_serving).
 SERVED_INTERVALS_TAG = "served_intervals"
 # MLflow 3 opens experiments in its GenAI view unless told they hold classic model training.
@@ -222,6 +226,32 @@ class Tracker:
         )
         log.info("%s: rolled back %s from v%s to v%s", ticker, name, demoted, restored)
         return demoted, restored
+
+    def mark_degraded(self, ticker: str, version: str, reason: str) -> None:
+        self.client.set_model_version_tag(registered_model_name(ticker), version, DEGRADED_TAG, excerpt(reason, 500))
+
+    def fall_back(self, ticker: str, reason: str) -> tuple[str, str]:
+        """A champion gone bad on its live record: `champion` moves to `previous`, or to the baseline v1 when there is
+        none, and the degraded version becomes `previous` (so `rollback` undoes the move). Recorded like a rollback:
+        the reason on both versions and on the registered model."""
+        name = registered_model_name(ticker)
+        current = self.champion(ticker)
+        if current is None:
+            raise LookupError(f"{ticker}: no champion registered under {name}; nothing to fall back from")
+        previous = self._version_by_alias(ticker, PREVIOUS_ALIAS)
+        target = str(previous.version) if previous is not None else BASELINE_VERSION
+        if target == current.version:
+            target = BASELINE_VERSION
+        if target == current.version:
+            raise LookupError(f"{ticker}: v{current.version} is the baseline; there is nothing to fall back to")
+        demoted = current.version
+        self.client.set_registered_model_alias(name, CHAMPION_ALIAS, target)
+        self.client.set_registered_model_alias(name, PREVIOUS_ALIAS, demoted)
+        self.client.set_model_version_tag(name, demoted, DEGRADED_TAG, excerpt(reason, 500))
+        self.client.set_model_version_tag(name, target, "restored_by_fallback_from", f"v{demoted}")
+        self.client.set_registered_model_tag(name, "last_fallback", f"v{demoted} -> v{target}: {excerpt(reason, 500)}")
+        log.warning("%s: v%s degraded (%s); v%s serves again", ticker, demoted, reason, target)
+        return demoted, target
 
     def versions(self, ticker: str) -> list[ModelVersion]:
         found = self.client.search_model_versions(f"name = '{registered_model_name(ticker)}'")

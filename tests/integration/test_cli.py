@@ -17,7 +17,8 @@ pytestmark = pytest.mark.integration
 STATUS_FIELDS = {
     "ticker", "data_start", "data_end", "rows", "champion_version", "champion_kind", "champion_test_rmse",
     "challenger_test_rmse", "naive_test_rmse", "u2", "coverage_80", "coverage_95", "served_coverage_80",
-    "served_coverage_95", "last_decision", "last_reason",
+    "served_coverage_95", "live_sessions", "live_u2_60", "live_coverage_80_60", "live_coverage_95_60",
+    "live_kupiec_p_80", "last_decision", "last_reason",
     "last_run_id", "last_run_at", "quarantined_batches", "quarantined_bytes", "problems",
 }  # fmt: skip
 
@@ -92,6 +93,8 @@ def test_a_bad_csv_fails_its_ticker_naming_the_expectation_and_others_go_on(tmp_
     assert rows["GSPC"]["challenger_test_rmse"] > 0 and rows["GSPC"]["naive_test_rmse"] > 0
     assert 0 < rows["GSPC"]["coverage_80"] < rows["GSPC"]["coverage_95"] <= 1
     assert 0 < rows["GSPC"]["served_coverage_80"] < rows["GSPC"]["served_coverage_95"] <= 1
+    assert rows["GSPC"]["live_sessions"] == 0 and rows["GSPC"]["live_u2_60"] is None, "nothing served has matured"
+    assert rows["MSFT"]["live_sessions"] is None, "no champion, no record"
 
 
 def test_an_input_that_is_a_link_out_of_its_folder_is_refused_without_echoing_it(tmp_path, csv_dir):

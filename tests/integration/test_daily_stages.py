@@ -14,9 +14,11 @@ import pytest
 
 from pipeline.common import codec
 from pipeline.common.outcome import Decision
+from pipeline.common.settings import OnDegraded
 from pipeline.common.symbols import registered_model_name
 from pipeline.contract.inputs import load_suite_definition
 from pipeline.daily import DailyContext, Evaluation, Stages, evaluate, run_ticker
+from pipeline.data.forecast_log import ServedForecast
 from pipeline.data.quarantine import Retention
 from pipeline.data.sources import CsvSource
 from pipeline.data.store import PriceStore
@@ -25,6 +27,7 @@ from pipeline.evaluation.promotion import CHOSEN_INTERVALS, IntervalServing, Ver
 from pipeline.registry import journal
 from pipeline.registry.connection import TrackingUnavailable
 from pipeline.registry.tracking import Tracker
+from pipeline.status import ticker_status
 from tests.support import (
     MSFT_LAST_SESSION,
     SNAPSHOTS,
@@ -127,6 +130,85 @@ def test_a_promotion_serving_the_chosen_method_tags_the_version_says_so_and_repo
     saved = tracker_of(ctx).client.download_artifacts(outcome.run_id, "decision/decision.json", str(ctx.reports_dir))
     chosen = json.loads(Path(saved).read_text())["served_intervals"]["test"]
     assert outcome.served_coverage_80 == chosen["coverage_80"], "status shows what serves: the chosen method's"
+
+
+def test_the_served_forecast_is_kept_and_scored_once_when_its_session_comes_however_often_the_day_reruns(ctx):
+    kept = forced(Decision.kept)
+    first = run_ticker("MSFT", ctx, as_of=dt.date(2017, 11, 9), stages=kept)
+    assert first.live_sessions == 0, "nothing served yet"
+    assert ctx.forecast_log.read("MSFT")["target"].dt.date.tolist() == [dt.date(2017, 11, 10)]
+    second = run_ticker("MSFT", ctx, as_of=AS_OF, stages=kept)
+    again = run_ticker("MSFT", ctx, as_of=AS_OF, stages=kept, force=True)
+    log = ctx.forecast_log.read("MSFT")
+    assert log["target"].dt.date.tolist() == [dt.date(2017, 11, 10), dt.date(2017, 11, 13)]  # Friday -> Monday
+    assert second.live_sessions == again.live_sessions == 1, "a re-run scores nothing twice"
+
+    # The same figures from the store's forecast and close, by hand, in the outcome, the run's metrics and status.
+    served = log.iloc[0]
+    prices = ctx.store.read("MSFT")
+    actual = float(prices.loc[prices["Date"] == pd.Timestamp(AS_OF), "Close"].iloc[0])
+    inside = float(served["lower_80"] <= actual <= served["upper_80"])
+    assert served["point"] == served["last_close"], "the naive v1 serves tomorrow = today"
+    assert second.live_coverage_80_60 == inside and second.live_u2_60 == pytest.approx(1.0)
+    metrics = tracker_of(ctx).client.get_run(second.run_id).data.metrics
+    assert metrics["live_sessions"] == 1 and metrics["live_coverage_80_60"] == inside
+    champion = tracker_of(ctx).champion("MSFT")
+    row = ticker_status("MSFT", ctx.store, again, champion, ctx.quarantine_dir, forecasts=ctx.forecast_log)
+    assert (row["live_sessions"], row["live_coverage_80_60"]) == (1, inside)
+
+
+def plant_missed_forecasts(ctx, version: str, sessions: int = 60) -> None:
+    """`sessions` matured forecasts of `version`, every one of whose intervals missed: coverage 0, Kupiec p ~ 0."""
+    prices = ctx.store.read("MSFT")
+    for i in range(len(prices) - sessions - 1, len(prices) - 1):
+        last, target = prices.iloc[i], prices.iloc[i + 1]
+        far = 2 * float(target["Close"])
+        ctx.forecast_log.record(
+            "MSFT",
+            ServedForecast(
+                last["Date"].date(),
+                target["Date"].date(),
+                version,
+                float(last["Close"]),
+                float(last["Close"]),
+                far,
+                far + 1,
+                far,
+                far + 2,
+                "planted",
+            ),
+            "planted",
+        )
+
+
+def test_a_champion_gone_bad_on_its_live_record_is_tagged_then_replaced_before_the_day_is_judged(ctx):
+    promoted = run_ticker("MSFT", ctx, as_of=dt.date(2017, 11, 9), stages=forced(Decision.promoted))
+    assert promoted.model_version == "2"
+    plant_missed_forecasts(ctx, "2")
+    tracker = tracker_of(ctx)
+
+    # With STOCKPIPE_ON_DEGRADED=alert the version is only tagged.
+    alerted = run_ticker(
+        "MSFT", dataclasses.replace(ctx, on_degraded=OnDegraded.alert), as_of=AS_OF, stages=forced(Decision.kept)
+    )
+    assert (
+        champion_version(ctx) == "2" and alerted.reason.startswith("v2 degraded (") and "still serves" in alerted.reason
+    )
+    degraded = tracker.client.get_model_version(NAME, "2").tags["degraded"]
+    assert degraded.startswith("live 80% coverage") and "Kupiec p 0.0000" in degraded
+
+    # By default (fallback), the same day run again replaces it before the challenger is judged.
+    day = run_ticker("MSFT", ctx, as_of=AS_OF, stages=forced(Decision.kept), force=True)
+    assert champion_version(ctx) == "1", "fell back to the previous champion, the baseline"
+    # 59 planted misses and the day-one forecast v2 really served (inside or not) make the last 60.
+    assert day.reason.startswith("v2 degraded (live 80% coverage") and "fell back to v1" in day.reason
+    assert day.live_coverage_80_60 <= 1 / 60 and day.live_sessions == 61
+    run = tracker.client.get_run(day.run_id)
+    assert run.data.tags["champion_before"] == "v1 (naive)", "the challenger is judged against what serves now"
+    assert run.data.tags["fallback"].startswith("v2 degraded")
+    assert run.data.metrics["live_coverage_80_60"] == day.live_coverage_80_60
+    assert tracker.client.get_registered_model(NAME).tags["last_fallback"].startswith("v2 -> v1: live 80% coverage")
+    assert tracker.rollback("MSFT", "the fallback was a false alarm") == ("1", "2"), "a fallback is undone like one"
 
 
 def test_kept_registers_nothing_and_leaves_the_champion(ctx):

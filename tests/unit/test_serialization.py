@@ -39,7 +39,15 @@ def test_an_old_last_run_json_loads_and_is_written_back_unchanged(tmp_path, name
 
 
 # Fields added since the old files were written: they read back as absent (None) and are written after.
-ADDED_TO_OUTCOME = {"served_coverage_80": None, "served_coverage_95": None}
+ADDED_TO_OUTCOME = {
+    "served_coverage_80": None,
+    "served_coverage_95": None,
+    "live_sessions": None,
+    "live_u2_60": None,
+    "live_coverage_80_60": None,
+    "live_coverage_95_60": None,
+    "live_kupiec_p_80": None,
+}
 ADDED_TO_FORECAST = {"interval_method": None}
 
 
