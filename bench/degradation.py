@@ -13,7 +13,7 @@ is served), which is what lets it cover years instead of weeks.
   around its close) is three times larger; reported: live 80% coverage over the 60 sessions after the shift, and the
   first session the rule fires, if it does within 60.
 
-Run: .venv/bin/python bench/degradation.py   (about 5 minutes; writes bench/degradation.json and docs/live_record.png)
+Run: .venv/bin/python bench/degradation.py   (about 5 minutes; writes bench/degradation.json and docs/degradation.png)
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from pipeline.evaluation.served_intervals import choose_intervals, served_bounds
 
 SNAPSHOTS = PROJECT_ROOT / "data" / "snapshots"
 OUT = PROJECT_ROOT / "bench" / "degradation.json"
-CHART = PROJECT_ROOT / "docs" / "live_record.png"
+CHART = PROJECT_ROOT / "docs" / "degradation.png"
 SPAN, TEST_SESSIONS, SHIFT_AT, SHIFT = 1500, 250, 250, 3.0
 
 

@@ -34,9 +34,9 @@ from pipeline.data.ingest import Admitted, check_freshness
 from pipeline.data.sources import PriceSource
 from pipeline.data.store import PriceStore
 from pipeline.evaluation.evidence import PromotionPolicy
-from pipeline.evaluation.live_record import LiveRecord, degradation
+from pipeline.evaluation.live_record import LiveRecord, degradation, describe_live
 from pipeline.failures import Reached, StopRequested, cached, failed
-from pipeline.live import record_of, record_served
+from pipeline.live import on_the_run, record_of, record_served
 from pipeline.models.callbacks import EpochHook, epoch_hook, stop_training_on
 from pipeline.models.forecasters import Forecaster
 from pipeline.models.training import warm_start_from
@@ -45,6 +45,7 @@ from pipeline.registry import journal
 from pipeline.registry.baseline import ensure_baseline
 from pipeline.registry.connection import tracking_errors
 from pipeline.registry.live_epochs import epoch_callback
+from pipeline.registry.live_runs import log_live_record
 from pipeline.registry.recording import (
     CHAMPION_BEFORE,
     FALLBACK,
@@ -223,7 +224,7 @@ def _run(request: Request, ctx: DailyContext, timings: dict[str, float], progres
         return _unchanged(ticker, previous, admitted, settings_digest)
     if admitted.changed:
         ctx.store.write(ticker, admitted.history)
-    opened = _open_run(request, ctx, tracker, admitted, day, settings_digest, progress)
+    opened = _open_run(request, ctx, tracker, admitted, day, settings_digest, progress, timings)
     return _train_and_decide(request, ctx, tracker, admitted, opened, settings_digest, timings)
 
 
@@ -283,13 +284,15 @@ def _open_run(
     day: dt.date,
     settings_digest: str,
     progress: _Progress,
+    timings: dict[str, float],
 ) -> _OpenRun:
     """The champion (the naive baseline on a ticker's first day) and a new run for the challenger."""
     ticker = request.ticker
     with tracking_errors(ctx.tracking_uri, f"opening {ticker}'s run"):
         champion = ensure_baseline(tracker, ticker, admitted.history, request.run_tags)
-        live = _live_record(ctx, ticker, admitted, champion)
-        fallback = _act_on_degradation(ctx, tracker, ticker, champion, live)
+        with _timed(timings, "live"):
+            live = _live_record(ctx, ticker, admitted, champion)
+            fallback = _act_on_degradation(ctx, tracker, ticker, champion, live, admitted.data_end)
         if fallback is not None:
             champion = tracker.champion(ticker) or champion
         champion_before = f"v{champion.version} ({champion.kind})"
@@ -306,7 +309,9 @@ def _open_run(
         )
         progress.advance(run_id=run_id)
         if live is not None:
-            tracker.log_metrics(run_id, live.metrics())
+            with _timed(timings, "live"):
+                tracker.log_metrics(run_id, live.metrics())
+                log_live_record(tracker, ticker, live)
         tracker.log_params(
             run_id, training_params(ctx.config, ctx.policy.min_relative_gain, ctx.policy.promotion_alpha)
         )
@@ -347,7 +352,13 @@ def _train_and_decide(
     ctx.check_stop("scoring")
     with _timed(timings, "track"):
         version = stages.publish(
-            tracker, opened.run_id, ticker=ticker, admitted=admitted, challenger=challenger, evaluation=evaluation
+            tracker,
+            opened.run_id,
+            ticker=ticker,
+            admitted=admitted,
+            challenger=challenger,
+            evaluation=evaluation,
+            live=describe_live(opened.live, opened.fallback) if opened.live is not None else None,
         )
     with tracking_errors(ctx.tracking_uri, f"reading {ticker}'s champion"):
         current = tracker.champion(ticker)
@@ -368,7 +379,7 @@ def _live_record(ctx: DailyContext, ticker: str, admitted: Admitted, champion: C
 
 
 def _act_on_degradation(
-    ctx: DailyContext, tracker: Tracker, ticker: str, champion: Champion, live: LiveRecord | None
+    ctx: DailyContext, tracker: Tracker, ticker: str, champion: Champion, live: LiveRecord | None, data_end: str
 ) -> str | None:
     """Tag a champion gone bad on its live record, and with `fallback` (the default) replace it before the day's
     challenger is judged, so the challenger is compared with what serves now. Returns what was done, or None."""
@@ -378,22 +389,26 @@ def _act_on_degradation(
     if ctx.on_degraded == OnDegraded.alert or champion.version == BASELINE_VERSION:
         tracker.mark_degraded(ticker, champion.version, verdict.reason)
         return f"v{champion.version} degraded ({verdict.reason}); it still serves"
-    demoted, restored = tracker.fall_back(ticker, verdict.reason)
+    demoted, restored = tracker.fall_back(ticker, verdict.reason, by=f"the daily run on data to {data_end}")
     return f"v{demoted} degraded ({verdict.reason}); fell back to v{restored}"
 
 
 def _record_served(
     ctx: DailyContext, tracker: Tracker, ticker: str, admitted: Admitted, opened: _OpenRun, current: Champion | None
 ) -> None:
-    """Keep the forecast the champion now serves for the next session, to score it when that session's close comes."""
+    """Keep the forecast the champion now serves for the next session, to score it when that session's close comes,
+    in the forecast file and on the day's run."""
     if current is None:
         return
     try:
         same = current.version == opened.champion.version
         model = opened.champion_model if same else tracker.load(current, ticker)
-        record_served(
+        served = record_served(
             ctx.forecast_log, ticker, model, admitted.history, current.version, current.serves_chosen_intervals
         )
+        metrics, tags = on_the_run(served)
+        tracker.log_metrics(opened.run_id, metrics)
+        tracker.set_tags(opened.run_id, tags)
     except Exception as exc:  # the decision is already applied; a forecast not kept only leaves a gap in the record
         log.warning("%s: the served forecast was not recorded: %s", ticker, exc)
 

@@ -8,7 +8,7 @@ import datetime as dt
 import pandas as pd
 
 from pipeline.common.outcome import utc_now
-from pipeline.data.forecast_log import ForecastLog, ServedForecast
+from pipeline.data.forecast_log import BOUNDS, ForecastLog, ServedForecast
 from pipeline.evaluation.live_record import LiveRecord, live_record, score_matured
 from pipeline.models.forecasters import Forecaster
 from pipeline.serving import forecast_next
@@ -38,6 +38,22 @@ def record_served(
     )
     log.record(ticker, forecast, utc_now())
     return forecast
+
+
+def on_the_run(forecast: ServedForecast) -> tuple[dict[str, float], dict[str, str]]:
+    """The served forecast as the day's MLflow run keeps it: the point and bounds as metrics (a bound not given is
+    left out), the target session, version and interval method as tags."""
+    figures = {
+        "served_forecast_close": forecast.point,
+        **{f"served_forecast_{bound}": getattr(forecast, bound) for bound in BOUNDS},
+    }
+    metrics = {name: float(value) for name, value in figures.items() if value is not None}
+    tags = {
+        "served_forecast_date": forecast.target.isoformat(),
+        "served_forecast_version": forecast.model_version,
+        "served_forecast_interval_method": forecast.interval_method or "none",
+    }
+    return metrics, tags
 
 
 def record_of(log: ForecastLog, ticker: str, prices: pd.DataFrame, model_version: str) -> LiveRecord:

@@ -76,9 +76,17 @@ def evaluate(
 
 
 def publish(
-    tracker: Tracker, run_id: str, *, ticker: str, admitted: Admitted, challenger: Challenger, evaluation: Evaluation
+    tracker: Tracker,
+    run_id: str,
+    *,
+    ticker: str,
+    admitted: Admitted,
+    challenger: Challenger,
+    evaluation: Evaluation,
+    live: str | None = None,
 ) -> str | None:
-    """Record the decision in the run, then apply it to the registry; safe to call again after a lost connection."""
+    """Record the decision in the run, then apply it to the registry; safe to call again after a lost connection.
+    `live` is the serving champion's live record, as the description shows it."""
     scores = evaluation.scores
     description = describe(
         ticker,
@@ -87,6 +95,7 @@ def publish(
         evaluation.champion_before,
         scores.interval_metrics,
         evaluation.serving,
+        live,
     )
     with tracking_errors(tracker.tracking_uri, f"tracking {ticker}"):
         recorded = record(

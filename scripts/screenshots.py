@@ -214,6 +214,29 @@ class Subjects:
     flow_run_name: str
     artifact_id: str
     deployment_id: str
+    ticker: str = TICKER
+    # The ticker's longest live record (a run per champion version), when a replay has built one.
+    live_run_id: str | None = None
+    live_run_name: str | None = None
+
+
+def find_live_record(mlflow: str, experiment_id: str, ticker: str) -> tuple[str, str] | None:
+    runs = http_json(
+        f"{mlflow}/api/2.0/mlflow/runs/search",
+        {
+            "experiment_ids": [experiment_id],
+            "filter": f"tags.ticker = '{ticker}' and tags.role = 'live_record'",
+            "max_results": 50,
+        },
+    ).get("runs", [])
+    scored = {
+        r["info"]["run_id"]: next((m["step"] for m in r["data"].get("metrics", []) if m["key"] == "live_sessions"), 0)
+        for r in runs
+    }
+    if not scored or max(scored.values()) < 2:
+        return None
+    run = next(r for r in runs if r["info"]["run_id"] == max(scored, key=scored.__getitem__))
+    return run["info"]["run_id"], next(t["value"] for t in run["data"]["tags"] if t["key"] == "mlflow.runName")
 
 
 def find_subjects(mlflow: str, prefect: str, ticker: str) -> Subjects:
@@ -253,7 +276,13 @@ def find_subjects(mlflow: str, prefect: str, ticker: str) -> Subjects:
         flow_run_name=flow_run["name"],
         artifact_id=artifacts[0]["id"],
         deployment_id=deployment["id"],
+        ticker=ticker,
+        **live_subjects(find_live_record(mlflow, experiment["experiment_id"], ticker)),
     )
+
+
+def live_subjects(found: tuple[str, str] | None) -> dict[str, str]:
+    return {} if found is None else {"live_run_id": found[0], "live_run_name": found[1]}
 
 
 # -- the pages ---------------------------------------------------------------------------------------------------
@@ -384,23 +413,42 @@ def mlflow_run(page: Any, s: Subjects, shot: Shot) -> None:
         shot.missing.append("the description's bold **Promoted** / **Kept** rendered as Markdown")
 
 
-def mlflow_run_metrics(page: Any, s: Subjects, shot: Shot) -> None:
-    page.goto(f"{s.mlflow}/#/experiments/{s.experiment_id}/runs/{s.run_id}/model-metrics?workflowType=machine_learning")
-    page.get_by_text(s.run_name, exact=True).first.wait_for(timeout=PAGE_TIMEOUT)
+def run_metric_charts(
+    page: Any, s: Subjects, run_id: str, run_name: str, search_for: str, shown: str, charts: int
+) -> bool:
+    """Open a run's Model metrics, filter the charts by `search_for`, wait for `shown` and `charts` drawn line charts
+    (Plotly's SVG with a trace path in each card); False when the charts were not drawn."""
+    page.goto(f"{s.mlflow}/#/experiments/{s.experiment_id}/runs/{run_id}/model-metrics?workflowType=machine_learning")
+    page.get_by_text(run_name, exact=True).first.wait_for(timeout=PAGE_TIMEOUT)
     close_mlflow_assistant(page)
     search = page.get_by_placeholder("Search metric charts")
     search.wait_for(timeout=PAGE_TIMEOUT)
-    search.fill("loss")
-    page.get_by_text("val_loss", exact=True).first.wait_for(timeout=PAGE_TIMEOUT)
-    # Both line charts drawn: Plotly's SVG with a trace path in each card.
+    search.fill(search_for)
+    page.get_by_text(shown, exact=True).first.wait_for(timeout=PAGE_TIMEOUT)
     try:
         page.wait_for_function(
-            "() => document.querySelectorAll('.js-plotly-plot .scatterlayer .trace').length >= 2", timeout=PAGE_TIMEOUT
+            f"() => document.querySelectorAll('.js-plotly-plot .scatterlayer .trace').length >= {charts}",
+            timeout=PAGE_TIMEOUT,
         )
+        drawn = True
     except Exception:
-        shot.missing.append("the loss and val_loss line charts")
+        drawn = False
     settle(page)
+    return drawn
+
+
+def mlflow_run_metrics(page: Any, s: Subjects, shot: Shot) -> None:
+    if not run_metric_charts(page, s, s.run_id, s.run_name, "loss", "val_loss", 2):
+        shot.missing.append("the loss and val_loss line charts")
     expect_text(page, shot, s.run_name, "Model metrics", "val_loss", re.compile(r"^loss$"))
+
+
+def mlflow_live_record(page: Any, s: Subjects, shot: Shot) -> None:
+    if s.live_run_id is None or s.live_run_name is None:
+        raise CheckFailed("no live-record run with two or more scored sessions: give --state a replay's home")
+    if not run_metric_charts(page, s, s.live_run_id, s.live_run_name, "_60", "live_coverage_80_60", 4):
+        shot.missing.append("the live record's line charts")
+    expect_text(page, shot, s.live_run_name, "live_coverage_80_60", "live_u2_60")
 
 
 def mlflow_registry(page: Any, s: Subjects, shot: Shot) -> None:
@@ -426,7 +474,7 @@ def prefect_flow_run(page: Any, s: Subjects, shot: Shot) -> None:
         "Completed",
         SUMMARY_KEY,
         re.compile(r"^table$", re.I),
-        f"mlflow-run-{TICKER.lower()}",
+        f"mlflow-run-{s.ticker.lower()}",
     )
 
 
@@ -441,9 +489,18 @@ def prefect_artifact(page: Any, s: Subjects, shot: Shot) -> None:
         re.compile(f"^{SUMMARY_KEY}$"),
         "challenger RMSE",
         "coverage 95%",
-        re.compile(f"^{TICKER}$"),
+        re.compile(f"^{s.ticker}$"),
         re.compile("^(promoted|kept)$"),
     )
+
+
+def prefect_artifact_live(page: Any, s: Subjects, shot: Shot) -> None:
+    page.goto(f"{s.prefect}/artifacts/artifact/{s.artifact_id}")
+    page.get_by_text("live sessions", exact=True).first.wait_for(timeout=PAGE_TIMEOUT)
+    # The table scrolls sideways: its last live-record column into the picture brings the others with it.
+    page.get_by_text("live Kupiec p 80%", exact=True).first.scroll_into_view_if_needed()
+    settle(page)
+    expect_text(page, shot, "live sessions", "live U2 (60)", "live coverage 80% (60)", "live Kupiec p 80%")
 
 
 def prefect_custom_run(page: Any, s: Subjects, shot: Shot) -> None:
@@ -471,16 +528,24 @@ PAGES: list[tuple[Shot, Callable[[Any, Subjects, Shot], None]]] = [
     (Shot("mlflow-run.png", "MLflow: a run's overview with its Markdown description"), mlflow_run),
     (Shot("mlflow-run-metrics.png", "MLflow: the run's loss and val_loss per epoch"), mlflow_run_metrics),
     (Shot("mlflow-registry.png", "MLflow: the registered model's versions and aliases"), mlflow_registry),
+    # Only over a replay's state (--state), where a champion has a live record to draw.
+    (Shot("mlflow-live-record.png", "MLflow: a version's live record, step = scored session"), mlflow_live_record),
     # Taller: the artifact cards sit below the run's timeline.
     (Shot("prefect-flow-run.png", "Prefect: the flow run with its artifacts", (WIDTH, 1100)), prefect_flow_run),
     # Wider: the table scrolls sideways; this shows every column but the long `reason`, the last.
     (Shot("prefect-artifact.png", "Prefect: the flow run's summary table", (1650, 620)), prefect_artifact),
+    # Over a replay's state: the same table scrolled to the live record's columns.
+    (Shot("prefect-artifact-live.png", "Prefect: the live-record columns", (1650, 620)), prefect_artifact_live),
     # Taller: every parameter of the form with its description.
     (Shot("prefect-custom-run.png", "Prefect: the deployment's custom-run form", (WIDTH, 1500)), prefect_custom_run),
 ]
 
 
-def take_screenshots(subjects: Subjects, into: Path) -> list[Shot]:
+# These two show a live record, which only a replay's state (--state) has.
+DEFAULT_PAGES = {shot.file for shot, _ in PAGES} - {"mlflow-live-record.png", "prefect-artifact-live.png"}
+
+
+def take_screenshots(subjects: Subjects, into: Path, only: set[str] | None = None) -> list[Shot]:
     from playwright.sync_api import sync_playwright  # the dev extra; imported late so --help works without it
 
     shots = []
@@ -500,6 +565,8 @@ def take_screenshots(subjects: Subjects, into: Path) -> list[Shot]:
             page = context.pages[0] if context.pages else context.new_page()
             page.set_default_timeout(PAGE_TIMEOUT)
             for template, visit in PAGES:
+                if only is not None and template.file not in only:
+                    continue
                 shot = Shot(template.file, template.what, template.size)
                 started = time.monotonic()
                 page.set_viewport_size({"width": shot.size[0], "height": shot.size[1]})
@@ -580,11 +647,11 @@ def check(args: argparse.Namespace) -> int:
             [ui, serve],
         )
 
-        subjects = find_subjects(mlflow, prefect, TICKER)
+        subjects = find_subjects(mlflow, prefect, args.ticker)
         say(f"pages of MLflow run {subjects.run_name!r} and Prefect flow run {subjects.flow_run_name!r}")
         shots_dir = work / "shots"
         shots_dir.mkdir()
-        shots = take_screenshots(subjects, shots_dir)
+        shots = take_screenshots(subjects, shots_dir, set(args.pages) if args.pages else DEFAULT_PAGES)
 
         failed = [s for s in shots if s.missing or s.error]
         if failed:
@@ -629,6 +696,14 @@ def main() -> int:
         "--out", type=Path, default=ROOT / "docs" / "screenshots", help="where the PNGs go (docs/screenshots)"
     )
     parser.add_argument("--keep", action="store_true", help="keep the temporary state directory and the logs")
+    parser.add_argument("--ticker", default=TICKER, help=f"whose runs and pages to show ({TICKER})")
+    parser.add_argument(
+        "--pages",
+        nargs="+",
+        metavar="FILE",
+        choices=[shot.file for shot, _ in PAGES],
+        help="only these pages (default: all but the two live-record pages, which need a replay's --state)",
+    )
     args = parser.parse_args()
     args.out = args.out.resolve()
     try:

@@ -156,11 +156,18 @@ class FailingOnce:
 
 
 def plant_lstm_champion(
-    tracker: Any, ticker: str, history: pd.DataFrame, config: TrainingConfig, return_bias: float
+    tracker: Any,
+    ticker: str,
+    history: pd.DataFrame,
+    config: TrainingConfig,
+    return_bias: float,
+    shrinkage: float = 1.0,
+    calibration: Any = None,
 ) -> str:
     """Register a (seeded, untrained) LSTM whose every forecast is `return_bias` above the last close, as the
     ticker's champion, through the pipeline's own logging and registration: a champion any trained challenger
-    beats (a large bias) or one that ties the naive forecast (zero shrinkage)."""
+    beats (a large bias) or one that ties the naive forecast (zero shrinkage: exactly the last close). With a
+    `calibration` it serves intervals of its own."""
     from pipeline.models.forecasters import LstmForecaster, min_input_rows
     from pipeline.models.lstm import build_lstm
     from pipeline.models.windows import build_dataset
@@ -173,7 +180,7 @@ def plant_lstm_champion(
     kernel, _ = dense.get_weights()
     target = dataset.scaler.target(np.array([np.log1p(return_bias)]))[0]
     dense.set_weights([np.zeros_like(kernel), np.array([target], dtype="float32")])
-    forecaster = LstmForecaster(network, dataset.scaler, config.window, shrinkage=1.0)
+    forecaster = LstmForecaster(network, dataset.scaler, config.window, shrinkage, calibration)
     run_id = tracker.start_run(f"{ticker} planted", {"ticker": ticker, "role": "planted"})
     logged = tracker.log_forecaster(run_id, forecaster, history, min_input_rows(forecaster))
     version = tracker.register(ticker, logged, run_id, tags={"decision": "planted"}, description="planted for a test")

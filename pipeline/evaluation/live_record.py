@@ -132,3 +132,40 @@ def degradation(record: LiveRecord) -> Degradation:
             f"(Diebold-Mariano p {dm_p:.4f} < {DM_ALPHA})",
         )
     return Degradation(False, f"live record within bounds over the last {DEGRADATION_SESSIONS} sessions")
+
+
+def _figure(value: float | None, digits: int) -> str:
+    return "-" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
+
+
+def describe_live(record: LiveRecord, fallback: str | None = None) -> str:
+    """The live record as a Markdown section of the day's run description, beside the back-test evidence."""
+    if record.sessions == 0:
+        return (
+            f"**Live record** of the champion that served until today (v{record.model_version}): none yet, no forecast "
+            "it served has matured."
+        )
+    verdict = degradation(record)
+    rows = [
+        f"| v{record.model_version}, live | sessions | RMSE | U2 | coverage 80% | coverage 95% |",
+        "|---|---|---|---|---|---|",
+    ]
+    for window in WINDOWS:
+        rows.append(
+            f"| last {window} | {min(record.sessions, window)} | {_figure(getattr(record, f'rmse_{window}'), 4)} "
+            f"| {_figure(getattr(record, f'u2_{window}'), 3)} | {_figure(getattr(record, f'coverage_80_{window}'), 3)} "
+            f"| {_figure(getattr(record, f'coverage_95_{window}'), 3)} |"
+        )
+    return "\n".join(
+        [
+            f"**Live record** of the champion that served until today (v{record.model_version}), on the "
+            f"{record.sessions} forecast(s) it served that have matured:",
+            "",
+            *rows,
+            "",
+            f"Kupiec p of the 80% coverage (last {max(WINDOWS)}): {_figure(record.kupiec_p_80, 4)}; one-sided "
+            f"Diebold-Mariano p that naive is better (last {max(WINDOWS)}): "
+            f"{_figure(record.dm_p_naive_better_60, 4)}. Degradation rule: "
+            + (f"**{fallback}**." if fallback else f"{verdict.reason}."),
+        ]
+    )

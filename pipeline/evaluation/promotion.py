@@ -134,9 +134,10 @@ def describe(
     champion_before: str,
     intervals: Mapping[str, Mapping[str, float]] | None = None,
     serving: IntervalServing | None = None,
+    live: str | None = None,
 ) -> str:
-    """The run's description (Markdown): the decision in one sentence, then the figures the rule used, then how
-    every interval set held up on the same sessions."""
+    """The run's description (Markdown): the decision in one sentence, then the figures the rule used, the serving
+    champion's live record (`live`, already Markdown) and how every interval set held up on the same sessions."""
     outcome = (
         f"**Promoted**: the challenger replaces {champion_before} as {ticker}'s champion"
         if verdict.promote
@@ -165,6 +166,7 @@ def describe(
             f"{evidence.sessions} test sessions in {evidence.blocks} blocks; Diebold-Mariano (HLN-corrected, "
             f"one-sided) statistic {_num(evidence.dm_stat, 3)}.",
             *(["", f"Served intervals: {serving.reason}."] if verdict.promote and serving else []),
+            *(["", live] if live else []),
             *(["", *interval_table(intervals)] if intervals else []),
         ]
     )

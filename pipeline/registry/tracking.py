@@ -230,10 +230,10 @@ class Tracker:
     def mark_degraded(self, ticker: str, version: str, reason: str) -> None:
         self.client.set_model_version_tag(registered_model_name(ticker), version, DEGRADED_TAG, excerpt(reason, 500))
 
-    def fall_back(self, ticker: str, reason: str) -> tuple[str, str]:
+    def fall_back(self, ticker: str, reason: str, by: str | None = None) -> tuple[str, str]:
         """A champion gone bad on its live record: `champion` moves to `previous`, or to the baseline v1 when there is
         none, and the degraded version becomes `previous` (so `rollback` undoes the move). Recorded like a rollback:
-        the reason on both versions and on the registered model."""
+        the reason on both versions and on the registered model, with `by` (what made the move) there too."""
         name = registered_model_name(ticker)
         current = self.champion(ticker)
         if current is None:
@@ -249,7 +249,10 @@ class Tracker:
         self.client.set_registered_model_alias(name, PREVIOUS_ALIAS, demoted)
         self.client.set_model_version_tag(name, demoted, DEGRADED_TAG, excerpt(reason, 500))
         self.client.set_model_version_tag(name, target, "restored_by_fallback_from", f"v{demoted}")
-        self.client.set_registered_model_tag(name, "last_fallback", f"v{demoted} -> v{target}: {excerpt(reason, 500)}")
+        who = f" ({excerpt(by, 200)})" if by else ""
+        self.client.set_registered_model_tag(
+            name, "last_fallback", f"v{demoted} -> v{target}: {excerpt(reason, 500)}{who}"
+        )
         log.warning("%s: v%s degraded (%s); v%s serves again", ticker, demoted, reason, target)
         return demoted, target
 

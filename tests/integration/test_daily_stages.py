@@ -155,6 +155,12 @@ def test_the_served_forecast_is_kept_and_scored_once_when_its_session_comes_howe
     champion = tracker_of(ctx).champion("MSFT")
     row = ticker_status("MSFT", ctx.store, again, champion, ctx.quarantine_dir, forecasts=ctx.forecast_log)
     assert (row["live_sessions"], row["live_coverage_80_60"]) == (1, inside)
+    # The day's run keeps what it served: the figures of the file's row as metrics, the target and version as tags.
+    run = tracker_of(ctx).client.get_run(first.run_id).data
+    assert run.metrics["served_forecast_close"] == served["point"]
+    assert run.metrics["served_forecast_upper_95"] == served["upper_95"]
+    assert run.tags["served_forecast_date"] == "2017-11-10" and run.tags["served_forecast_version"] == "1"
+    assert run.tags["served_forecast_interval_method"] == served["interval_method"]
 
 
 def plant_missed_forecasts(ctx, version: str, sessions: int = 60) -> None:
@@ -208,6 +214,8 @@ def test_a_champion_gone_bad_on_its_live_record_is_tagged_then_replaced_before_t
     assert run.data.tags["fallback"].startswith("v2 degraded")
     assert run.data.metrics["live_coverage_80_60"] == day.live_coverage_80_60
     assert tracker.client.get_registered_model(NAME).tags["last_fallback"].startswith("v2 -> v1: live 80% coverage")
+    assert "(the daily run on data to 2017-11-10)" in tracker.client.get_registered_model(NAME).tags["last_fallback"]
+    assert "Degradation rule: **v2 degraded (live 80% coverage" in run.data.tags["mlflow.note.content"]
     assert tracker.rollback("MSFT", "the fallback was a false alarm") == ("1", "2"), "a fallback is undone like one"
 
 

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 
+import numpy as np
+import pandas as pd
 import pytest
+from scipy import stats
 
 from flows.daily import daily_pipeline
 from flows.replay import plan_replay, replay_pipeline
 from pipeline.common.outcome import Decision
+from pipeline.registry.live_runs import LIVE_RECORD_ROLE
 from pipeline.registry.tracking import Tracker
 from pipeline.replay import ReplayRefused
+from tests.support import stockpipe
 
 pytestmark = pytest.mark.integration
 
@@ -30,6 +36,49 @@ def test_replay_runs_every_session_and_refuses_to_rewind(settings):
 
     with pytest.raises(ReplayRefused, match="MSFT through 2017-11-03"):
         plan_replay(settings.model_copy(update={"tickers": ["MSFT"]}), dt.date(2017, 11, 1), dt.date(2017, 11, 10))
+
+    # The live record the replay built, recomputed here from the two files alone, is what status and MLflow show.
+    expected = recomputed_live_record(settings)
+    assert expected["live_sessions"] == len(days) - 1, "every session's forecast scored the next day, the last pending"
+    (row,) = json.loads(
+        stockpipe("status", "--json", cwd=settings.home.parent, STOCKPIPE_HOME=str(settings.home)).stdout
+    )
+    champion = tracker.champion("MSFT")
+    last_run = tracker.runs("MSFT")[0]
+    (version_run,) = tracker.client.search_runs(
+        [tracker.experiment_id], f"tags.role = '{LIVE_RECORD_ROLE}' and tags.model_version = '{champion.version}'"
+    )
+    history = {k: tracker.client.get_metric_history(version_run.info.run_id, k) for k in expected}
+    for key, value in expected.items():
+        assert row[key] == pytest.approx(value), f"status {key}"
+        assert last_run.data.metrics[key] == pytest.approx(value), f"the last daily run's {key}"
+        assert history[key][-1].value == pytest.approx(value) and history[key][-1].step == expected["live_sessions"]
+    assert [m.step for m in history["live_sessions"]] == list(range(1, len(days))), "one point per scored session"
+    assert "**Live record** of the champion that served until today" in last_run.data.tags["mlflow.note.content"]
+
+
+def recomputed_live_record(settings) -> dict[str, float]:
+    """The status fields of the live record from `forecasts/MSFT.parquet` and `store/MSFT.parquet`, by hand."""
+    forecasts = pd.read_parquet(settings.home / "forecasts" / "MSFT.parquet")
+    prices = pd.read_parquet(settings.home / "store" / "MSFT.parquet")
+    assert forecasts["target"].is_unique, "one row per target session (one version served throughout)"
+    scored = forecasts.merge(prices.rename(columns={"Date": "target"}), on="target").tail(60)
+    actual = scored["Close"].to_numpy()
+    rmse = np.sqrt(np.mean((actual - scored["point"]) ** 2))
+    naive = np.sqrt(np.mean((actual - scored["last_close"]) ** 2))
+    inside_80 = (scored["lower_80"] <= actual) & (actual <= scored["upper_80"])
+    inside_95 = (scored["lower_95"] <= actual) & (actual <= scored["upper_95"])
+    n, misses = len(scored), int((~inside_80).sum())
+    rate = misses / n
+    log_null = (n - misses) * np.log(0.8) + misses * np.log(0.2)
+    log_fit = sum(k * np.log(r) for k, r in ((n - misses, 1 - rate), (misses, rate)) if k)
+    return {
+        "live_sessions": n,
+        "live_u2_60": rmse / naive,
+        "live_coverage_80_60": inside_80.mean(),
+        "live_coverage_95_60": inside_95.mean(),
+        "live_kupiec_p_80": stats.chi2.sf(-2 * (log_null - log_fit), 1),
+    }
 
 
 def test_weekend_run_is_a_no_op_once_the_store_is_current(settings):

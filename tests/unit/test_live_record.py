@@ -12,7 +12,7 @@ from scipy import stats
 
 from pipeline.data.forecast_log import ForecastLog, ForecastLogUnreadable, ServedForecast
 from pipeline.evaluation.evidence import dm_one_sided
-from pipeline.evaluation.live_record import LiveRecord, degradation, live_record, score_matured
+from pipeline.evaluation.live_record import LiveRecord, degradation, describe_live, live_record, score_matured
 
 DAYS = pd.bdate_range("2017-01-02", periods=8)
 
@@ -123,3 +123,15 @@ def test_the_record_carries_the_diebold_mariano_p_value_of_naive_against_the_ser
     actual = scored["actual"].to_numpy()
     expected = dm_one_sided(actual, scored["last_close"].to_numpy(), scored["point"].to_numpy())[1]
     assert got.dm_p_naive_better_60 == pytest.approx(expected) and got.u2_60 > 1
+
+
+def test_the_description_shows_both_windows_the_tests_and_the_rules_verdict():
+    text = describe_live(LiveRecord("2", 45, 1.25, 1.5, 0.99, 1.01, 0.75, 0.8, 0.95, None, 0.31, 0.6))
+    assert "(v2), on the 45 forecast(s)" in text
+    assert "| last 20 | 20 | 1.2500 | 0.990 | 0.750 | 0.950 |" in text
+    assert "| last 60 | 45 | 1.5000 | 1.010 | 0.800 | - |" in text, "a figure not known yet is a dash"
+    assert "Kupiec p of the 80% coverage (last 60): 0.3100" in text
+    assert "45 of 60 sessions scored: too few to judge" in text
+    fell = describe_live(record(coverage=0.6, kupiec=0.004), "v2 degraded (low coverage); fell back to v1")
+    assert "Degradation rule: **v2 degraded (low coverage); fell back to v1**." in fell
+    assert "none yet" in describe_live(LiveRecord("1", 0, *[None] * 9))
