@@ -32,7 +32,7 @@ from pipeline.common.settings import BUNDLED_SNAPSHOTS, Settings  # noqa: E402
 from pipeline.common.trading_calendar import sessions_between  # noqa: E402
 from pipeline.data.forecast_log import ForecastLog  # noqa: E402
 from pipeline.data.store import PriceStore  # noqa: E402
-from pipeline.evaluation.live_record import live_record, score_matured  # noqa: E402
+from pipeline.evaluation.live_record import record_on, score_matured  # noqa: E402
 from pipeline.registry.tracking import Tracker  # noqa: E402
 
 OUT = PROJECT_ROOT / "bench" / "live_replay.json"
@@ -130,7 +130,7 @@ def live_step_seconds(settings: Settings, ticker: str, repeats: int = 5) -> dict
     import statistics
 
     from pipeline.evaluation.live_record import degradation
-    from pipeline.live import record_of, record_served
+    from pipeline.live import record_served
     from pipeline.registry.live_runs import log_live_record
 
     tracker = Tracker.from_settings(settings)
@@ -145,7 +145,7 @@ def live_step_seconds(settings: Settings, ticker: str, repeats: int = 5) -> dict
     try:
         for _ in range(repeats):
             begun = time.perf_counter()
-            record = record_of(log, ticker, prices, champion.version)
+            record = record_on(log.read(ticker), prices, champion.version)
             degradation(record)
             steps["score_and_judge"].append(time.perf_counter() - begun)
             begun = time.perf_counter()
@@ -188,7 +188,7 @@ def main() -> None:
     # The last run's figures, recomputed from the files, must be what it logged (before its own forecast matured).
     last_version = logged["champion_before"].iloc[-1].split()[0].removeprefix("v")
     as_of_last_run = prices[pd.to_datetime(prices["Date"]) <= pd.Timestamp(logged["day"].iloc[-1])]
-    recomputed = live_record(score_matured(forecasts, as_of_last_run), last_version).metrics()
+    recomputed = record_on(forecasts, as_of_last_run, last_version).metrics()
     for figure in FIGURES:
         logged_value, file_value = logged[figure].iloc[-1], recomputed.get(figure, np.nan)
         if not np.isclose(logged_value, file_value, equal_nan=True):

@@ -34,9 +34,9 @@ from pipeline.data.ingest import Admitted, check_freshness
 from pipeline.data.sources import PriceSource
 from pipeline.data.store import PriceStore
 from pipeline.evaluation.evidence import PromotionPolicy
-from pipeline.evaluation.live_record import LiveRecord, degradation, describe_live
+from pipeline.evaluation.live_record import LiveRecord, degradation, describe_live, record_on
 from pipeline.failures import Reached, StopRequested, cached, failed
-from pipeline.live import on_the_run, record_of, record_served
+from pipeline.live import on_the_run, record_served
 from pipeline.models.callbacks import EpochHook, epoch_hook, stop_training_on
 from pipeline.models.forecasters import Forecaster
 from pipeline.models.training import warm_start_from
@@ -366,13 +366,15 @@ def _train_and_decide(
         _record_served(ctx, tracker, ticker, admitted, opened, current)
     outcome = decided_outcome(ticker, admitted, settings_digest, tracker, opened.run_id, version, current, evaluation)
     reason = outcome.reason if opened.fallback is None else f"{opened.fallback}; {outcome.reason}"
-    return outcome.replace(timings=dict(challenger.timings), reason=reason, **live_fields(opened.live))
+    return outcome.replace(
+        timings=dict(challenger.timings), reason=reason, **(opened.live.status_fields() if opened.live else {})
+    )
 
 
 def _live_record(ctx: DailyContext, ticker: str, admitted: Admitted, champion: Champion) -> LiveRecord | None:
     """The serving champion's record on the forecasts it served that have now matured."""
     try:
-        return record_of(ctx.forecast_log, ticker, admitted.history, champion.version)
+        return record_on(ctx.forecast_log.read(ticker), admitted.history, champion.version)
     except Exception as exc:  # the live record informs; it must not cost the ticker its day
         log.warning("%s: no live record today: %s", ticker, exc)
         return None
@@ -411,18 +413,6 @@ def _record_served(
         tracker.set_tags(opened.run_id, tags)
     except Exception as exc:  # the decision is already applied; a forecast not kept only leaves a gap in the record
         log.warning("%s: the served forecast was not recorded: %s", ticker, exc)
-
-
-def live_fields(live: LiveRecord | None) -> dict[str, Any]:
-    if live is None:
-        return {}
-    return {
-        "live_sessions": live.sessions,
-        "live_u2_60": live.u2_60,
-        "live_coverage_80_60": live.coverage_80_60,
-        "live_coverage_95_60": live.coverage_95_60,
-        "live_kupiec_p_80": live.kupiec_p_80,
-    }
 
 
 def _callbacks(request: Request, ctx: DailyContext, run_id: str) -> list[Any]:

@@ -1,5 +1,5 @@
-"""The served forecasts' live record, wired to the stores: record what the champion serves for the next session,
-and score what it served before once the prices show how it turned out."""
+"""The served forecast, wired to the store and the run: record what the champion serves for the next session, as
+`predict` serves it, so a later day can score it (`pipeline.evaluation.live_record`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import pandas as pd
 
 from pipeline.common.outcome import utc_now
 from pipeline.data.forecast_log import BOUNDS, ForecastLog, ServedForecast
-from pipeline.evaluation.live_record import LiveRecord, live_record, score_matured
 from pipeline.models.forecasters import Forecaster
 from pipeline.serving import forecast_next
 
@@ -54,8 +53,3 @@ def on_the_run(forecast: ServedForecast) -> tuple[dict[str, float], dict[str, st
         "served_forecast_interval_method": forecast.interval_method or "none",
     }
     return metrics, tags
-
-
-def record_of(log: ForecastLog, ticker: str, prices: pd.DataFrame, model_version: str) -> LiveRecord:
-    """The version's live record from what the log holds and the prices now stored (raises ForecastLogUnreadable)."""
-    return live_record(score_matured(log.read(ticker), prices), model_version)

@@ -12,8 +12,7 @@ from pipeline.common.outcome import TickerOutcome
 from pipeline.data import quarantine
 from pipeline.data.forecast_log import ForecastLog, ForecastLogUnreadable
 from pipeline.data.store import PriceStore, StoreUnreadable
-from pipeline.evaluation.live_record import LiveRecord
-from pipeline.live import record_of
+from pipeline.evaluation.live_record import STATUS_FIELDS, LiveRecord, record_on
 from pipeline.registry import journal
 from pipeline.registry.tracking import Champion
 
@@ -41,7 +40,7 @@ def ticker_status(
         prices, start, end, rows = None, None, None, 0
     if forecasts is not None and champion is not None and prices is not None:
         try:
-            live = record_of(forecasts, ticker, prices, champion.version)
+            live = record_on(forecasts.read(ticker), prices, champion.version)
         except ForecastLogUnreadable as exc:
             problems.append(str(exc))
     kept = quarantine.usage(quarantine_dir, ticker)
@@ -60,11 +59,7 @@ def ticker_status(
         "coverage_95": last.coverage_95 if last else None,
         "served_coverage_80": last.served_coverage_80 if last else None,
         "served_coverage_95": last.served_coverage_95 if last else None,
-        "live_sessions": live.sessions if live else None,
-        "live_u2_60": live.u2_60 if live else None,
-        "live_coverage_80_60": live.coverage_80_60 if live else None,
-        "live_coverage_95_60": live.coverage_95_60 if live else None,
-        "live_kupiec_p_80": live.kupiec_p_80 if live else None,
+        **(live.status_fields() if live else dict.fromkeys(STATUS_FIELDS)),
         "last_decision": last.decision.value if last else None,
         "last_reason": last.reason if last else None,
         "last_run_id": last.run_id if last else None,

@@ -20,6 +20,8 @@ from pipeline.evaluation.evidence import dm_one_sided
 from pipeline.evaluation.interval_tests import kupiec_pof
 
 WINDOWS = (20, 60)
+# The figures of the record that `status --json`, the day's outcome and the Prefect summary carry.
+STATUS_FIELDS = ("live_sessions", "live_u2_60", "live_coverage_80_60", "live_coverage_95_60", "live_kupiec_p_80")
 # The degradation rule's window and thresholds (see `degradation`).
 DEGRADATION_SESSIONS = 60
 KUPIEC_ALPHA = 0.01
@@ -70,6 +72,16 @@ class LiveRecord:
         figures["live_dm_p_naive_better_60"] = self.dm_p_naive_better_60
         return {k: float(v) for k, v in figures.items() if v is not None and math.isfinite(v)}
 
+    def status_fields(self) -> dict[str, float | int | None]:
+        """The STATUS_FIELDS, as `status --json` and the day's outcome show them."""
+        return {
+            "live_sessions": self.sessions,
+            "live_u2_60": self.u2_60,
+            "live_coverage_80_60": self.coverage_80_60,
+            "live_coverage_95_60": self.coverage_95_60,
+            "live_kupiec_p_80": self.kupiec_p_80,
+        }
+
 
 def _rmse(errors: np.ndarray) -> float | None:
     return float(np.sqrt(np.mean(errors**2))) if errors.size else None
@@ -93,6 +105,11 @@ def live_record(scored: pd.DataFrame, model_version: str) -> LiveRecord:
         actual, last_close, point = (recent[c].to_numpy("float64") for c in ("actual", "last_close", "point"))
         dm_p = dm_one_sided(actual, last_close, point)[1]
     return LiveRecord(str(model_version), len(own), kupiec_p_80=p_value, dm_p_naive_better_60=dm_p, **figures)
+
+
+def record_on(forecasts: pd.DataFrame, prices: pd.DataFrame, model_version: str) -> LiveRecord:
+    """The version's live record on the recorded forecasts that `prices` has matured."""
+    return live_record(score_matured(forecasts, prices), model_version)
 
 
 @dataclass(frozen=True)
