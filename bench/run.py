@@ -32,6 +32,8 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))
 
 from bench.seed_baseline import seed_forecasts  # noqa: E402
+from bench.state_size import GOAL_BYTES  # noqa: E402
+from bench.state_size import measure as measure_state_size  # noqa: E402
 from flows.local_server import free_port  # noqa: E402
 from pipeline.common.settings import BUNDLED_SNAPSHOTS, TrainingConfig  # noqa: E402
 from pipeline.data.sources import CsvSource  # noqa: E402
@@ -47,6 +49,7 @@ TARGETS = {
     "warm_time_ratio_max": 0.25,
     "warm_u2_slack": 0.01,
     "peak_rss_gib_max": 1.5,
+    "state_bytes_per_ticker_day_max": GOAL_BYTES,
 }
 # The steps of a ticker's day, as the outcome's timings name them.
 # The interval table's rows: the challenger, v1 (what a fresh clone serves), and the textbook references.
@@ -395,7 +398,7 @@ def main() -> None:
     matmul = results["machine"]["matmul_gflops_all_cores"]
 
     print(
-        "1/7 forecast quality and intervals at default settings (and the seeds' approach on the same days)", flush=True
+        "1/8 forecast quality and intervals at default settings (and the seeds' approach on the same days)", flush=True
     )
     trained = [train_and_score(t, config) for t in tickers]
     results["quality"] = [quality_row(r, config) for r in trained]
@@ -405,7 +408,7 @@ def main() -> None:
         "interval baseline is the last close times the quantiles of the last 250 returns."
     )
 
-    print("2/7 training speed before (batch 64) and after (the default), against the machine's floor", flush=True)
+    print("2/8 training speed before (batch 64) and after (the default), against the machine's floor", flush=True)
     before_result = train_and_score("MSFT", before)
     results["training"] = {
         "before": training_speed(before_result, before, matmul),
@@ -415,7 +418,7 @@ def main() -> None:
         "input and recurrent weights, forward x 3 for backward) at the measured float32 matmul rate.",
     }
 
-    print("3/7 warm start against a full retrain, 20 sessions after the champion was trained", flush=True)
+    print("3/8 warm start against a full retrain, 20 sessions after the champion was trained", flush=True)
     results["warm_start"] = warm_start_measurement(config, gap=20)
     results["warm_start"]["method"] = (
         "MSFT: a champion trained on data to 20 sessions before the end; then, on the "
@@ -427,7 +430,7 @@ def main() -> None:
         root = Path(tmp)
         env = {"STOCKPIPE_TRAINING__EPOCHS": str(config.epochs)}
         print(
-            "4/7 `make run` (no server: the run starts its own Prefect API), then the daily run against a server",
+            "4/8 `make run` (no server: the run starts its own Prefect API), then the daily run against a server",
             flush=True,
         )
         standalone = run_cli(["run", "--tickers", *tickers], root / "standalone" / ".stockpipe", env)
@@ -455,11 +458,11 @@ def main() -> None:
             "overhead share is everything but training over the wall.",
         }
 
-        print("5/7 a re-run with no new data", flush=True)
+        print("5/8 a re-run with no new data", flush=True)
         results["rerun"] = {"wall": run_cli(["run", "--tickers", *tickers], home, env, api)["wall"]}
 
         counts = [1, 2] if quick else [1, 2, 4, 8]
-        print(f"6/7 parallel efficiency and cost against ticker count {counts}", flush=True)
+        print(f"6/8 parallel efficiency and cost against ticker count {counts}", flush=True)
         one_core = {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1", "OMP_NUM_THREADS": "1"}
         pinned = ["taskset", "-c", "0"]
         alone = csv_run(root, "alone", 1, api, 1, extra_env=one_core, prefix=pinned)
@@ -492,7 +495,7 @@ def main() -> None:
         }
 
         years = [1, 5] if quick else [1, 5, 10, 30]
-        print(f"7/7 cost against history length {years} years", flush=True)
+        print(f"7/8 cost against history length {years} years", flush=True)
         curve = []
         for span in years:
             # A year of sessions leaves no room for the default 250-session test span: that point tests on 60.
@@ -502,6 +505,11 @@ def main() -> None:
             run = csv_run(root, f"years-{span}", 1, api, 1, extra_env=extra, years=span + 1)
             curve.append({"years": span, **run})
         results["cost_by_history_years"] = curve
+
+    print("8/8 what each further ticker-day adds to STOCKPIPE_HOME, retention off and on", flush=True)
+    # Quick: three sessions, retention keeping one lost run, so that pruning happens at all; not the README's figures.
+    quick_form = {"count": 3, "last": 2, "epochs": config.epochs, "quick": True}
+    results["state_size"] = measure_state_size(**(quick_form if quick else {"count": 20, "last": 10}))
 
     results["targets"] = evaluate_targets(results)
     results["bench_seconds"] = time.perf_counter() - started
@@ -544,6 +552,10 @@ def evaluate_targets(r: dict) -> dict:
         "peak memory of the daily run (two tickers) <= 1.5 GiB": (
             r["daily_run"]["peak_rss_gib"],
             r["daily_run"]["peak_rss_gib"] <= TARGETS["peak_rss_gib_max"],
+        ),
+        "bytes each further ticker-day adds to STOCKPIPE_HOME (retention on) <= 150 KB": (
+            r["state_size"]["after"]["bytes_per_ticker_day"]["total"],
+            r["state_size"]["after"]["bytes_per_ticker_day"]["total"] <= TARGETS["state_bytes_per_ticker_day_max"],
         ),
     }
     return {name: {"value": value, "met": bool(met)} for name, (value, met) in checks.items()}
@@ -667,6 +679,15 @@ def markdown(r: dict) -> str:
             f"| {p['years']} years of history, one ticker | {f(p['wall'], 1)} | {f(p['peak_rss_gib'], 2)} |"
             for p in r["cost_by_history_years"]
         ],
+    ]
+    z = r["state_size"]
+    before, after = z["before"]["bytes_per_ticker_day"], z["after"]["bytes_per_ticker_day"]
+    lines += [
+        "",
+        f"| bytes per further ticker-day ({z['ticker']}, slope over the last {z['slope_over_last_sessions']} of "
+        f"{z['sessions']}) | retention off | retention on |",
+        "|---|---|---|",
+        *[f"| {kind} | {before[kind]:,} | {after[kind]:,} |" for kind in before],
     ]
     lines += [
         "",

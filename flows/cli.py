@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 import typer
 
 from flows import environment
+from flows.alerts_cli import app as alerts_app
 from pipeline.common.settings import Settings, SourceKind
 from pipeline.common.symbols import InvalidTicker, parse_ticker
 
@@ -26,6 +27,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+app.add_typer(alerts_app, name="alerts")
 
 
 class ReplaySourceKind(StrEnum):
@@ -237,6 +239,8 @@ def _print_outcomes(outcomes: list[TickerOutcome]) -> None:
     for o in outcomes:
         colour = typer.colors.GREEN if o.succeeded else typer.colors.RED
         typer.secho(f"{o.ticker:>6}  {o.decision.value:<8}  {o.reason}", fg=colour)
+        if o.alert_note:
+            typer.secho(f"{'':>6}  {'':<8}  {o.alert_note}", fg=typer.colors.YELLOW)
 
 
 @contextlib.contextmanager
@@ -261,6 +265,7 @@ def _status_rows(settings: Settings) -> list[dict]:
     from pipeline.data.store import PriceStore
     from pipeline.registry import journal
     from pipeline.registry.recording import rebuild_outcome
+    from pipeline.state_size import tickers_bytes
     from pipeline.status import known_tickers, ticker_status
 
     store = PriceStore(settings.store_dir, settings.locks_dir)
@@ -275,8 +280,14 @@ def _status_rows(settings: Settings) -> list[dict]:
     rows = []
     with _tracker_or_none(settings) as tracker:
         tickers = known_tickers(store, settings.reports_dir, tracker.registered_tickers() if tracker else [])
+        sizes: dict[str, dict] = {}
+        size_problem = None
+        try:  # what each ticker holds informs; it must not cost the rest of the status
+            sizes = tickers_bytes(settings, tickers, tracker)
+        except Exception as exc:
+            size_problem = f"state size unknown: {type(exc).__name__}: {excerpt(exc)}"
         for ticker in tickers:
-            problems: list[str] = []
+            problems: list[str] = [size_problem] if size_problem else []
             champion = last = None
             try:
                 champion = tracker.champion(ticker) if tracker else None
@@ -284,7 +295,11 @@ def _status_rows(settings: Settings) -> list[dict]:
                 last = journal.last_outcome(settings.reports_dir, ticker, rebuild)
             except Exception as exc:
                 problems.append(f"{type(exc).__name__}: {excerpt(exc)}")
-            rows.append(ticker_status(ticker, store, last, champion, settings.quarantine_dir, problems, forecasts))
+            rows.append(
+                ticker_status(
+                    ticker, store, last, champion, settings.quarantine_dir, problems, forecasts, sizes.get(ticker)
+                )
+            )
     return rows
 
 
@@ -330,9 +345,13 @@ def _print_status(rows: list[dict]) -> None:
     def num(value: float | None, digits: int = 4) -> str:
         return "-" if value is None else f"{value:.{digits}f}"
 
+    def size(value: int | None) -> str:
+        return "-" if value is None else f"{value / 1e6:.1f} MB"
+
     table = Table(box=None, pad_edge=False, header_style="bold", show_edge=False)
     for name, justify in STATUS_COLUMNS:
         table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+    table.add_column("state", justify="right", no_wrap=True)  # the bytes the ticker holds in STOCKPIPE_HOME
     table.add_column("why", overflow="fold")
     for r in rows:
         why = Text(r["last_reason"] or "")
@@ -353,6 +372,7 @@ def _print_status(rows: list[dict]) -> None:
             num(r["live_u2_60"], 3),
             num(r["live_coverage_80_60"], 2),
             r["last_decision"] or "-",
+            size(r.get("state_bytes_total")),
             why,
         )
     # Piped output (a log, `make run`) gets a wide line rather than rich's 80 columns.
@@ -364,7 +384,7 @@ def serve(
     ctx: typer.Context,
     tickers: Annotated[Optional[list[str]], typer.Option("--tickers", help="Default tickers of scheduled runs")] = None,
 ) -> None:
-    """Serve the `daily` deployment (weekdays 18:00 New York) from this process, against a Prefect server."""
+    """Serve the `daily` deployment (every day at 18:00 New York) from this process, against a Prefect server."""
     chosen = _parse_tickers([*(tickers or []), *ctx.args]) or None
     if not os.environ.get("PREFECT_API_URL"):
         raise fail(

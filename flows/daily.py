@@ -6,6 +6,7 @@ logs, artifacts); the ticker-day itself is `pipeline.daily.run_ticker`."""
 import contextlib
 import datetime as dt
 import logging
+import math
 import signal
 import threading
 import warnings
@@ -21,6 +22,8 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 from prefect.cache_policies import NO_CACHE
+from prefect.client.orchestration import get_client
+from prefect.concurrency.sync import rate_limit
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
@@ -28,6 +31,7 @@ from prefect.tasks import exponential_backoff
 from pydantic import Field
 
 from flows import environment
+from flows.alerts import AlertNotDelivered, raise_alerts
 from pipeline import daily
 from pipeline.common.files import UnsafeInput, within
 from pipeline.common.outcome import TickerOutcome
@@ -91,25 +95,52 @@ def _tracking_task(stage: Callable, name: str):
     )
 
 
-# The ticker-day's stages as task runs. Yahoo's 429s are not retried by yfinance itself; backoff with jitter spreads
-# the retries of many tickers. Validation and training failures are facts, never retried. Tracking retries resume
-# the same MLflow run (pipeline.registry.recording), so a retry never records anything twice.
-PREFECT_STAGES = Stages(
-    fetch=task(
-        ingest.fetch_batch,
-        name="fetch",
-        task_run_name="fetch-{ticker}",
-        retries=FETCH_RETRIES,
-        retry_delay_seconds=exponential_backoff(backoff_factor=5),
-        retry_jitter_factor=0.5,
-        retry_condition_fn=retry_transient_fetch,
-        cache_policy=NO_CACHE,
-    ),
-    admit=task(ingest.admit, name="validate", task_run_name="validate-{ticker}", cache_policy=NO_CACHE),
-    train=task(training.train_challenger, name="train", task_run_name="train-{ticker}", cache_policy=NO_CACHE),
-    evaluate=_tracking_task(daily.evaluate, "evaluate"),
-    publish=_tracking_task(daily.publish, "track-and-promote"),
-)
+# Yahoo requests of every ticker (and every worker process) share this Prefect global concurrency limit: its slots
+# decay at STOCKPIPE_FETCH_RATE_PER_SECOND, so a night of hundreds of tickers fetches at a pace Yahoo tolerates.
+YAHOO_RATE_LIMIT = "stockpipe-yahoo-requests"
+
+
+def polite_fetch(source: Any, history: Any, ticker: str, day: dt.date) -> Any:
+    if source.name == SourceKind.yahoo.value:
+        rate_limit(YAHOO_RATE_LIMIT, occupy=1)
+    return ingest.fetch_batch(source, history, ticker, day)
+
+
+def ensure_fetch_rate(settings: Settings) -> None:
+    """Create (or set) the Yahoo rate limit on the API in use; without it, fetches run unpaced with a warning."""
+    if settings.source is not SourceKind.yahoo:
+        return
+    rate = settings.fetch_rate_per_second
+    try:
+        with get_client(sync_client=True) as client:
+            client.upsert_global_concurrency_limit_by_name(
+                YAHOO_RATE_LIMIT, limit=max(1, math.ceil(rate)), slot_decay_per_second=rate
+            )
+    except Exception as exc:
+        log.warning("the Yahoo rate limit could not be set (%s): fetches are not paced", type(exc).__name__)
+
+
+def prefect_stages(settings: Settings) -> Stages:
+    """The ticker-day's stages as task runs. Yahoo's 429s are not retried by yfinance itself; backoff (from
+    STOCKPIPE_FETCH_BACKOFF_SECONDS, doubling) with jitter spreads the retries of many tickers. Validation and
+    training failures are facts, never retried. Tracking retries resume the same MLflow run
+    (pipeline.registry.recording), so a retry never records anything twice."""
+    return Stages(
+        fetch=task(
+            polite_fetch,
+            name="fetch",
+            task_run_name="fetch-{ticker}",
+            retries=FETCH_RETRIES,
+            retry_delay_seconds=exponential_backoff(backoff_factor=settings.fetch_backoff_seconds),
+            retry_jitter_factor=0.5,
+            retry_condition_fn=retry_transient_fetch,
+            cache_policy=NO_CACHE,
+        ),
+        admit=task(ingest.admit, name="validate", task_run_name="validate-{ticker}", cache_policy=NO_CACHE),
+        train=task(training.train_challenger, name="train", task_run_name="train-{ticker}", cache_policy=NO_CACHE),
+        evaluate=_tracking_task(daily.evaluate, "evaluate"),
+        publish=_tracking_task(daily.publish, "track-and-promote"),
+    )
 
 
 # Set by SIGINT or SIGTERM while a flow runs: every ticker of this process stops at its next safe point (between
@@ -216,17 +247,21 @@ def ticker_day(
     except Exception as exc:
         from pipeline.common.outcome import Decision
 
-        return TickerOutcome(ticker, Decision.failed, f"{type(exc).__name__}: {exc}")
-    return run_ticker(
+        return raise_alerts(
+            TickerOutcome(ticker, Decision.failed, f"{type(exc).__name__}: {exc}", failure=type(exc).__name__),
+            settings,
+        )
+    outcome = run_ticker(
         ticker,
         ctx,
         as_of=as_of,
         force=force,
         warm_start=warm_start,
         run_tags=run_tags,
-        stages=PREFECT_STAGES,
+        stages=prefect_stages(settings),
         on_epoch=progress,
     )
+    return raise_alerts(outcome, settings)
 
 
 # Creating the tracking store (SQLite schema migrations, the experiment) once, before tickers fan out,
@@ -267,6 +302,7 @@ def summary_rows(outcomes: list[TickerOutcome]) -> list[dict[str, Any]]:
             "live Kupiec p 80%": number(o.live_kupiec_p_80, 3),
             "champion": f"v{o.champion_version}" if o.champion_version else "",
             "reason": o.reason,
+            "alerts": o.alert_note or "",
         }
         for o in outcomes
     ]
@@ -300,6 +336,7 @@ EXPECTED_FAILURES: tuple[type[BaseException], ...] = (
     ParameterRefused,
     TrackingUnavailable,
     StopRequested,
+    AlertNotDelivered,
 )
 
 
@@ -413,6 +450,7 @@ def daily_pipeline(
     quiet_third_party_logs()
     settings = resolve_settings(tickers=tickers, source=source, csv_dir=csv_dir, epochs=epochs)
     environment.in_flow_process(settings)
+    ensure_fetch_rate(settings)
     connect_tracking(settings)
     progress_id = create_progress_artifact(
         progress=0.0, key=PROGRESS_KEY, description="Epochs trained across the run's tickers"
@@ -423,6 +461,9 @@ def daily_pipeline(
         outcomes: list[TickerOutcome] = [f.result() for f in futures]
     publish_summary(outcomes, as_of)
     failed = [o.ticker for o in outcomes if not o.succeeded]
+    unheard = sum(1 for o in outcomes if o.alert_note)
+    note = f"; alerts of {unheard} ticker(s) not delivered" if unheard else ""
     if failed:
-        return Failed(message=f"{len(failed)} of {len(outcomes)} ticker(s) failed: {', '.join(failed)}", data=outcomes)
-    return Completed(message=f"{len(outcomes)} ticker(s) done", data=outcomes)
+        message = f"{len(failed)} of {len(outcomes)} ticker(s) failed: {', '.join(failed)}{note}"
+        return Failed(message=message, data=outcomes)
+    return Completed(message=f"{len(outcomes)} ticker(s) done{note}", data=outcomes)

@@ -4,7 +4,8 @@
          -> fresh enough? -> same data and settings as the last decision? skip
          -> store -> baseline champion -> open the run -> score the champion's matured forecasts (its live record)
          -> train (epochs logged live) -> score -> decide -> record -> apply
-         -> keep the forecast now served, for a later day to score -> cache the outcome
+         -> keep the forecast now served, for a later day to score -> lost runs' files past the retention go
+         -> cache the outcome
 
 Every branch ends in a typed `TickerOutcome`; a failure is this ticker's outcome, never the other tickers'. The I/O is
 injected (`DailyContext`), and the stages an orchestrator wants to wrap (retries, task runs) are injected too
@@ -56,6 +57,7 @@ from pipeline.registry.recording import (
     start_tags,
     training_params,
 )
+from pipeline.registry.retention import RunRetention, prune_ticker
 from pipeline.registry.settle import settle_cut_off
 from pipeline.registry.tracking import BASELINE_VERSION, Champion, Tracker
 from pipeline.stages import Evaluation, Stages, decided_outcome, evaluate, publish
@@ -86,6 +88,8 @@ class DailyContext:
     # Where the served forecasts are kept (default: `forecasts/` beside the price store).
     forecasts_dir: Path | None = None
     on_degraded: OnDegraded = OnDegraded.fallback
+    # How many lost runs keep their files, and for how long (STOCKPIPE_KEEP_LOST_RUNS, STOCKPIPE_RETENTION_DAYS).
+    lost_runs: RunRetention = field(default_factory=RunRetention)
 
     @property
     def forecast_log(self) -> ForecastLog:
@@ -162,6 +166,7 @@ class _OpenRun:
     # The live record of the champion that served until today, and the fallback it caused, if any.
     live: LiveRecord | None = None
     fallback: str | None = None
+    rolled_back: bool = False
 
 
 def run_ticker(
@@ -191,6 +196,9 @@ def run_ticker(
         if on_epoch is not None:
             with suppress(Exception):
                 on_epoch(ticker, ctx.config.epochs, ctx.config.epochs)
+        if outcome.succeeded and progress.reached.tracker is not None:
+            with _timed(timings, "retention"):
+                _prune_lost_runs(ctx, progress.reached.tracker, ticker)
         outcome = outcome.replace(timings={**timings, **outcome.timings})
         try:
             journal.write(ctx.reports_dir, outcome)
@@ -293,6 +301,7 @@ def _open_run(
         with _timed(timings, "live"):
             live = _live_record(ctx, ticker, admitted, champion)
             fallback = _act_on_degradation(ctx, tracker, ticker, champion, live, admitted.data_end)
+        served_until_today = champion.version
         if fallback is not None:
             champion = tracker.champion(ticker) or champion
         champion_before = f"v{champion.version} ({champion.kind})"
@@ -320,7 +329,8 @@ def _open_run(
         )
         # Checked against its recorded digests: a mismatch fails the ticker, naming the version.
         champion_model = tracker.load(champion, ticker)
-    return _OpenRun(run_id, champion, champion_before, champion_model, live, fallback)
+    rolled_back = champion.version != served_until_today
+    return _OpenRun(run_id, champion, champion_before, champion_model, live, fallback, rolled_back)
 
 
 def _train_and_decide(
@@ -367,7 +377,11 @@ def _train_and_decide(
     outcome = decided_outcome(ticker, admitted, settings_digest, tracker, opened.run_id, version, current, evaluation)
     reason = outcome.reason if opened.fallback is None else f"{opened.fallback}; {outcome.reason}"
     return outcome.replace(
-        timings=dict(challenger.timings), reason=reason, **(opened.live.status_fields() if opened.live else {})
+        timings=dict(challenger.timings),
+        reason=reason,
+        degradation=opened.fallback,
+        rolled_back=opened.rolled_back,
+        **(opened.live.status_fields() if opened.live else {}),
     )
 
 
@@ -413,6 +427,15 @@ def _record_served(
         tracker.set_tags(opened.run_id, tags)
     except Exception as exc:  # the decision is already applied; a forecast not kept only leaves a gap in the record
         log.warning("%s: the served forecast was not recorded: %s", ticker, exc)
+
+
+def _prune_lost_runs(ctx: DailyContext, tracker: Tracker, ticker: str) -> None:
+    """Once the day's decision is recorded, the files of lost runs past the retention go (under the ticker's lock:
+    no run of the ticker is recording meanwhile)."""
+    try:
+        prune_ticker(tracker, ticker, ctx.lost_runs.keep_lost_runs, ctx.lost_runs.retention_days)
+    except Exception as exc:  # files kept one more day cost disk, not the day's decision
+        log.warning("%s: retention did not run: %s: %s", ticker, type(exc).__name__, excerpt(exc, 300))
 
 
 def _callbacks(request: Request, ctx: DailyContext, run_id: str) -> list[Any]:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pipeline.common.outcome import Decision, TickerOutcome, carried_over
 from pipeline.common.redact import excerpt
-from pipeline.data.ingest import Admitted, BatchRefused
+from pipeline.data.ingest import Admitted, BatchRefused, StaleData
 from pipeline.registry import journal
 from pipeline.registry.connection import TrackingUnavailable, tracking_errors
 from pipeline.registry.recording import record_failure, run_name, start_tags
@@ -48,6 +48,14 @@ def failure_reason(exc: BaseException, run_open: bool) -> str:
     return reason
 
 
+def failure_family(exc: BaseException) -> str:
+    """What kind of failure this is for whoever hears of it: a refused batch of any cause is `BatchRefused`."""
+    for family in (BatchRefused, StaleData):
+        if isinstance(exc, family):
+            return family.__name__
+    return type(exc).__name__
+
+
 def failed(
     ticker: str, exc: Exception, reached: Reached, reports_dir: Path, today: Callable[[], dt.date]
 ) -> TickerOutcome:
@@ -69,6 +77,7 @@ def failed(
         ticker,
         Decision.failed,
         reason,
+        failure=failure_family(exc),
         **{**kept, "run_id": run_id, "run_url": tracker.run_url(run_id) if tracker and run_id else None},
     )
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from pipeline import state_size
 from pipeline.common.outcome import TickerOutcome
 from pipeline.data import quarantine
 from pipeline.data.forecast_log import ForecastLog, ForecastLogUnreadable
@@ -25,9 +26,11 @@ def ticker_status(
     quarantine_dir: Path,
     problems: list[str] | None = None,
     forecasts: ForecastLog | None = None,
+    state_bytes: dict[str, int | None] | None = None,
 ) -> dict[str, Any]:
     """`champion` is the registry's current champion (the last outcome may predate a rollback). Its live record is
-    computed here, from the forecasts it served and the prices stored now."""
+    computed here, from the forecasts it served and the prices stored now. `state_bytes` is what the ticker holds
+    in the home, by kind (pipeline.state_size)."""
     problems = list(problems or [])
     live: LiveRecord | None = None
     try:
@@ -66,6 +69,8 @@ def ticker_status(
         "last_run_at": last.finished_at if last else None,
         "quarantined_batches": kept.batches,
         "quarantined_bytes": kept.bytes,
+        "state_bytes": state_bytes,
+        "state_bytes_total": state_size.total(state_bytes) if state_bytes is not None else None,
         "problems": problems,
     }
 

@@ -62,6 +62,15 @@ class TickerOutcome:
     live_coverage_80_60: float | None = None
     live_coverage_95_60: float | None = None
     live_kupiec_p_80: float | None = None
+    # What went wrong when the day failed, as its family (BatchRefused for any refused batch, StaleData, else the
+    # exception's class): what alerts are raised on.
+    failure: str | None = None
+    # The live record's verdict on the champion that served until today, when it went bad, and whether it was
+    # replaced (fell back to `previous` or the baseline) or only marked degraded.
+    degradation: str | None = None
+    rolled_back: bool = False
+    # Set by the flow when an alert this day raised could not be delivered (which, to which channel, and how).
+    alert_note: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
     finished_at: str = field(default_factory=utc_now)
 

@@ -10,8 +10,9 @@ import json
 import os
 from enum import StrEnum
 from pathlib import Path
+from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pipeline.common.symbols import validate_ticker
@@ -134,6 +135,40 @@ class Settings(BaseSettings):
     max_workers: int = Field(DEFAULT_MAX_WORKERS, ge=1, description="Tickers processed at once.")
     fetch_backoff_seconds: float = Field(
         5.0, ge=0, description="First retry delay after a rate limit or network error; doubles per retry, with jitter."
+    )
+    fetch_rate_per_second: float = Field(
+        2.0,
+        gt=0,
+        description="Yahoo requests per second across every ticker of a run (a Prefect global concurrency limit "
+        "with this rate on a server; in-process without one).",
+    )
+    keep_lost_runs: int = Field(
+        5,
+        ge=0,
+        description="Per ticker, the last runs whose challenger lost that keep their files (logged model, "
+        "examples, plot, reports); older ones keep params, metrics, tags and description only.",
+    )
+    retention_days: float = Field(
+        30, ge=0, description="A lost run's files are deleted after this many days, even among the last kept."
+    )
+    # Alerts: each channel set here gets one message per event (pipeline.alerts, flows.alerts); none set, none sent.
+    alert_webhook_url: SecretStr | None = Field(None, description="POST one JSON message per event here.")
+    alert_slack_url: SecretStr | None = Field(None, description="A Slack incoming-webhook URL.")
+    alert_teams_url: SecretStr | None = Field(None, description="A Microsoft Teams Workflows webhook URL.")
+    alert_email_to: list[str] = Field([], description="Addresses an email per event goes to (needs the SMTP server).")
+    alert_smtp_server: str | None = None
+    alert_smtp_port: int = Field(465, ge=1, le=65535)
+    alert_smtp_security: Literal["SSL", "STARTTLS", "INSECURE"] = "SSL"
+    alert_smtp_username: str | None = None
+    alert_smtp_password: SecretStr | None = None
+    alert_email_from: str | None = Field(None, description="The sender; default: the SMTP username.")
+    alert_retries: int = Field(2, ge=0, description="Retries of an alert a channel did not accept.")
+    alert_retry_seconds: float = Field(2.0, ge=0, description="Wait before each retry of an alert.")
+    alert_missed_run_hours: float = Field(
+        26,
+        gt=0,
+        description="The server's missed-run automation fires when no daily-pipeline run completed for this long "
+        "(the daily schedule's 24 hours plus 2 hours' grace).",
     )
     training: TrainingConfig = TrainingConfig()
 

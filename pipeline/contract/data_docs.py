@@ -16,6 +16,10 @@ from pipeline.contract.sanitize import excerpt
 
 DOCS_SITE = "stockpipe"
 _GX_RESULT_KEYS = {"success", "results", "suite_name", "suite_parameters", "statistics", "meta"}
+# Validation pages a site keeps, newest first (the site is rebuilt per run; a caller adding to it keeps this many).
+KEEP_PAGES = 5
+# The local files a page or stylesheet loads: href/src attributes and CSS url(...) values.
+_REFERENCE = re.compile(r"""(?:\b(?:href|src)\s*=\s*["']([^"']+)["'])|(?:url\(\s*["']?([^"')]+)["']?\s*\))""", re.I)
 
 
 def render_data_docs(reports: Sequence[ValidationReport], docs_dir: Path, *, replace: bool = True) -> Path:
@@ -33,7 +37,69 @@ def render_data_docs(reports: Sequence[ValidationReport], docs_dir: Path, *, rep
         stored = (_store(context, number, report) for number, report in enumerate(reports))
         identifiers = [identifier for identifier in stored if identifier is not None]
         context.build_data_docs(site_names=[DOCS_SITE], resource_identifiers=identifiers or None)
+    slim_site(docs_dir)
     return docs_dir / "index.html"
+
+
+def slim_site(docs_dir: Path, keep_pages: int = KEEP_PAGES) -> int:
+    """Trim a built site to what its pages show: the newest `keep_pages` validation pages (and the index and other
+    pages), and of GX's static folder only the files a remaining page or stylesheet loads. GX copies ~4 MB of fonts,
+    animated GIFs and logos into every site, while its pages inline their CSS and load the rest from CDNs (only the
+    favicon is local). Returns the bytes removed."""
+    docs_dir = Path(docs_dir)
+    removed = _drop_old_pages(docs_dir, keep_pages)
+    pages = [p for p in docs_dir.rglob("*.html") if p.is_file()]
+    needed = _referenced(pages, docs_dir)
+    static = docs_dir / "static"
+    for path in sorted(static.rglob("*")) if static.is_dir() else []:
+        if path.is_file() and path.resolve() not in needed:
+            removed += path.stat().st_size
+            path.unlink()
+    _remove_empty_folders(docs_dir)
+    return removed
+
+
+def _drop_old_pages(docs_dir: Path, keep: int) -> int:
+    pages = sorted(
+        (p for p in (docs_dir / "validations").rglob("*.html") if p.is_file()),
+        key=lambda p: p.stat().st_mtime,
+        reverse=True,
+    )
+    removed = 0
+    for page in pages[keep:]:
+        removed += page.stat().st_size
+        page.unlink()
+    return removed
+
+
+def _referenced(pages: list[Path], docs_dir: Path) -> set[Path]:
+    """Local files the pages load, and those the loaded stylesheets load in turn, inside the site only."""
+    root = docs_dir.resolve()
+    needed: set[Path] = set()
+    todo = list(pages)
+    while todo:
+        page = todo.pop()
+        for match in _REFERENCE.finditer(page.read_text(errors="replace")):
+            target = _local_target(match.group(1) or match.group(2), page.parent)
+            if target is None or target in needed or not target.is_relative_to(root) or not target.is_file():
+                continue
+            needed.add(target)
+            if target.suffix.lower() == ".css":
+                todo.append(target)
+    return needed
+
+
+def _local_target(reference: str, folder: Path) -> Path | None:
+    reference = reference.strip().split("#")[0].split("?")[0]
+    if not reference or reference.startswith("//") or re.match(r"^[a-z][a-z0-9+.-]*:", reference, re.I):
+        return None  # a CDN, a data: URI, an anchor
+    return (folder / reference).resolve()
+
+
+def _remove_empty_folders(docs_dir: Path) -> None:
+    for folder in sorted((p for p in docs_dir.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+        if not any(folder.iterdir()):
+            folder.rmdir()
 
 
 def _docs_context(docs_dir: Path) -> Any:

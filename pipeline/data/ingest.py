@@ -1,6 +1,7 @@
 """Fetching and admitting a ticker's new prices: only what passes the data contract reaches the store.
 
-A refused batch is quarantined as it arrived and the store is left exactly as it was.
+A refused batch is quarantined as it arrived and the store is left exactly as it was, whether the contract refused
+its rows or its file could not be read as prices at all.
 """
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from pipeline.contract.html_report import render_html
 from pipeline.contract.report import ValidationReport
 from pipeline.contract.runner import validate_prices
 from pipeline.data import quarantine
-from pipeline.data.sources import PriceSource, Received
+from pipeline.data.sources import COLUMNS, PriceSource, Received, UnreadablePrices, normalize
 from pipeline.data.store import digest, merge_new_rows, overlap_disagreement, to_store_schema
 
 log = logging.getLogger(__name__)
@@ -49,17 +50,23 @@ class HistoryWouldShrink(BatchRefused):
     """A re-adjusted history does not cover what is stored: replacing it would lose sessions."""
 
 
+class UnreadableBatch(BatchRefused):
+    """The source's answer could not be read as prices (its columns, delimiter, dates): no row reached the contract."""
+
+
 class StaleData(RuntimeError):
     """The newest stored session is too far behind the as-of date to train or decide on."""
 
 
 @dataclass(frozen=True)
 class Fetched:
-    """What a source returned: new rows after the stored end, or a full history that replaces the store."""
+    """What a source returned: new rows after the stored end, or a full history that replaces the store; or, with
+    `unreadable` set, an answer that could not be read as prices, kept for `admit` to quarantine."""
 
     received: Received
     replaces_history: bool = False
     note: str = ""
+    unreadable: str = ""
 
     @property
     def rows(self) -> pd.DataFrame:
@@ -78,6 +85,8 @@ class Admitted:
     replaced_history: bool = False
     note: str = ""
     validation_html: str = ""
+    # How the source derived the rows from what it received (an `Adj Close` applied): noted on the run.
+    source_notes: tuple[str, ...] = ()
 
     @property
     def changed(self) -> bool:
@@ -97,7 +106,16 @@ class Admitted:
 
 
 def fetch_batch(source: PriceSource, history: pd.DataFrame, ticker: str, as_of: dt.date) -> Fetched:
-    """New rows since the stored end; the full history again when the provider re-adjusted what is stored."""
+    """New rows since the stored end; the full history again when the provider re-adjusted what is stored. An
+    answer that cannot be read as prices is returned, not raised: `admit` quarantines it like any refused batch."""
+    try:
+        return _fetch(source, history, ticker, as_of)
+    except UnreadablePrices as exc:
+        empty = normalize(pd.DataFrame(columns=COLUMNS))
+        return Fetched(Received(empty, exc.raw, exc.raw_name), unreadable=str(exc))
+
+
+def _fetch(source: PriceSource, history: pd.DataFrame, ticker: str, as_of: dt.date) -> Fetched:
     since = None if history.empty else history["Date"].max().date()
     if since is None:
         received = source.receive(ticker, None, as_of)
@@ -115,7 +133,7 @@ def fetch_batch(source: PriceSource, history: pd.DataFrame, ticker: str, as_of: 
         return Fetched(full, replaces_history=True, note=note)
     new = rows.loc[(rows["Date"] > pd.Timestamp(since)) | rows["Date"].isna()].reset_index(drop=True)
     log.info("%s: fetched %d new row(s) from %s since %s", ticker, len(new), source.name, since)
-    return Fetched(Received(new, window.raw, window.raw_name))
+    return Fetched(replace(window, rows=new))
 
 
 def missing_sessions(history: pd.DataFrame, replacement: pd.DataFrame) -> list[pd.Timestamp]:
@@ -186,6 +204,8 @@ def admit(
     again, not thirty years of history. Otherwise the new batch and the whole merged history are.
     """
     checks = _Checks(ticker, fetched, suite, as_of, today, quarantine_dir, reports_dir)
+    if fetched.unreadable:
+        raise checks.refuse(UnreadableBatch, f"{ticker}: {fetched.unreadable}", [])
     merged = _checked_merge(checks, history, min_rows, proven_digest)
     _save_reports(reports_dir, ticker, checks.reports)
     for report in checks.reports:
@@ -200,6 +220,7 @@ def admit(
         replaced_history=fetched.replaces_history,
         note=fetched.note,
         validation_html=render_html(checks.reports, title=f"{ticker}: data contract"),
+        source_notes=fetched.received.notes,
     )
 
 

@@ -6,19 +6,19 @@ behaves like a live feed on that day), except rows dated after today: those are 
 see them to refuse the batch. Each answer also keeps the bytes exactly as they arrived, for the quarantine.
 
 Data files are untrusted: they are read only if they are regular files inside their folder, and messages never
-quote their content.
+quote their content. The shapes of CSV export they may come in (headers, delimiters, number and date formats,
+`Adj Close`) are pipeline.data.csv_shapes'.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import io
 import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
@@ -27,6 +27,7 @@ from pipeline.common.files import UnsafeInput, read_regular_file
 from pipeline.common.redact import excerpt
 from pipeline.common.settings import DEFAULT_MAX_INPUT_BYTES
 from pipeline.common.symbols import validate_ticker
+from pipeline.data.csv_shapes import ShapeError, adjusted, canonical_columns, read_table, session_dates, shown
 
 log = logging.getLogger(__name__)
 
@@ -46,17 +47,30 @@ class UnknownSymbol(SourceError):
     """The provider does not know the symbol, or it is delisted: retrying cannot help."""
 
 
+class UnreadablePrices(SourceError):
+    """The source answered, but not with a price table that can be read (its columns, its format): a refused batch,
+    kept with the bytes as they arrived so it can be quarantined like any other."""
+
+    def __init__(self, message: str, raw: bytes = b"", raw_name: str = "batch.csv"):
+        super().__init__(message)
+        self.raw = raw
+        self.raw_name = raw_name
+
+
 # Volumes above this cannot be stored exactly (int64, and float64 for the contract's arithmetic).
 MAX_VOLUME = 2**53
 
 
 @dataclass(frozen=True)
 class Received:
-    """One answer from a source: the normalised rows, and the bytes as they arrived (kept if the batch is refused)."""
+    """One answer from a source: the normalised rows, and the bytes as they arrived (kept if the batch is refused).
+    `notes` say how the rows were derived from those bytes when it matters to what is stored (an `Adj Close`
+    applied): worth a line in the run's log and a tag on its record."""
 
     rows: pd.DataFrame
     raw: bytes = b""
     raw_name: str = "batch.csv"
+    notes: tuple[str, ...] = ()
 
 
 class PriceSource(Protocol):
@@ -74,40 +88,46 @@ class PriceSource(Protocol):
 
 
 def describe_columns(columns) -> str:
-    """Column names for an error message, without echoing content: a header row may be anything (an environment)."""
-    shown = [
-        str(c) if re.fullmatch(r"[A-Za-z][A-Za-z0-9 _.-]{0,19}", str(c)) else "<unreadable>" for c in list(columns)[:8]
-    ]
+    """Column names for an error message: printable names as they are (cut short), anything shaped like an
+    environment entry masked, since a header row may be anything."""
+    names = [shown(c) for c in list(columns)[:8]]
     more = f" and {len(columns) - 8} more" if len(columns) > 8 else ""
-    return f"{len(columns)} column(s): {', '.join(shown)}{more}"
+    return f"{len(columns)} column(s): {', '.join(names)}{more}"
+
+
+# Why a missing column cannot be filled in: the data contract (expectations/prices.json) checks each of them.
+_REQUIRED_BECAUSE = {"Volume": "the data contract requires every session's volume"}
 
 
 def normalize(frame: pd.DataFrame) -> pd.DataFrame:
-    """Coerce any price table to the store schema without dropping or repairing bad rows.
+    """Coerce any price table to the store schema without dropping or repairing bad rows."""
+    return normalized(frame)[0]
 
-    Bad values (NaN, negative prices, duplicates) are kept on purpose: deciding about them is the
-    data contract's job, and it can only name what it sees.
+
+def normalized(frame: pd.DataFrame) -> tuple[pd.DataFrame, tuple[str, ...]]:
+    """Any price table in the store schema, and notes on how it was derived (an `Adj Close` applied).
+
+    Headers are matched through csv_shapes' aliases. Bad values (NaN, negative prices, duplicates) are kept on
+    purpose: deciding about them is the data contract's job, and it can only name what it sees.
     """
-    missing = [c for c in COLUMNS if c not in frame.columns]
-    if missing:
-        raise SourceError(f"price table lacks column(s) {missing}; got {describe_columns(frame.columns)}")
-    out = frame[COLUMNS].copy()
     try:
-        dates = pd.to_datetime(out["Date"], errors="coerce")
-    except ValueError:
-        # Mixed UTC offsets (a yfinance CSV export spanning a DST change): keep each row's local date.
-        dates = pd.to_datetime(out["Date"].map(_local_wall_time), errors="coerce")
-    if getattr(dates.dt, "tz", None) is not None:
-        # Yahoo stamps sessions at exchange-local midnight; the session date is what we keep.
-        dates = dates.dt.tz_localize(None)
-    # A date the store's type cannot hold (year 3000, year 1) becomes missing, which the contract names as a row
-    # without a readable date, instead of the cast failing here.
-    dates = dates.where((dates >= pd.Timestamp.min) & (dates <= pd.Timestamp.max))
-    out["Date"] = dates.dt.normalize().astype("datetime64[ns]")
+        frame = canonical_columns(frame)
+        missing = [c for c in COLUMNS if c not in frame.columns]
+        if missing:
+            why = "".join(f" ({_REQUIRED_BECAUSE[c]})" for c in missing if c in _REQUIRED_BECAUSE)
+            raise UnreadablePrices(
+                f"price table lacks column(s) {missing}{why}; got {describe_columns(frame.columns)}"
+                " (headers are matched ignoring case, spaces and punctuation, with the README's aliases)"
+            )
+        frame, notes = adjusted(frame)
+        out = frame[COLUMNS].copy()
+        out["Date"] = session_dates(out["Date"])
+    except ShapeError as exc:
+        raise UnreadablePrices(str(exc)) from None
     for column in PRICE_COLUMNS:
         out[column] = pd.to_numeric(out[column], errors="coerce").astype("float64")
     out["Volume"] = _volume(pd.to_numeric(out["Volume"], errors="coerce"))
-    return out.sort_values("Date", kind="stable").reset_index(drop=True)
+    return out.sort_values("Date", kind="stable").reset_index(drop=True), notes
 
 
 def _volume(volume: pd.Series) -> pd.Series:
@@ -119,14 +139,6 @@ def _volume(volume: pd.Series) -> pd.Series:
         return volume.astype("float64")
     rounded = volume.astype("float64").round()
     return rounded.astype("Int64") if np.isnan(values).any() else rounded.astype("int64")
-
-
-def _local_wall_time(value: Any) -> Any:
-    try:
-        stamp = pd.Timestamp(value)
-    except (ValueError, TypeError):
-        return pd.NaT
-    return stamp.tz_localize(None) if stamp.tzinfo is not None else stamp
 
 
 def _window(frame: pd.DataFrame, since: dt.date | None, as_of: dt.date, today: dt.date) -> pd.DataFrame:
@@ -145,7 +157,8 @@ def _today() -> dt.date:
 
 @dataclass(frozen=True)
 class CsvSource:
-    """`<TICKER>.csv` files with columns Date, Open, High, Low, Close, Volume (the bundled snapshot too)."""
+    """`<TICKER>.csv` files with columns Date, Open, High, Low, Close, Volume (the bundled snapshot too), in any of
+    the shapes csv_shapes reads."""
 
     folder: Path
     name: str = "csv"
@@ -157,6 +170,12 @@ class CsvSource:
 
     def read(self, ticker: str) -> tuple[pd.DataFrame, bytes]:
         """The whole file, normalised, and its bytes."""
+        frame, raw, _ = self._read(ticker)
+        return frame, raw
+
+    def _read(self, ticker: str) -> tuple[pd.DataFrame, bytes, tuple[str, ...]]:
+        """The whole file, normalised, its bytes and how it was read; a file that was read but cannot be understood
+        raises `UnreadablePrices` with its bytes."""
         path = self.path(ticker)
         if not path.exists() and not path.is_symlink():
             raise SourceError(f"no price file for {ticker}: {path} does not exist")
@@ -166,14 +185,19 @@ class CsvSource:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             raise SourceError(f"refusing to read {path}: {reason}") from None
         try:
-            frame = pd.read_csv(io.BytesIO(raw))
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as exc:
-            raise SourceError(f"cannot parse {path} as CSV: {_parse_problem(exc)}") from None
-        return normalize(frame), raw
+            table = read_table(raw)
+            frame, notes = normalized(table.frame)
+        except (ShapeError, UnreadablePrices) as exc:
+            raise UnreadablePrices(f"cannot read {path}: {exc}", raw, path.name) from None
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as exc:
+            raise UnreadablePrices(f"cannot parse {path} as CSV: {_parse_problem(exc)}", raw, path.name) from None
+        return frame, raw, notes
 
     def receive(self, ticker: str, since: dt.date | None, as_of: dt.date) -> Received:
-        frame, raw = self.read(ticker)
-        return Received(_window(frame, since, as_of, self.today()), raw, f"{validate_ticker(ticker)}.csv")
+        frame, raw, notes = self._read(ticker)
+        for note in notes:
+            log.info("%s: %s", ticker, note)
+        return Received(_window(frame, since, as_of, self.today()), raw, f"{validate_ticker(ticker)}.csv", notes)
 
     def default_as_of(self, ticker: str) -> dt.date | None:
         """The bundled snapshot stands on its own last session, so a run on it is a faithful day of that data;
@@ -188,8 +212,6 @@ def _parse_problem(exc: Exception) -> str:
     """What pandas could not parse, without the offending text (which may be anything)."""
     if isinstance(exc, pd.errors.EmptyDataError):
         return "the file is empty"
-    if isinstance(exc, UnicodeDecodeError):
-        return f"not UTF-8 text (byte {exc.start})"
     text = str(exc)
     if match := re.search(r"Expected \d+ fields in line \d+, saw \d+", text):
         return match.group(0)
@@ -272,10 +294,12 @@ class YahooSource:
             ) from exc
         if raw.empty:
             return Received(normalize(pd.DataFrame(columns=COLUMNS)))
-        answer = raw.to_csv(index=False).encode()
-        return Received(
-            _window(normalize(raw), since, as_of, self.today()), answer, f"{validate_ticker(ticker)}.yahoo.csv"
-        )
+        answer, name = raw.to_csv(index=False).encode(), f"{validate_ticker(ticker)}.yahoo.csv"
+        try:
+            rows, notes = normalized(raw)
+        except UnreadablePrices as exc:
+            raise UnreadablePrices(f"{ticker}: Yahoo's answer for {symbol}: {exc}", answer, name) from None
+        return Received(_window(rows, since, as_of, self.today()), answer, name, notes)
 
 
 def build_source(

@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 TICKER, ROLE, DAY, ATTEMPT, AS_OF, SOURCE = "ticker", "role", "day", "attempt", "as_of", "source"
 DECISION, REASON, STAGE, MODEL_VERSION = "decision", "reason", "stage", "model_version"
 DATA_DIGEST, SETTINGS_DIGEST, CHAMPION_BEFORE = "data_digest", "settings_digest", "champion_before"
+# How the source derived the stored rows from the file (an `Adj Close` applied to Open, High, Low and Close).
+SOURCE_NOTES = "source_notes"
 HISTORY_REPLACED = "history_replaced"
 # Set when the day began by replacing (or only marking) a champion gone bad on its live record.
 FALLBACK = "fallback"
@@ -82,6 +84,8 @@ def admitted_tags(admitted: Admitted, settings_digest: str) -> dict[str, str]:
     tags = {DATA_DIGEST: admitted.data_digest, SETTINGS_DIGEST: settings_digest}
     if admitted.replaced_history:
         tags[HISTORY_REPLACED] = excerpt(admitted.note, 500)
+    if admitted.source_notes:
+        tags[SOURCE_NOTES] = excerpt("; ".join(admitted.source_notes), 500)
     return tags
 
 

@@ -73,11 +73,21 @@ class Champion:
 class Tracker:
     """One experiment for all tickers, one registered model per ticker."""
 
-    def __init__(self, client: MlflowClient, experiment_id: str, tracking_uri: str, ui_url: str | None = None):
+    def __init__(
+        self,
+        client: MlflowClient,
+        experiment_id: str,
+        tracking_uri: str,
+        ui_url: str | None = None,
+        artifact_root: Path | None = None,
+    ):
         self.client = client
         self.experiment_id = experiment_id
         self.tracking_uri = tracking_uri
         self.ui_url = ui_url
+        # The configured folder of a local store's artifacts: the only place retention may delete from (the
+        # experiment's own artifact location is a row in the store, and a row can be edited).
+        self.artifact_root = artifact_root
 
     @classmethod
     def connect(
@@ -87,9 +97,10 @@ class Tracker:
         local store) the first time."""
         client = open_client(tracking_uri)
         experiment = client.get_experiment_by_name(experiment_name)
+        local = tracking_uri.startswith(("sqlite:", "file:")) or "://" not in tracking_uri
+        root = Path(artifact_root) if artifact_root is not None and local else None
         if experiment is None:
-            local = tracking_uri.startswith(("sqlite:", "file:")) or "://" not in tracking_uri
-            location = Path(artifact_root).as_uri() if artifact_root is not None and local else None
+            location = root.as_uri() if root is not None else None
             try:
                 experiment_id = client.create_experiment(
                     experiment_name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: CLASSIC_ML}
@@ -105,7 +116,7 @@ class Tracker:
             experiment_id = experiment.experiment_id
             if EXPERIMENT_KIND_TAG not in experiment.tags:
                 client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, CLASSIC_ML)
-        return cls(client, experiment_id, tracking_uri, ui_url)
+        return cls(client, experiment_id, tracking_uri, ui_url, root)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Tracker:

@@ -19,7 +19,8 @@ STATUS_FIELDS = {
     "challenger_test_rmse", "naive_test_rmse", "u2", "coverage_80", "coverage_95", "served_coverage_80",
     "served_coverage_95", "live_sessions", "live_u2_60", "live_coverage_80_60", "live_coverage_95_60",
     "live_kupiec_p_80", "last_decision", "last_reason",
-    "last_run_id", "last_run_at", "quarantined_batches", "quarantined_bytes", "problems",
+    "last_run_id", "last_run_at", "quarantined_batches", "quarantined_bytes", "state_bytes", "state_bytes_total",
+    "problems",
 }  # fmt: skip
 
 
@@ -95,6 +96,10 @@ def test_a_bad_csv_fails_its_ticker_naming_the_expectation_and_others_go_on(tmp_
     assert 0 < rows["GSPC"]["served_coverage_80"] < rows["GSPC"]["served_coverage_95"] <= 1
     assert rows["GSPC"]["live_sessions"] == 0 and rows["GSPC"]["live_u2_60"] is None, "nothing served has matured"
     assert rows["MSFT"]["live_sessions"] is None, "no champion, no record"
+    # What each ticker holds in the home, by kind: GSPC's logged models and site; MSFT's refused batch.
+    assert rows["GSPC"]["state_bytes"]["logged_models"] > 0 and rows["GSPC"]["state_bytes"]["data_docs"] > 0
+    assert rows["GSPC"]["state_bytes_total"] == sum(v or 0 for v in rows["GSPC"]["state_bytes"].values())
+    assert rows["MSFT"]["state_bytes"]["quarantine"] == rows["MSFT"]["quarantined_bytes"]
 
 
 def test_an_input_that_is_a_link_out_of_its_folder_is_refused_without_echoing_it(tmp_path, csv_dir):

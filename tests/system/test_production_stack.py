@@ -30,7 +30,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from flows.automations import AUTOMATION_NAMES, MISSED_RUN
 from pipeline.common.outcome import Decision
+from pipeline.common.settings import Settings
 from pipeline.common.symbols import registered_model_name
 from pipeline.evaluation.promotion import CHAMPION_ALIAS
 from tests import servers
@@ -503,12 +505,25 @@ def test_compose_deploy_and_worker_commands_against_the_servers(stack):
         PREFECT_WORKER_WEBSERVER_PORT=str(health_port),
         PREFECT_WORKER_QUERY_SECONDS="2",
     )  # the compose worker polls every 10 s
+    # The deploy step alone gets the alert settings (the compose file's, a webhook set as an operator would).
+    alerts = {k: v for k, v in stack.environment("deploy").items() if k.startswith("STOCKPIPE_ALERT_")}
+    alerts["STOCKPIPE_ALERT_WEBHOOK_URL"] = f"http://127.0.0.1:{free_port()}/hook"
     deploy = subprocess.run(
-        services["deploy"]["command"], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=180
+        services["deploy"]["command"],
+        cwd=PROJECT_ROOT,
+        env={**env, **alerts},
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
     assert deploy.returncode == 0, deploy.stdout[-3000:] + deploy.stderr[-3000:]
     pool = stack.prefect.get("/work_pools/stockpipe")
     assert pool["type"] == "process"
+    # ...and installed the server's alerts, through its auth string, the missed-run window the settings' default.
+    automations = {a["name"]: a for a in stack.prefect.post("/automations/filter", {})}
+    assert sorted(automations) == sorted(AUTOMATION_NAMES), deploy.stdout[-3000:]
+    hours = Settings.model_fields["alert_missed_run_hours"].default
+    assert automations[MISSED_RUN]["trigger"]["within"] == hours * 3600
 
     log = stack.root / "logs" / "prefect-worker.log"
     with started(services["prefect-worker"]["command"], log=log, env=env) as worker:
@@ -567,7 +582,8 @@ def test_compose_deploy_and_worker_commands_against_the_servers(stack):
     assert deployment["work_pool_name"] == "stockpipe"
     assert deployment["entrypoint"] == "flows/daily.py:daily_pipeline"
     (schedule,) = deployment["schedules"]
-    assert (schedule["schedule"]["cron"], schedule["schedule"]["timezone"]) == ("0 18 * * 1-5", "America/New_York")
+    (declared,) = yaml.safe_load((PROJECT_ROOT / "prefect.yaml").read_text())["deployments"][0]["schedules"]
+    assert (schedule["schedule"]["cron"], schedule["schedule"]["timezone"]) == (declared["cron"], declared["timezone"])
     (step,) = deployment["pull_steps"]
     assert step["prefect.deployments.steps.set_working_directory"]["directory"] == str(PROJECT_ROOT)
     assert_no_secret_in(stack, deploy.stdout + deploy.stderr + trigger.stdout + trigger.stderr, "deploy or trigger")

@@ -27,6 +27,10 @@ PYTHON_SERVICES = ("check-secrets", "mlflow", "prefect-server", "prefect-worker"
 LONG_RUNNING = ("postgres", "mlflow", "prefect-server", "prefect-worker")
 ONE_SHOT = ("check-secrets", "deploy")
 DEPENDS_ON_CONDITIONS = {"service_started", "service_healthy", "service_completed_successfully"}
+# The deploy step's last command, and the settings it reads that no other service gets.
+ALERTS_INSTALL = "stockpipe alerts install --if-configured"
+ALERT_CHANNELS = ("STOCKPIPE_ALERT_WEBHOOK_URL", "STOCKPIPE_ALERT_SLACK_URL", "STOCKPIPE_ALERT_TEAMS_URL")
+ALERT_SETTINGS = (*ALERT_CHANNELS, "STOCKPIPE_ALERT_MISSED_RUN_HOURS")
 
 
 def compose() -> dict:
@@ -204,7 +208,7 @@ def test_compose_services_match_what_the_native_test_runs():
     assert worker["environment"]["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
     deploy = " ".join(services["deploy"]["command"])
     assert f"prefect work-pool create {pool} --type process" in deploy
-    assert deploy.endswith("exec prefect deploy --no-prompt --name daily")
+    assert deploy.endswith(f"prefect deploy --no-prompt --name daily && exec {ALERTS_INSTALL}")
 
     # Every variable the file interpolates is in the committed example, so `cp .env.example .env` is complete.
     example = env_example()
@@ -212,6 +216,42 @@ def test_compose_services_match_what_the_native_test_runs():
     assert interpolated and interpolated <= set(example), interpolated - set(example)
     init_script = (DOCKER / "postgres" / "init-databases.sh").read_text()
     assert set(re.findall(r"\$\{?([A-Z_]+_PASSWORD)", init_script)) <= set(example)
+
+
+def test_the_deploy_step_installs_the_servers_alerts_once_the_deployment_is_registered():
+    """`stockpipe alerts install` (flows/automations.py) after `prefect deploy` succeeded, with the channels of
+    docker/.env; with none set it says so and exits 0, so a stack without alerts still deploys cleanly."""
+    from pipeline.common.settings import Settings
+
+    services = compose()["services"]
+    command = services["deploy"]["command"]
+    assert command[:2] == ["sh", "-c"] and command[2].endswith(f"&& exec {ALERTS_INSTALL}"), command
+    deploy_env, worker_env = services["deploy"]["environment"], services["prefect-worker"]["environment"]
+    for name in ALERT_SETTINGS:
+        # Optional (`:-`): compose must not refuse to start a stack that has no alerts.
+        (reference,) = references(deploy_env[name])
+        assert reference[0] == name and reference[1] == ":-", (name, deploy_env[name])
+        assert name.removeprefix("STOCKPIPE_").lower() in Settings.model_fields, f"{name} is not a setting"
+    # The runs the worker starts get no channel: the server's automations deliver, each message once.
+    assert not [name for name in worker_env if name.startswith("STOCKPIPE_ALERT_")]
+    hours = Settings.model_fields["alert_missed_run_hours"].default
+    assert deploy_env["STOCKPIPE_ALERT_MISSED_RUN_HOURS"].endswith(f":-{hours:g}}}"), "the settings' default"
+    example = env_example()
+    assert all(example[name] == "" for name in ALERT_CHANNELS), "the example sends nowhere"
+    assert float(example["STOCKPIPE_ALERT_MISSED_RUN_HOURS"]) == hours
+    # The links in the automations' messages: the UI's address, as published.
+    server_env = services["prefect-server"]["environment"]
+    assert server_env["PREFECT_UI_URL"] == server_env["PREFECT_UI_API_URL"].removesuffix("/api")
+    assert server_env["PREFECT_UI_URL"] == f"http://{services['prefect-server']['ports'][0].rsplit(':', 1)[0]}"
+
+
+def test_the_alerts_command_the_deploy_step_runs_exists():
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    result = CliRunner().invoke(app, ["alerts", "install", "--help"])
+    assert result.exit_code == 0 and "--if-configured" in result.output
 
 
 # -- authentication and secrets -------------------------------------------------------------------
@@ -298,7 +338,8 @@ def test_both_servers_require_credentials_and_their_clients_carry_them():
     server_auth = prefect["environment"]["PREFECT_SERVER_API_AUTH_STRING"]
     assert [v for v, _ in references(server_auth)] == ["PREFECT_AUTH_USERNAME", "PREFECT_AUTH_PASSWORD"]
     assert worker_env["PREFECT_API_AUTH_STRING"] == server_auth
-    assert services["deploy"]["environment"] == worker_env, "deploy talks to the same servers as the worker"
+    deploy_env = services["deploy"]["environment"]
+    assert {k: v for k, v in deploy_env.items() if k not in ALERT_SETTINGS} == worker_env, "the same servers"
 
     # A Prefect Cloud key would be sent instead of the auth string by some clients: nothing may set one.
     for name, service in services.items():

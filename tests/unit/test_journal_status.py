@@ -39,6 +39,8 @@ STATUS_KEYS = {
     "last_run_at",
     "quarantined_batches",
     "quarantined_bytes",
+    "state_bytes",
+    "state_bytes_total",
     "problems",
 }
 

@@ -47,6 +47,10 @@ ADDED_TO_OUTCOME = {
     "live_coverage_80_60": None,
     "live_coverage_95_60": None,
     "live_kupiec_p_80": None,
+    "failure": None,
+    "degradation": None,
+    "rolled_back": False,
+    "alert_note": None,
 }
 ADDED_TO_FORECAST = {"interval_method": None}
 
