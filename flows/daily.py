@@ -48,6 +48,7 @@ from pipeline.evaluation.evidence import PromotionPolicy
 from pipeline.models import training
 from pipeline.models.model_files import ModelRefused
 from pipeline.registry.connection import TrackingUnavailable, tracking_errors
+from pipeline.registry.retention import RunRetention
 from pipeline.registry.tracking import Tracker
 
 log = logging.getLogger("pipeline.flow")
@@ -197,6 +198,7 @@ def daily_context(settings: Settings) -> DailyContext:
         forecasts_dir=settings.forecasts_dir,
         on_degraded=settings.on_degraded,
         retention=Retention(settings.quarantine_max_age_days, settings.quarantine_max_bytes),
+        lost_runs=RunRetention.from_settings(settings),
         max_staleness_sessions=settings.max_staleness_sessions,
         stop=STOP,
     )

@@ -127,3 +127,12 @@ def test_on_a_server_the_location_must_start_with_the_root_and_not_climb():
     ):
         with pytest.raises(OutsideArtifactRoot):
             contained(location, root, "abc123")
+
+
+def test_the_retention_settings_reach_every_ticker_day(monkeypatch):
+    from flows.daily import daily_context
+    from pipeline.common.settings import Settings
+
+    monkeypatch.setenv("STOCKPIPE_KEEP_LOST_RUNS", "2")
+    monkeypatch.setenv("STOCKPIPE_RETENTION_DAYS", "7")
+    assert daily_context(Settings(_env_file=None)).lost_runs == RunRetention(2, 7.0)
