@@ -22,6 +22,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 from prefect.runtime import flow_run
 from prefect.utilities.urls import url_for
+from pydantic import SecretStr
 
 from pipeline.alerts import Alert, alerts_for
 from pipeline.common.outcome import TickerOutcome
@@ -80,9 +81,13 @@ def channels(settings: Settings) -> list[Channel]:
     if settings.alert_webhook_url:
         builders["webhook"] = lambda: _webhook(settings.alert_webhook_url.get_secret_value())
     if settings.alert_slack_url:
-        builders["slack"] = lambda: _apprise(SlackWebhook(url=settings.alert_slack_url))
+        builders["slack"] = lambda: _apprise(
+            apprise_block("STOCKPIPE_ALERT_SLACK_URL", SlackWebhook, settings.alert_slack_url)
+        )
     if settings.alert_teams_url:
-        builders["teams"] = lambda: _apprise(MicrosoftTeamsWebhook(url=settings.alert_teams_url))
+        builders["teams"] = lambda: _apprise(
+            apprise_block("STOCKPIPE_ALERT_TEAMS_URL", MicrosoftTeamsWebhook, settings.alert_teams_url)
+        )
     if settings.alert_email_to:
         builders["email"] = lambda: _email(settings)
     return [_built(name, build) for name, build in builders.items()]
@@ -103,6 +108,21 @@ def _misconfigured(name: str, exc: Exception) -> str:
     # Our own messages name the missing setting; a library's may quote the URL it was given, so only its kind.
     detail = str(exc) if isinstance(exc, ChannelMisconfigured) else type(exc).__name__
     return f"{name} is not set up right ({detail})"
+
+
+def apprise_block(
+    setting: str, kind: type[SlackWebhook | MicrosoftTeamsWebhook], url: SecretStr
+) -> SlackWebhook | MicrosoftTeamsWebhook:
+    """The block, or a ValueError naming the setting only: Apprise logs what it finds wrong in a URL (a Slack token
+    it quotes), and that URL is the channel's secret, so its logger is off meanwhile."""
+    apprise = logging.getLogger("apprise")
+    was_disabled, apprise.disabled = apprise.disabled, True
+    try:
+        return kind(url=url)
+    except Exception as exc:
+        raise ValueError(f"{setting} is not a URL the {kind.__name__} block accepts ({type(exc).__name__})") from None
+    finally:
+        apprise.disabled = was_disabled
 
 
 def _webhook(url: str) -> Callable[[Alert], None]:
@@ -197,9 +217,10 @@ def raise_alerts(outcome: TickerOutcome, settings: Settings) -> TickerOutcome:
         return outcome
     for alert in alerts:
         emit(alert)
+    targets = channels(settings)
     undelivered = []
     for alert in alerts:
-        for channel in channels(settings):
+        for channel in targets:
             if channel.problem:
                 undelivered.append(f"{alert.event} to {channel.problem}")
                 continue

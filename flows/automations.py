@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -33,8 +32,8 @@ from prefect.events.actions import SendNotification
 from prefect.events.schemas.automations import Automation, AutomationCore, EventTrigger, Posture
 from prefect.exceptions import ObjectNotFound
 from prefect.settings import get_current_settings
-from pydantic import SecretStr
 
+from flows.alerts import apprise_block
 from pipeline.alerts import EVENT_PREFIX, RESOURCE_PREFIX
 from pipeline.common.redact import masked_uri
 from pipeline.common.settings import Settings
@@ -89,28 +88,15 @@ def notification_blocks(settings: Settings) -> dict[str, NotificationBlock]:
             json_data=WEBHOOK_JSON,
         )
     if settings.alert_slack_url:
-        blocks["slack"] = _apprise_block("STOCKPIPE_ALERT_SLACK_URL", SlackWebhook, settings.alert_slack_url)
+        blocks["slack"] = apprise_block("STOCKPIPE_ALERT_SLACK_URL", SlackWebhook, settings.alert_slack_url)
     if settings.alert_teams_url:
-        blocks["teams"] = _apprise_block("STOCKPIPE_ALERT_TEAMS_URL", MicrosoftTeamsWebhook, settings.alert_teams_url)
+        blocks["teams"] = apprise_block("STOCKPIPE_ALERT_TEAMS_URL", MicrosoftTeamsWebhook, settings.alert_teams_url)
     if not blocks:
         raise NoChannel(
             "no alert channel for the server: set STOCKPIPE_ALERT_WEBHOOK_URL, STOCKPIPE_ALERT_SLACK_URL or "
             "STOCKPIPE_ALERT_TEAMS_URL (email, STOCKPIPE_ALERT_EMAIL_TO, is sent by the runs themselves only)"
         )
     return blocks
-
-
-def _apprise_block(setting: str, kind: type[SlackWebhook | MicrosoftTeamsWebhook], url: SecretStr) -> NotificationBlock:
-    """The block, or a ValueError naming the setting only: Apprise logs a URL it cannot parse, and that URL is the
-    channel's secret, so its logger is off meanwhile."""
-    apprise = logging.getLogger("apprise")
-    was_disabled, apprise.disabled = apprise.disabled, True
-    try:
-        return kind(url=url)
-    except Exception as exc:
-        raise ValueError(f"{setting} is not a URL the {kind.__name__} block accepts ({type(exc).__name__})") from None
-    finally:
-        apprise.disabled = was_disabled
 
 
 def notify(block_ids: list[UUID], subject: str, body: str) -> list[SendNotification]:

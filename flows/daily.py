@@ -45,6 +45,7 @@ from pipeline.data.quarantine import Retention
 from pipeline.data.sources import SourceError, TransientSourceError, build_source
 from pipeline.data.store import PriceStore, StoreUnreadable
 from pipeline.evaluation.evidence import PromotionPolicy
+from pipeline.failures import failure_family, failure_reason
 from pipeline.models import training
 from pipeline.models.model_files import ModelRefused
 from pipeline.registry.connection import TrackingUnavailable, tracking_errors
@@ -177,6 +178,23 @@ def stop_on_signals() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
+# How often the main thread wakes while the tickers run. Python runs a signal's handler in the main thread, between
+# bytecodes; the kernel may hand SIGINT to any thread (TensorFlow's, Prefect's), and then a main thread blocked in a
+# wait with no timeout hears of it only when the wait ends: after every ticker trained to the end.
+SIGNAL_POLL_SECONDS = 0.5
+
+
+def results_hearing_signals(futures: list[Any]) -> list[Any]:
+    """Each future's result, waiting in short slices so that a signal is handled while they run."""
+    finished = threading.Semaphore(0)
+    for future in futures:
+        future.add_done_callback(lambda _: finished.release())
+    for _ in futures:
+        while not finished.acquire(timeout=SIGNAL_POLL_SECONDS):
+            pass
+    return [future.result() for future in futures]
+
+
 def daily_context(settings: Settings) -> DailyContext:
     """The ticker-day's I/O, from the settings (built inside each task: on Dask that is another process)."""
     uri = settings.tracking_uri()
@@ -249,10 +267,8 @@ def ticker_day(
     except Exception as exc:
         from pipeline.common.outcome import Decision
 
-        return raise_alerts(
-            TickerOutcome(ticker, Decision.failed, f"{type(exc).__name__}: {exc}", failure=type(exc).__name__),
-            settings,
-        )
+        reason = failure_reason(exc, run_open=False)
+        return raise_alerts(TickerOutcome(ticker, Decision.failed, reason, failure=failure_family(exc)), settings)
     outcome = run_ticker(
         ticker,
         ctx,
@@ -460,7 +476,7 @@ def daily_pipeline(
     progress = EpochProgress(progress_id, settings.tickers, settings.training.epochs)
     with stop_on_signals():
         futures = [ticker_day.submit(t, settings, as_of, force, warm_start, progress) for t in settings.tickers]
-        outcomes: list[TickerOutcome] = [f.result() for f in futures]
+        outcomes: list[TickerOutcome] = results_hearing_signals(futures)
     publish_summary(outcomes, as_of)
     failed = [o.ticker for o in outcomes if not o.succeeded]
     unheard = sum(1 for o in outcomes if o.alert_note)

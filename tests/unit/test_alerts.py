@@ -155,3 +155,10 @@ def test_an_undelivered_alert_says_how_without_the_url_or_the_answer(exc, text):
     with pytest.raises(AlertNotDelivered) as caught:
         _send(Channel("webhook", refuse), alert)
     assert str(caught.value) == text and caught.value.__cause__ is None
+
+
+def test_a_url_apprise_finds_wrong_is_not_logged_by_it(caplog):
+    # Apprise warns "An invalid Slack (first) Token (<the token>) was specified" while the block is built.
+    caplog.set_level(logging.DEBUG)
+    (slack,) = channels(Settings(_env_file=None, alert_slack_url="slack://zz-secret-77"))
+    assert slack.name == "slack" and "zz-secret-77" not in caplog.text
