@@ -203,11 +203,12 @@ def _planned_sessions(api: Any, chosen: Optional[list[str]], start: dt.date, end
     """The replay's sessions, refused before the flow starts, so a refusal reads as one line, not a flow failure."""
     from flows.daily import resolve_settings
     from flows.replay import plan_replay
+    from pipeline.common.markets import UnknownMarket
     from pipeline.replay import ReplayRefused
 
     try:
         return plan_replay(resolve_settings(tickers=chosen), start, end)
-    except ReplayRefused as exc:
+    except (ReplayRefused, UnknownMarket) as exc:
         if api is not None:
             api.stop()
         raise fail(str(exc), 2) from None
@@ -433,7 +434,9 @@ def predict(
                 raise fail(f"{ticker}: no champion yet; run `stockpipe run --tickers {ticker}` first")
             model = tracker.load(champion, ticker)
         history = PriceStore(settings.store_dir, settings.locks_dir).read(ticker)
-        forecast = forecast_next(ticker, model, history, champion.version, champion.serves_chosen_intervals)
+        forecast = forecast_next(
+            ticker, model, history, champion.version, champion.serves_chosen_intervals, settings.exchange(ticker)
+        )
     except (ModelRefused, StoreUnreadable, TrackingUnavailable, ValueError) as exc:
         raise fail(str(exc)) from None
     if as_json:

@@ -217,6 +217,8 @@ def daily_context(settings: Settings) -> DailyContext:
         on_degraded=settings.on_degraded,
         retention=Retention(settings.quarantine_max_age_days, settings.quarantine_max_bytes),
         lost_runs=RunRetention.from_settings(settings),
+        exchanges=settings.exchanges,
+        yahoo_symbols=settings.yahoo_symbols,
         max_staleness_sessions=settings.max_staleness_sessions,
         stop=STOP,
     )

@@ -29,7 +29,7 @@ def plan_replay(settings: Settings, start: dt.date, end: dt.date) -> list[dt.dat
         champion_end = dt.date.fromisoformat(champion.data_end) if champion and champion.data_end else None
         known = [d for d in (store.last_date(ticker), champion_end) if d is not None]
         data_ends[ticker] = max(known) if known else None
-    return replay_sessions(start, end, data_ends)
+    return replay_sessions(start, end, data_ends, {settings.exchange(t) for t in settings.tickers})
 
 
 @flow(name="replay", flow_run_name="replay {start}..{end}")

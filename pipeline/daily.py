@@ -19,12 +19,13 @@ import datetime as dt
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.common.markets import exchange_for
 from pipeline.common.outcome import Decision, TickerOutcome, carried_over
 from pipeline.common.redact import excerpt
 from pipeline.common.settings import OnDegraded, TrainingConfig
@@ -90,6 +91,9 @@ class DailyContext:
     on_degraded: OnDegraded = OnDegraded.fallback
     # How many lost runs keep their files, and for how long (STOCKPIPE_KEEP_LOST_RUNS, STOCKPIPE_RETENTION_DAYS).
     lost_runs: RunRetention = field(default_factory=RunRetention)
+    # Which exchange's sessions each ticker keeps (STOCKPIPE_EXCHANGES, else its Yahoo symbol's suffix).
+    exchanges: Mapping[str, str] = field(default_factory=dict)
+    yahoo_symbols: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def forecast_log(self) -> ForecastLog:
@@ -102,6 +106,9 @@ class DailyContext:
     @property
     def source_name(self) -> str:
         return self.source.name
+
+    def exchange(self, ticker: str) -> str:
+        return exchange_for(ticker, self.exchanges, self.yahoo_symbols.get(ticker))
 
 
 @contextmanager
@@ -125,11 +132,12 @@ def already_decided(previous: TickerOutcome | None, data_digest: str, settings_d
 
 
 def market_closed(ctx: DailyContext, ticker: str, day: dt.date) -> bool:
-    """A day the exchange did not trade, with the store already holding the last session: nothing to fetch."""
-    if is_session(day):
+    """A day the ticker's exchange did not trade, with the store already holding its last session: nothing to fetch."""
+    exchange = ctx.exchange(ticker)
+    if is_session(day, exchange):
         return False
     last = ctx.store.last_date(ticker)
-    return last is not None and last >= last_session_on_or_before(day)
+    return last is not None and last >= last_session_on_or_before(day, exchange)
 
 
 @dataclass(frozen=True)
@@ -216,7 +224,10 @@ def _run(request: Request, ctx: DailyContext, timings: dict[str, float], progres
     if market_closed(ctx, ticker, day):
         previous = cached(ctx.reports_dir, ticker)
         return TickerOutcome(
-            ticker, Decision.skipped, f"market closed on {day}: no new session to fetch", **carried_over(previous)
+            ticker,
+            Decision.skipped,
+            f"market closed on {day} ({ctx.exchange(ticker)}): no new session to fetch",
+            **carried_over(previous),
         )
     with tracking_errors(ctx.tracking_uri, f"opening {ticker}'s records"):
         tracker = ctx.connect()
@@ -225,7 +236,7 @@ def _run(request: Request, ctx: DailyContext, timings: dict[str, float], progres
         progress.advance(previous=previous)
     admitted = _fetch_and_admit(request, ctx, day, previous, timings)
     progress.advance(admitted=admitted)
-    check_freshness(ticker, admitted.history, day, ctx.max_staleness_sessions)
+    check_freshness(ticker, admitted.history, day, ctx.max_staleness_sessions, ctx.exchange(ticker))
     ctx.check_stop("validating")
     settings_digest = ctx.config.digest()
     if not request.force and already_decided(previous, admitted.data_digest, settings_digest):
@@ -265,6 +276,7 @@ def _fetch_and_admit(
             reports_dir=ctx.reports_dir,
             today=ctx.today(),
             proven_digest=previous.data_digest if previous is not None and previous.succeeded else None,
+            exchange=ctx.exchange(request.ticker),
         )
 
 
@@ -420,7 +432,13 @@ def _record_served(
         same = current.version == opened.champion.version
         model = opened.champion_model if same else tracker.load(current, ticker)
         served = record_served(
-            ctx.forecast_log, ticker, model, admitted.history, current.version, current.serves_chosen_intervals
+            ctx.forecast_log,
+            ticker,
+            model,
+            admitted.history,
+            current.version,
+            current.serves_chosen_intervals,
+            ctx.exchange(ticker),
         )
         metrics, tags = on_the_run(served)
         tracker.log_metrics(opened.run_id, metrics)

@@ -8,6 +8,7 @@ import datetime as dt
 import pandas as pd
 
 from pipeline.common.outcome import utc_now
+from pipeline.common.trading_calendar import DEFAULT_EXCHANGE
 from pipeline.data.forecast_log import BOUNDS, ForecastLog, ServedForecast
 from pipeline.models.forecasters import Forecaster
 from pipeline.serving import forecast_next
@@ -20,9 +21,10 @@ def record_served(
     history: pd.DataFrame,
     model_version: str,
     chosen_intervals: bool,
+    exchange: str = DEFAULT_EXCHANGE,
 ) -> ServedForecast:
     """The champion's forecast for the session after the last stored one, exactly as `predict` serves it, recorded."""
-    served = forecast_next(ticker, model, history, model_version, chosen_intervals)
+    served = forecast_next(ticker, model, history, model_version, chosen_intervals, exchange)
     forecast = ServedForecast(
         as_of=dt.date.fromisoformat(served.as_of),
         target=dt.date.fromisoformat(served.forecast_date),

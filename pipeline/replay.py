@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable
 
-from pipeline.common.trading_calendar import sessions_between
+from pipeline.common.trading_calendar import DEFAULT_EXCHANGE, sessions_between
 
 
 class ReplayRefused(ValueError):
     pass
 
 
-def replay_sessions(start: dt.date, end: dt.date, data_ends: dict[str, dt.date | None]) -> list[dt.date]:
-    """The trading sessions from `start` to `end`, as the daily schedule would have run them.
+def replay_sessions(
+    start: dt.date, end: dt.date, data_ends: dict[str, dt.date | None], exchanges: Iterable[str] = (DEFAULT_EXCHANGE,)
+) -> list[dt.date]:
+    """The days from `start` to `end` on which any of `exchanges` traded, as the daily schedule would have run them
+    (each ticker's own closed days are no-ops then).
 
     `data_ends` maps each ticker to the last date its store or champion already covers. Replaying into
     the past of a champion would score it on days it was trained on, so that is refused.
@@ -26,7 +30,7 @@ def replay_sessions(start: dt.date, end: dt.date, data_ends: dict[str, dt.date |
             f"cannot replay from {start}: the state already holds data or a champion trained on later days "
             f"({detail}); start after that date, or use a fresh STOCKPIPE_HOME"
         )
-    sessions = [stamp.date() for stamp in sessions_between(start, end)]
+    sessions = sorted({stamp.date() for exchange in set(exchanges) for stamp in sessions_between(start, end, exchange)})
     if not sessions:
         raise ReplayRefused(f"no trading sessions between {start} and {end}")
     return sessions

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.common.codec import KEEP_NON_FINITE
-from pipeline.common.trading_calendar import next_session
+from pipeline.common.trading_calendar import DEFAULT_EXCHANGE, next_session
 from pipeline.evaluation.served_intervals import choose_intervals, served_bounds
 from pipeline.models.forecasters import NAIVE, Forecaster, min_input_rows, to_model_input
 
@@ -43,11 +43,16 @@ def _bound(row: pd.Series, column: str) -> float | None:
 
 
 def forecast_next(
-    ticker: str, model: Forecaster, history: pd.DataFrame, model_version: str, chosen_intervals: bool = False
+    ticker: str,
+    model: Forecaster,
+    history: pd.DataFrame,
+    model_version: str,
+    chosen_intervals: bool = False,
+    exchange: str = DEFAULT_EXCHANGE,
 ) -> Forecast:
-    """Forecast the session after the last stored one. A naive model, or one crowned with `chosen_intervals`
-    (its own intervals scored worse at promotion), serves the intervals of the method the latest validation
-    sessions favour."""
+    """Forecast the session after the last stored one (`exchange`'s next). A naive model, or one crowned with
+    `chosen_intervals` (its own intervals scored worse at promotion), serves the intervals of the method the latest
+    validation sessions favour."""
     if history.empty:
         raise ValueError(f"{ticker}: no stored prices; run `stockpipe run` first")
     recent = history.tail(min_input_rows(model))
@@ -69,7 +74,7 @@ def forecast_next(
         ticker=ticker,
         as_of=as_of.isoformat(),
         last_close=last_close,
-        forecast_date=next_session(as_of).isoformat(),
+        forecast_date=next_session(as_of, exchange).isoformat(),
         forecast_close=float(last["forecast_close"]),
         lower_80=_bound(last, "lower_80"),
         upper_80=_bound(last, "upper_80"),

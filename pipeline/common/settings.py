@@ -15,6 +15,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from pipeline.common.markets import exchange_for
 from pipeline.common.symbols import validate_ticker
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -92,6 +93,11 @@ class Settings(BaseSettings):
     suite_path: Path = BUNDLED_SUITE
     # Yahoo spells index symbols with a caret, which is not safe in paths or model names.
     yahoo_symbols: dict[str, str] = {"GSPC": "^GSPC"}
+    exchanges: dict[str, str] = Field(
+        {},
+        description="Ticker -> exchange-calendars code (XNYS, XLON, XTKS, ...), as JSON, for a ticker whose Yahoo "
+        "symbol's suffix does not say its exchange (pipeline.common.markets); without a suffix, New York.",
+    )
     mlflow_tracking_uri: str | None = Field(
         None, description="Defaults to MLFLOW_TRACKING_URI, else a SQLite database under `home`."
     )
@@ -183,6 +189,10 @@ class Settings(BaseSettings):
     @classmethod
     def _tickers_are_symbols(cls, tickers: list[str]) -> list[str]:
         return [validate_ticker(t) for t in tickers]
+
+    def exchange(self, ticker: str) -> str:
+        """The calendar `ticker` trades on (UnknownMarket when neither its symbol nor `exchanges` says)."""
+        return exchange_for(ticker, self.exchanges, self.yahoo_symbols.get(ticker))
 
     @property
     def store_dir(self) -> Path:

@@ -12,19 +12,46 @@ DEFAULT_EXCHANGE = "XNYS"
 EARLIEST = "1985-01-01"
 
 
-@lru_cache(maxsize=8)
+@lru_cache(maxsize=16)
 def exchange_calendar(exchange: str = DEFAULT_EXCHANGE):
     import exchange_calendars
 
-    return exchange_calendars.get_calendar(exchange, start=EARLIEST)
+    try:
+        return exchange_calendars.get_calendar(exchange, start=EARLIEST)
+    except ValueError:  # some calendars begin later (Tokyo's in 1997): from their own first day, then
+        start = _earliest_of(exchange)
+        if start is None:
+            raise
+        return exchange_calendars.get_calendar(exchange, start=start)
+
+
+def _earliest_of(exchange: str) -> pd.Timestamp | None:
+    import exchange_calendars
+
+    dispatcher = exchange_calendars.calendar_utils.global_calendar_dispatcher
+    factory = getattr(dispatcher, "_calendar_factories", {}).get(dispatcher.resolve_alias(exchange))
+    bound = factory.bound_min() if factory is not None else None
+    return None if bound is None else max(pd.Timestamp(EARLIEST), pd.Timestamp(bound))
 
 
 def is_session(day: dt.date, exchange: str = DEFAULT_EXCHANGE) -> bool:
     calendar = exchange_calendar(exchange)
     stamp = pd.Timestamp(day)
-    if stamp > calendar.last_session:
+    if stamp > calendar.last_session or stamp < calendar.first_session:
         return stamp.dayofweek < 5  # beyond the calendar's horizon: weekdays are the best guess
     return bool(calendar.is_session(stamp))
+
+
+def off_session_days(dates: pd.Series, exchange: str = DEFAULT_EXCHANGE) -> pd.Series:
+    """For each date, True when the exchange's calendar knows the day and holds no session on it (a weekend, a
+    holiday). Days outside the calendar's span are not judged."""
+    days = pd.to_datetime(pd.Series(dates)).reset_index(drop=True).dt.normalize()
+    if days.empty:
+        return pd.Series([], dtype="bool")
+    calendar = exchange_calendar(exchange)
+    inside = (days >= calendar.first_session) & (days <= calendar.last_session)
+    sessions = sessions_between(days.min().date(), days.max().date(), exchange)
+    return inside & ~days.isin(sessions)
 
 
 def next_session(day: dt.date, exchange: str = DEFAULT_EXCHANGE) -> dt.date:

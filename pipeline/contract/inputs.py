@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.common.trading_calendar import sessions_missed_before
+from pipeline.common.trading_calendar import DEFAULT_EXCHANGE, off_session_days, sessions_missed_before
 
 VOLUME_MEDIAN_WINDOW = 20  # sessions whose median volume a session's volume is compared with
 
@@ -22,14 +22,17 @@ def load_suite_definition(path: Path) -> dict[str, Any]:
     return definition
 
 
-def contract_frame(prices: pd.DataFrame) -> pd.DataFrame:
+def contract_frame(prices: pd.DataFrame, exchange: str = DEFAULT_EXCHANGE) -> pd.DataFrame:
     """The table the contract sees: the prices and, measured against the ticker's own history,
 
     - `LogReturn`: the daily log return between consecutive closes;
     - `LogRange`: the day's log(High / Low);
     - `VolumeToMedian`: the session's volume over the median volume of the previous sessions;
     - `SessionsMissedBefore`: how many exchange sessions are missing before the row (real closures are not
-      sessions, so they never count).
+      sessions, so they never count);
+    - `OffSessionDay`: 1 on a day the exchange's calendar holds no session (a weekend, a holiday), else 0.
+
+    Sessions are `exchange`'s (an exchange-calendars code: XNYS, XLON, XTKS, ...).
 
     Never raises on bad values: whatever cannot be measured is NaN, for the contract's own checks to name.
     """
@@ -45,11 +48,14 @@ def contract_frame(prices: pd.DataFrame) -> pd.DataFrame:
     dates = contract_dates(frame)
     if len(dates) and dates.notna().all():
         try:
-            frame["SessionsMissedBefore"] = sessions_missed_before(dates).to_numpy()
+            frame["SessionsMissedBefore"] = sessions_missed_before(dates, exchange).to_numpy()
+            frame["OffSessionDay"] = off_session_days(dates, exchange).astype("int64").to_numpy()
         except (ValueError, OverflowError, TypeError):  # dates the calendar cannot place: the Date checks name them
             frame["SessionsMissedBefore"] = 0
-    else:  # unparseable dates are the Date expectations' to report; the gap check has nothing to measure
+            frame["OffSessionDay"] = 0
+    else:  # unparseable dates are the Date expectations' to report; the calendar checks have nothing to measure
         frame["SessionsMissedBefore"] = 0
+        frame["OffSessionDay"] = 0
     return frame
 
 

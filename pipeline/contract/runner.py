@@ -9,6 +9,7 @@ from typing import Any
 
 import pandas as pd
 
+from pipeline.common.trading_calendar import DEFAULT_EXCHANGE
 from pipeline.contract.data_docs import render_data_docs
 from pipeline.contract.gx_context import GxState, gx_state
 from pipeline.contract.inputs import contract_dates, contract_frame
@@ -37,9 +38,11 @@ def validate_prices(
     min_rows: int = 1,
     docs_dir: Path | None = None,
     today: dt.date | None = None,
+    exchange: str = DEFAULT_EXCHANGE,
 ) -> ValidationReport:
     """Run the suite on a price table with GX; the table's own meaning is in the suite's notes.
 
+    `exchange` is the calendar whose sessions the table is held to (missing sessions, rows on closed days).
     `today` is the real current date (default: the machine's), not the replay's `as_of`: a row dated after it
     is corrupt data. Bad values never raise: they are failures naming their rows.
 
@@ -48,7 +51,7 @@ def validate_prices(
     """
     today = dt.date.today() if today is None else today
     parameters = {"as_of": pd.Timestamp(as_of), "today": pd.Timestamp(today), "min_rows": int(min_rows)}
-    frame = contract_frame(prices)
+    frame = contract_frame(prices, exchange)
     dates = contract_dates(frame)
     extra = {
         "parameters": {"as_of": as_of.isoformat(), "today": today.isoformat(), "min_rows": int(min_rows)},

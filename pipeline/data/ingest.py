@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 
 from pipeline.common.files import atomic_write_text
-from pipeline.common.trading_calendar import sessions_between
+from pipeline.common.trading_calendar import DEFAULT_EXCHANGE, sessions_between
 from pipeline.contract.data_docs import render_data_docs
 from pipeline.contract.html_report import render_html
 from pipeline.contract.report import ValidationReport
@@ -164,6 +164,7 @@ class _Checks:
     today: dt.date | None
     quarantine_dir: Path
     reports_dir: Path
+    exchange: str = DEFAULT_EXCHANGE
     reports: list[ValidationReport] = field(default_factory=list)
 
     def refuse(self, kind: type[BatchRefused], message: str, failed: list[ValidationReport]) -> BatchRefused:
@@ -176,7 +177,13 @@ class _Checks:
 
     def check(self, frame: pd.DataFrame, subject: str, min_rows: int = 1) -> None:
         report = validate_prices(
-            frame, subject=subject, suite_definition=self.suite, as_of=self.as_of, today=self.today, min_rows=min_rows
+            frame,
+            subject=subject,
+            suite_definition=self.suite,
+            as_of=self.as_of,
+            today=self.today,
+            min_rows=min_rows,
+            exchange=self.exchange,
         )
         self.reports.append(report)
         if not report.passed:
@@ -195,21 +202,22 @@ def admit(
     reports_dir: Path,
     today: dt.date | None = None,
     proven_digest: str | None = None,
+    exchange: str = DEFAULT_EXCHANGE,
 ) -> Admitted:
     """Validate what is new against the contract; quarantine and raise on any refusal. `min_rows` is the shortest
-    history that can be trained on.
+    history that can be trained on; `exchange` the calendar whose sessions the prices are held to.
 
     `proven_digest` is the digest of the history the last decision was taken on: it passed the contract then, so when
     the stored history still has it, only the new rows (with the stored sessions just before them) are validated
     again, not thirty years of history. Otherwise the new batch and the whole merged history are.
     """
-    checks = _Checks(ticker, fetched, suite, as_of, today, quarantine_dir, reports_dir)
+    checks = _Checks(ticker, fetched, suite, as_of, today, quarantine_dir, reports_dir, exchange)
     if fetched.unreadable:
         raise checks.refuse(UnreadableBatch, f"{ticker}: {fetched.unreadable}", [])
     merged = _checked_merge(checks, history, min_rows, proven_digest)
     _save_reports(reports_dir, ticker, checks.reports)
     for report in checks.reports:
-        log.info("%s", report.summary())
+        log.log(logging.WARNING if report.warnings else logging.INFO, "%s", report.summary())
     admitted = to_store_schema(merged)
     return Admitted(
         ticker,
@@ -268,22 +276,24 @@ def _save_reports(reports_dir: Path, ticker: str, reports: list[ValidationReport
         render_data_docs(reports, folder / "data_docs")
 
 
-def sessions_behind(history: pd.DataFrame, as_of: dt.date) -> int:
-    """Exchange sessions after the newest stored one, up to and including `as_of`."""
+def sessions_behind(history: pd.DataFrame, as_of: dt.date, exchange: str = DEFAULT_EXCHANGE) -> int:
+    """`exchange`'s sessions after the newest stored one, up to and including `as_of`."""
     if history.empty:
         return 0
     last = history["Date"].max().date()
     if last >= as_of:
         return 0
-    return max(0, len(sessions_between(last, as_of)) - 1)
+    return max(0, len(sessions_between(last, as_of, exchange)) - 1)
 
 
-def check_freshness(ticker: str, history: pd.DataFrame, as_of: dt.date, max_sessions: int) -> None:
+def check_freshness(
+    ticker: str, history: pd.DataFrame, as_of: dt.date, max_sessions: int, exchange: str = DEFAULT_EXCHANGE
+) -> None:
     """Refuse to train or decide on data that ends too long before the day the run stands on."""
-    behind = sessions_behind(history, as_of)
+    behind = sessions_behind(history, as_of, exchange)
     if behind > max_sessions:
         last = history["Date"].max().date()
         raise StaleData(
-            f"stale data: last price {last}, {behind} sessions before as-of {as_of} "
+            f"stale data: last price {last}, {behind} {exchange} sessions before as-of {as_of} "
             f"(at most {max_sessions} allowed: STOCKPIPE_MAX_STALENESS_SESSIONS)"
         )

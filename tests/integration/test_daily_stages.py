@@ -246,7 +246,7 @@ def test_a_closed_market_with_a_current_store_is_a_quick_skip(ctx):
     outcome = run_ticker("MSFT", ctx, as_of=saturday)
     assert (
         outcome.decision is Decision.skipped
-        and outcome.reason == f"market closed on {saturday}: no new session to fetch"
+        and outcome.reason == f"market closed on {saturday} (XNYS): no new session to fetch"
     )
     assert outcome.champion_version == "1"
 
@@ -276,7 +276,7 @@ def test_stale_data_is_refused_before_training(ctx):
     assert outcome.decision is Decision.failed
     # 13-17, 20-22 and 24 November: Thanksgiving (the 23rd) is no session.
     assert outcome.reason == (
-        "StaleData: stale data: last price 2017-11-10, 9 sessions before as-of 2017-11-24 "
+        "StaleData: stale data: last price 2017-11-10, 9 XNYS sessions before as-of 2017-11-24 "
         "(at most 3 allowed: STOCKPIPE_MAX_STALENESS_SESSIONS)"
     )
     assert tracker_of(ctx).versions("MSFT") == [], "nothing trained, nothing registered"

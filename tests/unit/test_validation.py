@@ -160,6 +160,16 @@ def test_one_missing_session_is_a_warning(msft_slice, price_suite):
     assert names(report.warnings) == {("expect_column_values_to_be_between", "SessionsMissedBefore")}
 
 
+def test_a_row_on_a_day_the_exchange_was_closed_is_a_warning_naming_its_date(msft_slice, price_suite):
+    """The contract's choice: stored with a warning, not refused (a calendar can lag an unscheduled session)."""
+    boxing_day = msft_slice.iloc[[-1]].assign(Date=pd.Timestamp("2017-11-11"))  # a Saturday after the last session
+    prices = pd.concat([msft_slice, boxing_day], ignore_index=True)
+    report = run(prices, price_suite, as_of=dt.date(2017, 11, 11))
+    assert report.passed, report.summary()
+    assert names(report.warnings) == {("expect_column_values_to_be_between", "OffSessionDay")}
+    assert "2017-11-11" in report.summary()
+
+
 def test_negative_volume_is_critical(msft_slice, price_suite):
     msft_slice.loc[10, "Volume"] = -5
     report = run(msft_slice, price_suite)
@@ -178,6 +188,7 @@ def test_contract_frame_adds_log_returns_and_session_gaps(msft_slice):
         "LogRange",
         "VolumeToMedian",
         "SessionsMissedBefore",
+        "OffSessionDay",
     ]
     assert np.isnan(frame["LogReturn"].iloc[0])
     assert frame["LogReturn"].iloc[1] == pytest.approx(np.log(frame["Close"].iloc[1] / frame["Close"].iloc[0]))
@@ -202,7 +213,7 @@ def test_suite_definition_requires_a_severity(tmp_path):
 
 def test_bundled_suite_severities(price_suite):
     severities = [e["severity"] for e in price_suite["expectations"]]
-    assert set(severities) == {"critical", "warning"} and severities.count("warning") == 3
+    assert set(severities) == {"critical", "warning"} and severities.count("warning") == 4
 
 
 # -- verdict is pure ----------------------------------------------------------------------------------------------
