@@ -33,6 +33,7 @@ from pydantic import Field
 from flows import environment
 from flows.alerts import AlertNotDelivered, raise_alerts
 from pipeline import daily
+from pipeline.common.disk import DiskFull, DiskFullTracebacks, DiskSpaceLow, disk_full_cause
 from pipeline.common.files import UnsafeInput, within
 from pipeline.common.outcome import TickerOutcome
 from pipeline.common.settings import DEFAULT_MAX_WORKERS, Settings, SourceKind
@@ -220,6 +221,7 @@ def daily_context(settings: Settings) -> DailyContext:
         exchanges=settings.exchanges,
         yahoo_symbols=settings.yahoo_symbols,
         max_staleness_sessions=settings.max_staleness_sessions,
+        min_free_mb=settings.min_free_mb,
         stop=STOP,
     )
 
@@ -357,12 +359,17 @@ EXPECTED_FAILURES: tuple[type[BaseException], ...] = (
     TrackingUnavailable,
     StopRequested,
     AlertNotDelivered,
+    DiskSpaceLow,
+    DiskFull,
 )
+# The loggers that log a failed write's traceback before raising it: on a full disk, the ticker's line says it all.
+DISK_FULL_LOGGERS = ("mlflow.store.db.utils",)
 
 
 class ExpectedFailureTracebacks(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and isinstance(record.exc_info[1], EXPECTED_FAILURES):
+        error = record.exc_info[1] if record.exc_info else None
+        if error is not None and (isinstance(error, EXPECTED_FAILURES) or disk_full_cause(error) is not None):
             record.exc_info, record.exc_text = None, None
         return True
 
@@ -374,6 +381,10 @@ def quiet_third_party_logs() -> None:
         logger = logging.getLogger(name)
         if not any(isinstance(f, ExpectedFailureTracebacks) for f in logger.filters):
             logger.addFilter(ExpectedFailureTracebacks())
+    for name in DISK_FULL_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, DiskFullTracebacks) for f in logger.filters):
+            logger.addFilter(DiskFullTracebacks())
     logging.getLogger("pipeline").setLevel(logging.INFO)
     for noisy in ("great_expectations", "mlflow", "tensorflow", "absl"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

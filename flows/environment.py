@@ -3,10 +3,14 @@ import, and what every process that runs the flow needs (the CLI's, a deployment
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
 
 from pipeline.common.files import private_dir
 from pipeline.common.settings import Settings
+from pipeline.registry import relocate
+from pipeline.registry.relocate import HomeMoved
 
 # Set whatever the environment says: safety, not preference.
 ENFORCED = {
@@ -39,6 +43,12 @@ def before_imports(settings: Settings, parallel_trainings: int = 1) -> None:
         # Each parallel training gets its share of the cores: TensorFlow's default, one pool per process spanning
         # all cores, makes two tickers' small LSTMs fight over the same threads (measured: 25% slower on 2 cores).
         os.environ.setdefault("TF_NUM_INTRAOP_THREADS", str(max(1, (os.cpu_count() or 1) // parallel_trainings)))
+    try:
+        home_in_place(settings)
+    except HomeMoved as exc:
+        # The CLI's first step: one line and exit code 2, as for a bad setting, rather than a traceback.
+        sys.stderr.write(f"{exc}\n")
+        raise SystemExit(2) from None
 
 
 def in_flow_process(settings: Settings) -> None:
@@ -47,7 +57,21 @@ def in_flow_process(settings: Settings) -> None:
     import mlflow
 
     _defaults_and_enforced()
+    home_in_place(settings)
     mlflow.set_tracking_uri(settings.tracking_uri())
+
+
+def home_in_place(settings: Settings) -> None:
+    """A home moved or renamed since its MLflow store was written: when the store is the home's own SQLite file, its
+    artifact locations follow the home (pipeline.registry.relocate); a store elsewhere keeps its own. Raises
+    HomeMoved when the old place still holds the artifacts and the new one does not."""
+    database = settings.home / "mlflow.db"
+    if settings.tracking_uri() != f"sqlite:///{database}":
+        return
+    moved = relocate.repoint_artifacts(database, settings.artifacts_dir, settings.experiment_name)
+    if moved is not None and not (relocate.log.isEnabledFor(logging.INFO) and relocate.log.hasHandlers()):
+        # Before Prefect sets up logging (the CLI's first step) the INFO record goes nowhere: say it here.
+        sys.stderr.write(f"{moved.message}\n")
 
 
 def _defaults_and_enforced() -> None:

@@ -1,7 +1,7 @@
 """One ticker's day as one plain function: the most important sequence of the product, in one readable place.
 
     lock -> (market closed? skip) -> settle runs an earlier process left unfinished -> fetch -> admit (contract)
-         -> fresh enough? -> same data and settings as the last decision? skip
+         -> fresh enough? -> same data and settings as the last decision? skip -> room on the disk?
          -> store -> baseline champion -> open the run -> score the champion's matured forecasts (its live record)
          -> train (epochs logged live) -> score -> decide -> record -> apply
          -> keep the forecast now served, for a later day to score -> lost runs' files past the retention go
@@ -25,10 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.common.disk import as_disk_full, check_free_space
 from pipeline.common.markets import exchange_for
 from pipeline.common.outcome import Decision, TickerOutcome, carried_over
 from pipeline.common.redact import excerpt
-from pipeline.common.settings import OnDegraded, TrainingConfig
+from pipeline.common.settings import DEFAULT_MIN_FREE_MB, OnDegraded, TrainingConfig
 from pipeline.common.trading_calendar import is_session, last_session_on_or_before
 from pipeline.data import quarantine
 from pipeline.data.forecast_log import ForecastLog
@@ -94,6 +95,13 @@ class DailyContext:
     # Which exchange's sessions each ticker keeps (STOCKPIPE_EXCHANGES, else its Yahoo symbol's suffix).
     exchanges: Mapping[str, str] = field(default_factory=dict)
     yahoo_symbols: Mapping[str, str] = field(default_factory=dict)
+    # Free space under the home the day needs before its first write (STOCKPIPE_MIN_FREE_MB; pipeline.common.disk).
+    min_free_mb: float = DEFAULT_MIN_FREE_MB
+
+    @property
+    def home(self) -> Path:
+        """The state home: the price store's parent, where the day's files, models and databases go."""
+        return Path(self.store.root).parent
 
     @property
     def forecast_log(self) -> ForecastLog:
@@ -200,6 +208,8 @@ def run_ticker(
         try:
             outcome = _run(request, ctx, timings, progress)
         except Exception as exc:
+            # A full disk, however deep it was met (MLflow's SQL, an artifact, the store), is told as one DiskFull.
+            exc = as_disk_full(exc, ctx.home) or exc
             outcome = failed(ticker, exc, progress.reached, ctx.reports_dir, ctx.today)
         if on_epoch is not None:
             with suppress(Exception):
@@ -241,6 +251,8 @@ def _run(request: Request, ctx: DailyContext, timings: dict[str, float], progres
     settings_digest = ctx.config.digest()
     if not request.force and already_decided(previous, admitted.data_digest, settings_digest):
         return _unchanged(ticker, previous, admitted, settings_digest)
+    # The day's first write is next (the store, then the run and training): refused here, it leaves all as it was.
+    check_free_space(ctx.home, ctx.min_free_mb)
     if admitted.changed:
         ctx.store.write(ticker, admitted.history)
     opened = _open_run(request, ctx, tracker, admitted, day, settings_digest, progress, timings)

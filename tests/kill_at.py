@@ -20,6 +20,7 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from typing import Any
 
 USAGE = "usage: python -m tests.kill_at <dotted.path.to.function> <before|after> [--call N] -- <stockpipe args...>"
@@ -49,8 +50,9 @@ def die(where: str) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def arm(dotted: str, when: str, call: int = 1) -> None:
-    """Wrap `dotted` so that its `call`-th call kills this process `when` (before or after the real call)."""
+def arm(dotted: str, when: str, call: int = 1, action: Callable[[str], None] = die) -> None:
+    """Wrap `dotted` so that its `call`-th call kills this process `when` (before or after the real call); another
+    `action(where)` can stand in for the kill (tests.fill_at fills the disk there instead)."""
     if when not in ("before", "after"):
         raise SystemExit(f"kill_at: when must be before or after, not {when!r}\n{USAGE}")
     owner, name = resolve(dotted)
@@ -68,10 +70,10 @@ def arm(dotted: str, when: str, call: int = 1) -> None:
             this = calls
         where = f"{when} {dotted} (call {this})"
         if this == call and when == "before":
-            die(where)
+            action(where)
         result = original(*args, **kwargs)
         if this == call and when == "after":
-            die(where)
+            action(where)
         return result
 
     setattr(owner, name, kind(wrapper) if kind else wrapper)

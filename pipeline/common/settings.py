@@ -31,6 +31,12 @@ DEFAULT_MAX_INPUT_BYTES = 256 * 2**20
 # earns promotion"): the smallest margin that alone refused as many of the old rule's noise promotions as 0.5% did.
 DEFAULT_MIN_RELATIVE_GAIN = 0.002
 DEFAULT_PROMOTION_ALPHA = 0.10
+# Measured with the default model on the bundled data (`stockpipe run` in a home on a tmpfs, `df` sampled every
+# 50 ms): a fresh home's first ticker-day peaks at 10 MB (7.5 MB of it the Prefect and MLflow databases being
+# created), a later one writes 1.2 MB before retention prunes (logged model 0.7 MB, run files 0.1 MB, MLflow and
+# Prefect rows 0.4 MB). Five times the larger leaves room for the tickers that train at once, SQLite journals and WAL
+# growing past their usual size, and a model larger than the default.
+DEFAULT_MIN_FREE_MB = 50
 
 
 class OnDegraded(StrEnum):
@@ -156,6 +162,13 @@ class Settings(BaseSettings):
     )
     retention_days: float = Field(
         30, ge=0, description="A lost run's files are deleted after this many days, even among the last kept."
+    )
+    min_free_mb: float = Field(
+        DEFAULT_MIN_FREE_MB,
+        ge=0,
+        description="Free space (MB) a ticker-day needs under `home` before it stores data and trains; less fails "
+        "the ticker with DiskSpaceLow, nothing written. 50: five times the measured peak of a ticker-day (10 MB on "
+        "a fresh home, 1.2 MB after; DEFAULT_MIN_FREE_MB). 0 turns the check off.",
     )
     # Alerts: each channel set here gets one message per event (pipeline.alerts, flows.alerts); none set, none sent.
     alert_webhook_url: SecretStr | None = Field(None, description="POST one JSON message per event here.")

@@ -17,6 +17,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, RESOURCE_DOES_NOT_EXIST, ErrorCode
 
+from pipeline.common.disk import as_disk_full
 from pipeline.common.redact import masked_uri
 
 # What a server says when it is there but cannot serve right now (a restart, maintenance, an overloaded proxy).
@@ -94,18 +95,31 @@ def _transport_reason(exc: BaseException) -> str:
 
 @contextmanager
 def tracking_errors(tracking_uri: str, doing: str) -> Iterator[None]:
-    """Turn a lost tracking server, however MLflow reports it, into one clear TrackingUnavailable."""
+    """Turn a lost tracking server, however MLflow reports it, into one clear TrackingUnavailable, and a full disk
+    (MLflow reports SQLite's as "temporarily unavailable") into one DiskFull, which waiting would not cure."""
     try:
         yield
     except TrackingUnavailable:
         raise
     except Exception as exc:
+        full = as_disk_full(exc, local_folder(tracking_uri), doing)
+        if full is exc:
+            raise
+        if full is not None:
+            raise full from exc
         reason = unreachable_reason(exc)
         if reason is None:
             raise
         raise TrackingUnavailable(
             f"MLflow tracking server {masked_uri(tracking_uri)} unreachable while {doing}: {reason}"
         ) from exc
+
+
+def local_folder(tracking_uri: str) -> Path | None:
+    """The folder a local SQLite store lives in (the home, by default); None for a tracking server."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    return Path(tracking_uri.removeprefix("sqlite:///")).parent
 
 
 def _sqlite_init_lock(tracking_uri: str) -> AbstractContextManager[Any]:

@@ -5,6 +5,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from pipeline.common.disk import disk_full_cause
+from pipeline.registry.connection import tracking_errors
+
 log = logging.getLogger(__name__)
 
 
@@ -22,10 +25,11 @@ def epoch_callback(run_id: str) -> Any:
     class RunCallback(MlflowCallback):
         def on_train_begin(self, logs: dict | None = None) -> None:
             config = self.model.optimizer.get_config()
-            mlflow.log_params({f"optimizer_{k}": v for k, v in config.items()}, run_id=run_id)
             lines: list[str] = []
             self.model.summary(print_fn=lambda line, *args, **kwargs: lines.append(line))
-            mlflow.log_text("\n".join(lines), artifact_file="model_summary.txt", run_id=run_id)
+            with tracking_errors(mlflow.get_tracking_uri(), "logging the model summary"):
+                mlflow.log_params({f"optimizer_{k}": v for k, v in config.items()}, run_id=run_id)
+                mlflow.log_text("\n".join(lines), artifact_file="model_summary.txt", run_id=run_id)
 
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
             # Live curves are a courtesy: a tracking server lost mid-training must not stop the training; the
@@ -36,7 +40,8 @@ def epoch_callback(run_id: str) -> Any:
                         {k: float(v) for k, v in logs.items()}, step=epoch, run_id=run_id, synchronous=True
                     )
                 except Exception as exc:
-                    log.warning("epoch %d not logged live to MLflow: %s", epoch + 1, type(exc).__name__)
+                    why = "disk full" if disk_full_cause(exc) else type(exc).__name__
+                    log.warning("epoch %d not logged live to MLflow: %s", epoch + 1, why)
 
         def on_test_end(self, logs: dict | None = None) -> None:
             return None

@@ -15,7 +15,7 @@ from tests.fixtures.exports import bundled_text, no_volume, space_separated, yah
 from tests.integration.test_cli import cli, no_traceback, run_csv
 from tests.support import SNAPSHOTS
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.system
 
 
 def test_an_export_is_read_and_unreadable_ones_are_refused_and_quarantined(tmp_path):
