@@ -29,7 +29,7 @@ run: $(STAMP) ## Run the daily pipeline on the bundled snapshot (MSFT, GSPC)
 	$(BIN)/stockpipe status
 
 .PHONY: test
-test: $(STAMP) ## Run the unit and integration tests (about 15 minutes on 2 cores)
+test: $(STAMP) ## Run the unit and integration tests (about 18 minutes on 2 cores)
 	$(BIN)/python -m pytest tests/unit tests/integration $(PYTEST_ARGS)
 
 .PHONY: lint
