@@ -105,7 +105,7 @@ class DailyContext:
 
     @property
     def forecast_log(self) -> ForecastLog:
-        return ForecastLog(self.forecasts_dir or Path(self.store.root).parent / "forecasts")
+        return ForecastLog(self.forecasts_dir or self.home / "forecasts")
 
     def check_stop(self, stage: str) -> None:
         if self.stop is not None and self.stop.is_set():

@@ -15,10 +15,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from pipeline.common.settings import BUNDLED_SNAPSHOTS, TrainingConfig
+from pipeline.common.settings import BUNDLED_SNAPSHOTS, BUNDLED_SUITE, TrainingConfig
 from tests.servers import clean_env, free_port
 
 if TYPE_CHECKING:
+    from pipeline.daily import DailyContext
     from pipeline.data.sources import PriceSource
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -80,6 +81,50 @@ def tiny_config(**overrides: Any) -> TrainingConfig:
     }
     values.update(overrides)
     return TrainingConfig(**values)
+
+
+def msft_exports(folder: Path) -> Path:
+    """Three years of the bundled MSFT history as a user's export in `folder`: enough for the tiny windows, small
+    enough to validate fast."""
+    folder.mkdir(parents=True, exist_ok=True)
+    prices = pd.read_csv(SNAPSHOTS / "MSFT.csv")
+    prices[prices["Date"] >= "2014-11-01"].to_csv(folder / "MSFT.csv", index=False)
+    return folder
+
+
+def tiny_daily_context(
+    home: Path, exports: Path, *, today: dt.date, experiment: str = "stockpipe-test", **overrides: Any
+) -> DailyContext:
+    """A ticker-day's I/O as the edge builds it, on real components: `<TICKER>.csv` exports read from `exports`, and
+    under `home` the store, a migrated MLflow SQLite registry, its artifacts, reports and quarantine; tiny training."""
+    import mlflow
+
+    from pipeline.contract.inputs import load_suite_definition
+    from pipeline.daily import DailyContext
+    from pipeline.data.quarantine import Retention
+    from pipeline.data.sources import CsvSource
+    from pipeline.data.store import PriceStore
+    from pipeline.evaluation.evidence import PromotionPolicy
+    from pipeline.registry.tracking import Tracker
+
+    uri = migrated_tracking_store(home / "mlflow.db")
+    # MLflow's Keras callback logs through the fluent API: the edge points it at the store (see flows/daily.py).
+    mlflow.set_tracking_uri(uri)
+    fields: dict[str, Any] = dict(
+        store=PriceStore(home / "store", home / "locks"),
+        source=CsvSource(exports, name="csv"),
+        connect=lambda: Tracker.connect(uri, experiment, home / "artifacts"),
+        tracking_uri=uri,
+        suite=load_suite_definition(BUNDLED_SUITE),
+        config=tiny_config(),
+        policy=PromotionPolicy(0.002, 0.10),
+        reports_dir=home / "reports",
+        quarantine_dir=home / "quarantine",
+        retention=Retention(30, 10**9),
+        max_staleness_sessions=3,
+        today=lambda: today,
+    )
+    return DailyContext(**{**fields, **overrides})
 
 
 def tiny_lstm_config(**overrides: Any) -> TrainingConfig:

@@ -26,11 +26,10 @@ def exchange_calendar(exchange: str = DEFAULT_EXCHANGE):
 
 
 def _earliest_of(exchange: str) -> pd.Timestamp | None:
+    """The first day the exchange's calendar can be built from: its class's `bound_min` (exchange-calendars' own)."""
     import exchange_calendars
 
-    dispatcher = exchange_calendars.calendar_utils.global_calendar_dispatcher
-    factory = getattr(dispatcher, "_calendar_factories", {}).get(dispatcher.resolve_alias(exchange))
-    bound = factory.bound_min() if factory is not None else None
+    bound = type(exchange_calendars.get_calendar(exchange)).bound_min()
     return None if bound is None else max(pd.Timestamp(EARLIEST), pd.Timestamp(bound))
 
 

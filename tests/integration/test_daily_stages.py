@@ -8,7 +8,6 @@ import datetime as dt
 import json
 from pathlib import Path
 
-import mlflow
 import pandas as pd
 import pytest
 
@@ -16,13 +15,8 @@ from pipeline.common import codec
 from pipeline.common.outcome import Decision
 from pipeline.common.settings import OnDegraded
 from pipeline.common.symbols import registered_model_name
-from pipeline.contract.inputs import load_suite_definition
 from pipeline.daily import DailyContext, Evaluation, Stages, evaluate, run_ticker
 from pipeline.data.forecast_log import ServedForecast
-from pipeline.data.quarantine import Retention
-from pipeline.data.sources import CsvSource
-from pipeline.data.store import PriceStore
-from pipeline.evaluation.evidence import PromotionPolicy
 from pipeline.evaluation.promotion import CHOSEN_INTERVALS, IntervalServing, Verdict
 from pipeline.registry import journal
 from pipeline.registry.connection import TrackingUnavailable
@@ -30,12 +24,12 @@ from pipeline.registry.tracking import Tracker
 from pipeline.status import ticker_status
 from tests.support import (
     MSFT_LAST_SESSION,
-    SNAPSHOTS,
     FailingOnce,
     lost_connection,
-    migrated_tracking_store,
+    msft_exports,
     server_error,
     tiny_config,
+    tiny_daily_context,
 )
 
 NAME = registered_model_name("MSFT")
@@ -44,28 +38,7 @@ AS_OF = MSFT_LAST_SESSION
 
 @pytest.fixture
 def ctx(tmp_path, monkeypatch) -> DailyContext:
-    exports = tmp_path / "exports"
-    exports.mkdir()
-    # Three years of MSFT: enough for the tiny windows, small enough to validate fast.
-    prices = pd.read_csv(SNAPSHOTS / "MSFT.csv")
-    prices[prices["Date"] >= "2014-11-01"].to_csv(exports / "MSFT.csv", index=False)
-    uri = migrated_tracking_store(tmp_path / "mlflow.db")
-    # MLflow's Keras callback logs through the fluent API: the edge points it at the store (see flows/daily.py).
-    mlflow.set_tracking_uri(uri)
-    return DailyContext(
-        store=PriceStore(tmp_path / "store", tmp_path / "locks"),
-        source=CsvSource(exports, name="csv"),
-        connect=lambda: Tracker.connect(uri, "stockpipe-test", tmp_path / "artifacts"),
-        tracking_uri=uri,
-        suite=load_suite_definition(SNAPSHOTS.parent.parent / "expectations" / "prices.json"),
-        config=tiny_config(),
-        policy=PromotionPolicy(0.002, 0.10),
-        reports_dir=tmp_path / "reports",
-        quarantine_dir=tmp_path / "quarantine",
-        retention=Retention(30, 10**9),
-        max_staleness_sessions=3,
-        today=lambda: AS_OF,
-    )
+    return tiny_daily_context(tmp_path, msft_exports(tmp_path / "exports"), today=AS_OF)
 
 
 def forced(decision: Decision) -> Stages:

@@ -8,19 +8,15 @@ import dataclasses
 import errno
 import hashlib
 
-import mlflow
-import pandas as pd
 import pytest
 
 from pipeline.common.outcome import Decision
-from pipeline.contract.inputs import load_suite_definition
 from pipeline.daily import DailyContext, Stages, run_ticker
-from pipeline.data.quarantine import Retention
-from pipeline.data.sources import CsvSource
-from pipeline.data.store import PriceStore
-from pipeline.evaluation.evidence import PromotionPolicy
-from pipeline.registry.tracking import Tracker
-from tests.support import MSFT_LAST_SESSION, SNAPSHOTS, migrated_tracking_store, tiny_config
+from tests.support import (
+    MSFT_LAST_SESSION,
+    msft_exports,
+    tiny_daily_context,
+)
 
 AS_OF = MSFT_LAST_SESSION
 # More than any disk has: the pre-flight refuses whatever this machine's free space.
@@ -29,27 +25,7 @@ NO_DISK_IS_THAT_LARGE_MB = 2**40
 
 @pytest.fixture
 def ctx(tmp_path) -> DailyContext:
-    exports = tmp_path / "exports"
-    exports.mkdir()
-    prices = pd.read_csv(SNAPSHOTS / "MSFT.csv")
-    prices[prices["Date"] >= "2014-11-01"].to_csv(exports / "MSFT.csv", index=False)
-    home = tmp_path / "home"
-    uri = migrated_tracking_store(home / "mlflow.db")
-    mlflow.set_tracking_uri(uri)
-    return DailyContext(
-        store=PriceStore(home / "store", home / "locks"),
-        source=CsvSource(exports, name="csv"),
-        connect=lambda: Tracker.connect(uri, "stockpipe-test", home / "artifacts"),
-        tracking_uri=uri,
-        suite=load_suite_definition(SNAPSHOTS.parent.parent / "expectations" / "prices.json"),
-        config=tiny_config(),
-        policy=PromotionPolicy(0.002, 0.10),
-        reports_dir=home / "reports",
-        quarantine_dir=home / "quarantine",
-        retention=Retention(30, 10**9),
-        max_staleness_sessions=3,
-        today=lambda: AS_OF,
-    )
+    return tiny_daily_context(tmp_path / "home", msft_exports(tmp_path / "exports"), today=AS_OF)
 
 
 def never(*args, **kwargs):

@@ -6,20 +6,13 @@ from __future__ import annotations
 import datetime as dt
 import json
 
-import mlflow
 import pandas as pd
 import pytest
 
 from pipeline.common.outcome import Decision
 from pipeline.common.trading_calendar import is_session, sessions_between
-from pipeline.contract.inputs import load_suite_definition
 from pipeline.daily import DailyContext, run_ticker
-from pipeline.data.quarantine import Retention
-from pipeline.data.sources import CsvSource
-from pipeline.data.store import PriceStore
-from pipeline.evaluation.evidence import PromotionPolicy
-from pipeline.registry.tracking import Tracker
-from tests.support import SNAPSHOTS, migrated_tracking_store, tiny_config
+from tests.support import SNAPSHOTS, tiny_daily_context
 
 TICKER = "7203.T"
 # Coming of Age Day: Tokyo closed, New York open. The Friday before is Tokyo's last session, Tuesday its next.
@@ -34,22 +27,7 @@ def ctx(tmp_path) -> DailyContext:
     prices = pd.read_csv(SNAPSHOTS / "MSFT.csv").tail(760).reset_index(drop=True)
     sessions = sessions_between(dt.date(2020, 1, 1), FRIDAY, "XTKS")[-len(prices) :]
     prices.assign(Date=sessions.strftime("%Y-%m-%d")).to_csv(exports / f"{TICKER}.csv", index=False)
-    uri = migrated_tracking_store(tmp_path / "mlflow.db")
-    mlflow.set_tracking_uri(uri)
-    return DailyContext(
-        store=PriceStore(tmp_path / "store", tmp_path / "locks"),
-        source=CsvSource(exports, name="csv"),
-        connect=lambda: Tracker.connect(uri, "stockpipe-test", tmp_path / "artifacts"),
-        tracking_uri=uri,
-        suite=load_suite_definition(SNAPSHOTS.parent.parent / "expectations" / "prices.json"),
-        config=tiny_config(),
-        policy=PromotionPolicy(0.002, 0.10),
-        reports_dir=tmp_path / "reports",
-        quarantine_dir=tmp_path / "quarantine",
-        retention=Retention(30, 10**9),
-        max_staleness_sessions=0,
-        today=lambda: HOLIDAY,
-    )
+    return tiny_daily_context(tmp_path, exports, today=HOLIDAY, max_staleness_sessions=0)
 
 
 def test_a_tokyo_ticker_keeps_tokyos_sessions_through_its_day(ctx):

@@ -12,25 +12,19 @@ import sqlite3
 from pathlib import Path
 
 import mlflow
-import pandas as pd
 import pytest
 
 from pipeline.common.files import tree_size
 from pipeline.common.outcome import Decision
 from pipeline.common.settings import Settings
-from pipeline.contract.inputs import load_suite_definition
 from pipeline.daily import DailyContext, Evaluation, Stages, evaluate, run_ticker
-from pipeline.data.quarantine import Retention
-from pipeline.data.sources import CsvSource
-from pipeline.data.store import PriceStore
-from pipeline.evaluation.evidence import PromotionPolicy
 from pipeline.evaluation.promotion import Verdict
 from pipeline.models.forecasters import to_model_input
 from pipeline.registry.retention import FILES_PRUNED_TAG, RunRetention, prune_ticker
 from pipeline.registry.tracking import Tracker
 from pipeline.serving import forecast_next
 from pipeline.state_size import home_bytes, ticker_bytes
-from tests.support import SNAPSHOTS, migrated_tracking_store, tiny_config
+from tests.support import msft_exports, tiny_daily_context
 
 pytestmark = pytest.mark.integration
 
@@ -59,26 +53,11 @@ def settings(tmp_path, monkeypatch) -> Settings:
 
 @pytest.fixture
 def ctx(settings, tmp_path) -> DailyContext:
-    exports = tmp_path / "exports"
-    exports.mkdir()
-    prices = pd.read_csv(SNAPSHOTS / "MSFT.csv")  # three years: enough for tiny windows, quick to validate
-    prices[prices["Date"] >= "2014-11-01"].to_csv(exports / "MSFT.csv", index=False)
-    uri = migrated_tracking_store(settings.home / "mlflow.db")
-    mlflow.set_tracking_uri(uri)  # MLflow's Keras callback logs through the fluent API
-    return DailyContext(
-        store=PriceStore(settings.store_dir, settings.locks_dir),
-        source=CsvSource(exports, name="csv"),
-        connect=lambda: Tracker.connect(uri, settings.experiment_name, settings.artifacts_dir),
-        tracking_uri=uri,
-        suite=load_suite_definition(SNAPSHOTS.parent.parent / "expectations" / "prices.json"),
-        config=tiny_config(),
-        policy=PromotionPolicy(0.002, 0.10),
-        reports_dir=settings.reports_dir,
-        quarantine_dir=settings.quarantine_dir,
-        forecasts_dir=settings.forecasts_dir,
-        retention=Retention(30, 10**9),
-        max_staleness_sessions=3,
-        today=lambda: DAYS[-1],
+    return tiny_daily_context(
+        settings.home,
+        msft_exports(tmp_path / "exports"),
+        today=DAYS[-1],
+        experiment=settings.experiment_name,
         lost_runs=RunRetention.from_settings(settings),
     )
 
