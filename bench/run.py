@@ -31,6 +31,7 @@ import psutil
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))
 
+from bench import scale  # noqa: E402
 from bench.seed_baseline import seed_forecasts  # noqa: E402
 from bench.state_size import GOAL_BYTES  # noqa: E402
 from bench.state_size import measure as measure_state_size  # noqa: E402
@@ -67,8 +68,9 @@ STEPS = ("fetch", "validate", "train", "evaluate", "track")
 
 
 @contextmanager
-def prefect_server(root: Path):
-    """A real Prefect server, as in production: runs then pay for their own start-up, not the server's."""
+def prefect_server(root: Path, pids: list[int] | None = None):
+    """A real Prefect server, as in production: runs then pay for their own start-up, not the server's. Its process
+    id goes into `pids`, to measure its CPU."""
     port = free_port()
     env = {**os.environ, "PREFECT_HOME": str(root / "prefect-server"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     env.pop("PREFECT_API_URL", None)
@@ -81,6 +83,8 @@ def prefect_server(root: Path):
         start_new_session=True,
     )
     api = f"http://127.0.0.1:{port}/api"
+    if pids is not None:
+        pids.append(server.pid)
     try:
         deadline = time.monotonic() + 180
         while True:
@@ -376,8 +380,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a reduced set (CI)")
     parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "bench")
+    parser.add_argument(
+        "--only-scale",
+        action="store_true",
+        help="measure `make run` and the scale section only, into the existing results (the rest kept as measured)",
+    )
     args = parser.parse_args()
     quick = args.quick
+    if args.only_scale:
+        refresh_scale(args.out, quick)
+        return
     config = TrainingConfig(epochs=2) if quick else TrainingConfig()
     before = config.model_copy(update={"batch_size": 64})
     tickers = ["MSFT"] if quick else ["MSFT", "GSPC"]
@@ -398,7 +410,7 @@ def main() -> None:
     matmul = results["machine"]["matmul_gflops_all_cores"]
 
     print(
-        "1/8 forecast quality and intervals at default settings (and the seeds' approach on the same days)", flush=True
+        "1/9 forecast quality and intervals at default settings (and the seeds' approach on the same days)", flush=True
     )
     trained = [train_and_score(t, config) for t in tickers]
     results["quality"] = [quality_row(r, config) for r in trained]
@@ -408,7 +420,7 @@ def main() -> None:
         "interval baseline is the last close times the quantiles of the last 250 returns."
     )
 
-    print("2/8 training speed before (batch 64) and after (the default), against the machine's floor", flush=True)
+    print("2/9 training speed before (batch 64) and after (the default), against the machine's floor", flush=True)
     before_result = train_and_score("MSFT", before)
     results["training"] = {
         "before": training_speed(before_result, before, matmul),
@@ -418,7 +430,7 @@ def main() -> None:
         "input and recurrent weights, forward x 3 for backward) at the measured float32 matmul rate.",
     }
 
-    print("3/8 warm start against a full retrain, 20 sessions after the champion was trained", flush=True)
+    print("3/9 warm start against a full retrain, 20 sessions after the champion was trained", flush=True)
     results["warm_start"] = warm_start_measurement(config, gap=20)
     results["warm_start"]["method"] = (
         "MSFT: a champion trained on data to 20 sessions before the end; then, on the "
@@ -430,7 +442,7 @@ def main() -> None:
         root = Path(tmp)
         env = {"STOCKPIPE_TRAINING__EPOCHS": str(config.epochs)}
         print(
-            "4/8 `make run` (no server: the run starts its own Prefect API), then the daily run against a server",
+            "4/9 `make run` (no server: the run starts its own Prefect API), then the daily run against a server",
             flush=True,
         )
         standalone = run_cli(["run", "--tickers", *tickers], root / "standalone" / ".stockpipe", env)
@@ -440,7 +452,8 @@ def main() -> None:
             "method": "`stockpipe run` in a fresh directory with nothing set, default settings, "
             "bundled MSFT and GSPC: what `make run` runs once installed.",
         }
-        api = stack.enter_context(prefect_server(root))
+        server_pids: list[int] = []
+        api = stack.enter_context(prefect_server(root, server_pids))
         home = root / "daily" / "state"
         daily = run_cli(["run", "--tickers", *tickers], home, env, api)
         steps = longest_steps(home, tickers)
@@ -458,11 +471,11 @@ def main() -> None:
             "overhead share is everything but training over the wall.",
         }
 
-        print("5/8 a re-run with no new data", flush=True)
+        print("5/9 a re-run with no new data", flush=True)
         results["rerun"] = {"wall": run_cli(["run", "--tickers", *tickers], home, env, api)["wall"]}
 
         counts = [1, 2] if quick else [1, 2, 4, 8]
-        print(f"6/8 parallel efficiency and cost against ticker count {counts}", flush=True)
+        print(f"6/9 parallel efficiency and cost against ticker count {counts}", flush=True)
         one_core = {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1", "OMP_NUM_THREADS": "1"}
         pinned = ["taskset", "-c", "0"]
         alone = csv_run(root, "alone", 1, api, 1, extra_env=one_core, prefix=pinned)
@@ -495,7 +508,7 @@ def main() -> None:
         }
 
         years = [1, 5] if quick else [1, 5, 10, 30]
-        print(f"7/8 cost against history length {years} years", flush=True)
+        print(f"7/9 cost against history length {years} years", flush=True)
         curve = []
         for span in years:
             # A year of sessions leaves no room for the default 250-session test span: that point tests on 60.
@@ -506,7 +519,10 @@ def main() -> None:
             curve.append({"years": span, **run})
         results["cost_by_history_years"] = curve
 
-    print("8/8 what each further ticker-day adds to STOCKPIPE_HOME, retention off and on", flush=True)
+        print("8/9 scale: a synthetic universe of many tickers, thread runner and Dask", flush=True)
+        results["scale"] = scale.measure(run_cli, root, api, server_pids[0], env, quick)
+
+    print("9/9 what each further ticker-day adds to STOCKPIPE_HOME, retention off and on", flush=True)
     # Quick: three sessions, retention keeping one lost run, so that pruning happens at all; not the README's figures.
     quick_form = {"count": 3, "last": 2, "epochs": config.epochs, "quick": True}
     results["state_size"] = measure_state_size(**(quick_form if quick else {"count": 20, "last": 10}))
@@ -518,6 +534,29 @@ def main() -> None:
     (args.out / f"results{suffix}.json").write_text(json.dumps(results, indent=2, default=float) + "\n")
     (args.out / f"results{suffix}.md").write_text(markdown(results))
     plot_costs(results, args.out / f"cost{suffix}.png")
+    print(markdown(results))
+
+
+def refresh_scale(out: Path, quick: bool) -> None:
+    """`make run` and the scale section measured anew in one run; every other figure stays as last measured."""
+    suffix = "-quick" if quick else ""
+    path = out / f"results{suffix}.json"
+    results = json.loads(path.read_text())
+    started = time.perf_counter()
+    env = {"STOCKPIPE_TRAINING__EPOCHS": "2"} if quick else {}
+    with tempfile.TemporaryDirectory(prefix="stockpipe-bench-") as tmp, ExitStack() as stack:
+        root = Path(tmp)
+        print("`make run` (no server)", flush=True)
+        standalone = run_cli(["run", "--tickers", "MSFT", "GSPC"], root / "standalone" / ".stockpipe", env)
+        results["make_run"].update(wall=standalone["wall"], peak_rss_gib=standalone["peak_rss_gib"])
+        server_pids: list[int] = []
+        api = stack.enter_context(prefect_server(root, server_pids))
+        results["scale"] = scale.measure(run_cli, root, api, server_pids[0], env, quick)
+    results["scale"]["measured"] = dt.date.today().isoformat()
+    results["scale"]["seconds"] = time.perf_counter() - started
+    results["targets"] = evaluate_targets(results)
+    path.write_text(json.dumps(results, indent=2, default=float) + "\n")
+    (out / f"results{suffix}.md").write_text(markdown(results))
     print(markdown(results))
 
 
@@ -558,6 +597,31 @@ def evaluate_targets(r: dict) -> dict:
             r["state_size"]["after"]["bytes_per_ticker_day"]["total"] <= TARGETS["state_bytes_per_ticker_day_max"],
         ),
     }
+    if "scale" in r:
+        sc, goals = r["scale"], scale.GOALS
+        largest = sc["by_ticker_count"][-1]["tickers"]
+        dask_count = sc["dask"]["tickers"]
+        checks.update(
+            {
+                f"core-s per further ticker-day (to {largest} tickers) <= {goals['per_ticker_core_seconds']:g}": (
+                    sc["per_ticker_core_seconds"],
+                    sc["per_ticker_core_seconds"] <= goals["per_ticker_core_seconds"],
+                ),
+                f"peak memory of a {largest}-ticker run <= {goals['peak_rss_gib_64']:g} GiB": (
+                    sc[f"peak_rss_gib_{largest}"],
+                    sc[f"peak_rss_gib_{largest}"] <= goals["peak_rss_gib_64"],
+                ),
+                f"500 tickers on this machine <= {goals['extrapolated_500_minutes']:g} min": (
+                    sc["extrapolated_500_minutes"],
+                    sc["extrapolated_500_minutes"] <= goals["extrapolated_500_minutes"],
+                ),
+                f"Dask efficiency at {dask_count} tickers >= {goals['dask_efficiency_32']:g}": (
+                    sc[f"dask_efficiency_{dask_count}"],
+                    sc[f"dask_efficiency_{dask_count}"] >= goals["dask_efficiency_32"],
+                ),
+                "`make run` <= 30 s (issue 26)": (r["make_run"]["wall"], r["make_run"]["wall"] <= 30.0),
+            }
+        )
     return {name: {"value": value, "met": bool(met)} for name, (value, met) in checks.items()}
 
 
@@ -585,6 +649,26 @@ def plot_costs(r: dict, path: Path) -> None:
     figure.suptitle(f"stockpipe daily-run cost, {r['machine']['cpus']} cores, {r['date']}")
     figure.tight_layout()
     figure.savefig(path)
+
+
+def scale_table(sc: dict) -> list[str]:
+    rows = [*sc["by_ticker_count"], sc["one_core"], sc["dask"]]
+    return [
+        "",
+        "| universe run (first night, from process start) | tickers | workers | wall s | core-s | core-s per ticker | "
+        "Prefect API share of CPU | peak memory GiB |",
+        "|---|---|---|---|---|---|---|---|",
+        *[
+            f"| {row['runner']}{' (one core)' if row is sc['one_core'] else ''} | {row['tickers']} | {row['workers']} "
+            f"| {row['wall']:.0f} | {row['core_seconds']:.0f} | {row['core_seconds_per_ticker']:.1f} | "
+            f"{row['api_cpu_share']:.1%} | {row['peak_rss_gib']:.2f} |"
+            for row in rows
+        ],
+        "",
+        f"Per further ticker-day: {sc['per_ticker_core_seconds']:.1f} core-seconds, "
+        f"{sc['wall_seconds_per_ticker']:.1f} s of wall on this machine; 500 tickers: "
+        f"{sc['extrapolated_500_minutes']:.0f} min, 5,000: {sc['extrapolated_5000_minutes'] / 60:.1f} h.",
+    ]
 
 
 def markdown(r: dict) -> str:
@@ -689,6 +773,8 @@ def markdown(r: dict) -> str:
         "|---|---|---|",
         *[f"| {kind} | {before[kind]:,} | {after[kind]:,} |" for kind in before],
     ]
+    if "scale" in r:
+        lines += scale_table(r["scale"])
     lines += [
         "",
         "| target | measured | met |",

@@ -16,7 +16,7 @@ from pipeline.evaluation.metrics import point_metrics
 from pipeline.evaluation.served_intervals import IntervalChoice, choose_intervals, served_bounds
 from pipeline.models.conformal import IntervalCalibration, tracked_intervals
 from pipeline.models.forecasters import NAIVE as NAIVE_KIND
-from pipeline.models.forecasters import Forecaster, LstmForecaster, forecasts_on, to_model_input
+from pipeline.models.forecasters import Forecaster, LstmForecaster, forecasts_on, min_input_rows, to_model_input
 from pipeline.models.intervals import LEVELS, interval_columns
 from pipeline.models.naive_intervals import naive_intervals
 from pipeline.models.references import reference_intervals
@@ -50,9 +50,11 @@ class Scores:
         return [day.strftime("%Y-%m-%d") for day in self.target_date]
 
 
-def forecast_on_test(model: Forecaster, dataset: Dataset) -> pd.DataFrame:
-    """A forecaster's predictions for every session of the dataset's history (intervals included if it has them)."""
-    return model.predict(to_model_input(dataset.history))
+def forecast_on_test(model: Forecaster, dataset: Dataset, positions: np.ndarray) -> pd.DataFrame:
+    """A forecaster's predictions (intervals included if it has them) from the sessions the as-of positions need:
+    the model's own lookback before the first (`min_input_rows`, exact by its contract), not the whole history."""
+    first = max(0, int(positions.min()) - min_input_rows(model) + 1) if positions.size else 0
+    return model.predict(to_model_input(dataset.history.iloc[first:]))
 
 
 def score(
@@ -66,9 +68,9 @@ def score(
     test = dataset.test
     closes = dataset.history["Close"].to_numpy("float64")
     positions = as_of_positions(dataset, test.as_of)
-    champion_frame = forecast_on_test(champion, dataset)
+    champion_frame = forecast_on_test(champion, dataset, positions)
     forecasts = {
-        CHALLENGER: challenger.point_forecasts(closes)[positions - challenger.window],
+        CHALLENGER: challenger.point_forecasts_at(closes, positions),
         CHAMPION: forecasts_on(champion_frame, test.as_of),
         NAIVE: test.last_close.astype("float64"),
     }

@@ -116,6 +116,15 @@ class LstmForecaster:
             raise ValueError(f"the LSTM needs at least {self.window + 1} sessions of prices, got {len(closes)}")
         return closes[self.window :] * np.exp(self.shrinkage * self.network_returns(features))
 
+    def point_forecasts_at(self, closes: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """Forecasts made at the given close positions only: the network sees just those windows (scoring and
+        calibration need a year of sessions, not the ten years a full pass would push through it)."""
+        positions = np.asarray(positions, dtype="int64")
+        if positions.size and (positions.min() < self.window or positions.max() >= len(closes)):
+            raise ValueError(f"as-of positions must lie in [{self.window}, {len(closes)}), got {positions.min()}..")
+        features = window_features(closes, self.window)[positions - self.window]
+        return closes[positions] * np.exp(self.shrinkage * self.network_returns(features))
+
     def predict(self, model_input: pd.DataFrame) -> pd.DataFrame:
         closes, dates = closes_and_dates(model_input)
         forecast = self.point_forecasts(closes)

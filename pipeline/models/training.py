@@ -84,9 +84,12 @@ def train_challenger(
         dataset, config, label=ticker, initial_weights=warm_start.weights if warm_start else None, callbacks=callbacks
     )
     fitted = time.perf_counter()
-    shrinkage = validation_shrinkage(trained.keras_model, dataset)
+    # One pass of the network over the validation windows serves both the shrinkage and the calibration.
+    returns = validation_returns(trained.keras_model, dataset)
+    shrinkage = shrinkage_toward_persistence(returns, np.log(dataset.val.next_close / dataset.val.last_close))
     forecaster = LstmForecaster(trained.keras_model, dataset.scaler, dataset.window, shrinkage)
-    forecaster = forecaster.with_calibration(calibrate_intervals(forecaster, dataset))
+    val_forecasts = dataset.val.last_close.astype("float64") * np.exp(shrinkage * returns)
+    forecaster = forecaster.with_calibration(calibrate_intervals(forecaster, dataset, val_forecasts))
     log.info(
         "%s: trained %d epochs in %.1fs (best %d, shrinkage %.2f)",
         ticker,
@@ -122,17 +125,19 @@ def as_of_positions(dataset: Dataset, as_of: pd.DatetimeIndex) -> np.ndarray:
     return pd.DatetimeIndex(dataset.history["Date"]).get_indexer(as_of)
 
 
-def calibrate_intervals(forecaster: LstmForecaster, dataset: Dataset) -> conformal.IntervalCalibration:
-    """Conformal interval quantiles from the challenger's own forecasts on the validation sessions."""
+def calibrate_intervals(
+    forecaster: LstmForecaster, dataset: Dataset, val_forecasts: np.ndarray | None = None
+) -> conformal.IntervalCalibration:
+    """Conformal interval quantiles from the challenger's own forecasts on the validation sessions (`val_forecasts`
+    when they are already known)."""
     closes = dataset.history["Close"].to_numpy("float64")
     positions = as_of_positions(dataset, dataset.val.as_of)
-    forecasts = forecaster.point_forecasts(closes)[positions - forecaster.window]
+    forecasts = forecaster.point_forecasts_at(closes, positions) if val_forecasts is None else val_forecasts
     return conformal.calibrate(closes, positions, forecasts)
 
 
-def validation_shrinkage(keras_model: Any, dataset: Dataset) -> float:
-    """How much of the network's predicted return held up on the validation days (never the test days)."""
+def validation_returns(keras_model: Any, dataset: Dataset) -> np.ndarray:
+    """The network's next log returns on the validation windows (never the test ones), before any shrinkage: how
+    much of them held up there is the shrinkage."""
     scaled = np.asarray(keras_model(dataset.val.x, training=False)).reshape(-1)
-    predicted = dataset.scaler.inverse_target(scaled)
-    actual = np.log(dataset.val.next_close / dataset.val.last_close)
-    return shrinkage_toward_persistence(predicted, actual)
+    return dataset.scaler.inverse_target(scaled)

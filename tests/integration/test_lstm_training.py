@@ -84,6 +84,25 @@ def test_training_in_parallel_threads_is_as_reproducible_as_alone(trained, datas
         assert_same_training(trained, result, dataset.test.x)
 
 
+def test_a_thread_that_trained_another_ticker_trains_as_a_fresh_thread_and_leaves_it_alone(trained, dataset, prices):
+    """A thread keeps its compiled network for the next fit (no retracing): that fit starts from the seeded state,
+    whatever the thread trained before, and the model an earlier fit returned is not changed by it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    other = build_dataset(prices.assign(Close=prices["Close"] * np.linspace(1.0, 1.3, len(prices))), tiny())
+
+    def two_in_one_thread() -> tuple[TrainedModel, np.ndarray, TrainedModel]:
+        first = train_lstm(other, tiny(), "other")
+        before = predict(first.keras_model, other.test.x)
+        return first, before, train_lstm(dataset, tiny(), "this")
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        first, before, second = pool.submit(two_in_one_thread).result(timeout=300)
+    assert_same_training(trained, second, dataset.test.x)
+    np.testing.assert_array_equal(predict(first.keras_model, other.test.x), before)
+    assert second.keras_model is not first.keras_model
+
+
 def test_training_never_reads_the_test_split(trained, dataset):
     """Early stopping and fitting see train and validation only: garbage in the test split changes nothing."""
     poisoned_test = dataclasses.replace(

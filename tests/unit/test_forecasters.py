@@ -156,6 +156,46 @@ def test_lstm_with_a_calibration_serves_intervals(lstm, dataset, prices):
     assert min_input_rows(calibrated) > WINDOW, "a year of history for the volatility behind the intervals"
 
 
+def test_forecasts_at_positions_are_the_full_pass_at_those_positions(lstm, prices):
+    closes = prices["Close"].to_numpy("float64")
+    positions = np.array([WINDOW, WINDOW + 7, len(closes) - 40, len(closes) - 1])
+    full = lstm.point_forecasts(closes)[positions - WINDOW]
+    np.testing.assert_allclose(lstm.point_forecasts_at(closes, positions), full, rtol=1e-6)
+    with pytest.raises(ValueError, match="as-of positions"):
+        lstm.point_forecasts_at(closes, np.array([WINDOW - 1]))
+
+
+def test_training_calibrates_on_the_forecasts_its_validation_pass_gives(lstm, dataset):
+    """Training computes the validation windows' forecasts once, from the dataset's windows, for shrinkage and
+    calibration alike: the same forecasts the served model makes at those sessions from raw prices."""
+    from pipeline.models.training import as_of_positions, calibrate_intervals, validation_returns
+
+    closes = dataset.history["Close"].to_numpy("float64")
+    served = lstm.point_forecasts_at(closes, as_of_positions(dataset, dataset.val.as_of))
+    shared = dataset.val.last_close * np.exp(lstm.shrinkage * validation_returns(lstm.keras_model, dataset))
+    np.testing.assert_allclose(shared, served, rtol=1e-6)
+    assert calibrate_intervals(lstm, dataset, shared) == pytest.approx(calibrate_intervals(lstm, dataset))
+
+
+def test_a_champion_scored_from_its_lookback_forecasts_as_from_the_whole_history(lstm, dataset, prices):
+    """Scoring feeds a champion only the sessions its test positions need: forecasts and intervals as from all."""
+    from pipeline.evaluation.scoring import forecast_on_test
+    from pipeline.models.training import as_of_positions, calibrate_intervals
+
+    positions = as_of_positions(dataset, dataset.test.as_of)
+    for model in (lstm.with_calibration(calibrate_intervals(lstm, dataset)), NaiveForecaster()):
+        whole = model.predict(to_model_input(dataset.history))
+        tail = forecast_on_test(model, dataset, positions)
+        assert len(tail) < len(whole)
+        for column in [c for c in whole.columns if c != "as_of"]:
+            np.testing.assert_allclose(
+                forecasts_on(tail, dataset.test.as_of, column),
+                forecasts_on(whole, dataset.test.as_of, column),
+                rtol=1e-6,
+                err_msg=f"{model.kind} {column}",
+            )
+
+
 # -- stored as data -------------------------------------------------------------------------------
 
 
