@@ -144,7 +144,16 @@ def run(
     if not isinstance(outcomes, list):  # the flow itself failed before any ticker ran
         raise fail(f"flow failed: {outcomes}")
     _print_outcomes(outcomes)
+    _exit_without_final_collection()
     raise typer.Exit(0 if all(o.succeeded for o in outcomes) else 1)
+
+
+def _exit_without_final_collection() -> None:
+    """The run is over and flushed: the interpreter's last garbage collection, through every object TensorFlow,
+    MLflow, GX and Prefect made, only frees memory the exit frees anyway (measured: 4 s of a 45 s first run)."""
+    import gc
+
+    gc.freeze()
 
 
 @app.command(context_settings={"allow_extra_args": True})
@@ -196,6 +205,8 @@ def _prepare_run(settings: Settings, chosen: Optional[list[str]]) -> Any:
     api = start_prefect_api()
     if settings.source is SourceKind.yahoo:
         import yfinance  # noqa: F401 - must load before TensorFlow (yfinance issue 2528)
+    if api is not None:
+        environment.while_the_api_starts(settings)
     return api
 
 
@@ -229,7 +240,15 @@ def _task_runner(kind: TaskRunnerKind, max_workers: int, dask_address: Optional[
         if dask_address:
             return DaskTaskRunner(address=dask_address)
         # One single-threaded worker process per ticker slot: TensorFlow releases the GIL, processes avoid sharing it.
-        return DaskTaskRunner(cluster_kwargs={"n_workers": max_workers, "threads_per_worker": 1, "processes": True})
+        # Preloaded, each imports the flow's libraries as it starts, not inside its first ticker (flows.dask_worker).
+        return DaskTaskRunner(
+            cluster_kwargs={
+                "n_workers": max_workers,
+                "threads_per_worker": 1,
+                "processes": True,
+                "preload": ["flows.dask_worker"],
+            }
+        )
     from prefect.task_runners import ThreadPoolTaskRunner
 
     return ThreadPoolTaskRunner(max_workers=max_workers)

@@ -51,6 +51,29 @@ def before_imports(settings: Settings, parallel_trainings: int = 1) -> None:
         raise SystemExit(2) from None
 
 
+def while_the_api_starts(settings: Settings) -> None:
+    """Work every run does anyway, done while the run's own Prefect API starts in its child process (about 12 s on
+    a fresh home, on the other core): TensorFlow's, GX's and MLflow's imports, GX's context, and the MLflow store
+    (created and migrated on a fresh home). Each part is best effort: what fails here is met, and reported, in the
+    flow itself."""
+    import importlib
+
+    for module in ("keras", "great_expectations", "mlflow", "flows.daily"):
+        try:
+            importlib.import_module(module)
+        except Exception as exc:  # the flow imports it again and fails there, properly
+            logging.getLogger("pipeline.flow").debug("%s not imported early: %s", module, exc)
+    try:
+        from pipeline.contract.gx_context import gx_state
+        from pipeline.registry.tracking import Tracker
+
+        with gx_state():
+            pass
+        Tracker.from_settings(settings)
+    except Exception as exc:
+        logging.getLogger("pipeline.flow").debug("not prepared early: %s", type(exc).__name__)
+
+
 def in_flow_process(settings: Settings) -> None:
     """What every process running the flow needs, set at its edge (a deployment's worker never runs the CLI):
     MLflow's Keras callback logs through MLflow's process-wide tracking URI, and the enforced settings above."""

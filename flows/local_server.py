@@ -130,11 +130,13 @@ def prefect_api(api: LocalPrefectApi | None, share_with_workers: bool = False) -
             try:
                 yield
             finally:
+                from prefect.events.worker import EventsWorker
                 from prefect.logging.handlers import APILogWorker
 
-                # The last log records must reach the API before it stops, however the run ended: otherwise
-                # Prefect's log worker retries against the closed port at exit.
+                # The last log records and events must reach the API before it stops, however the run ended:
+                # otherwise Prefect's workers retry against the closed port at exit.
                 APILogWorker.drain_all(timeout=5)
+                EventsWorker.drain_all(timeout=5)
     finally:
         if share_with_workers:
             os.environ.pop("PREFECT_API_URL", None)

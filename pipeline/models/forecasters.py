@@ -136,8 +136,10 @@ class LstmForecaster:
 
     def network_returns(self, features: np.ndarray) -> np.ndarray:
         """The network's next log returns for windows of features, before any shrinkage."""
-        # One direct forward pass: `predict` would retrace a tf.function for every new input length.
-        scaled = np.asarray(self.keras_model(self.scaling.features(features), training=False))
+        # Keras's `predict` would retrace a tf.function for every new input length; this traces once a thread.
+        from pipeline.models.lstm import network_outputs
+
+        scaled = network_outputs(self.keras_model, self.scaling.features(features))
         return self.scaling.inverse_target(scaled.reshape(-1))
 
     def spec(self) -> dict[str, Any]:

@@ -139,5 +139,7 @@ def calibrate_intervals(
 def validation_returns(keras_model: Any, dataset: Dataset) -> np.ndarray:
     """The network's next log returns on the validation windows (never the test ones), before any shrinkage: how
     much of them held up there is the shrinkage."""
-    scaled = np.asarray(keras_model(dataset.val.x, training=False)).reshape(-1)
+    from pipeline.models.lstm import network_outputs
+
+    scaled = network_outputs(keras_model, dataset.val.x).reshape(-1)
     return dataset.scaler.inverse_target(scaled)

@@ -177,6 +177,19 @@ def test_training_calibrates_on_the_forecasts_its_validation_pass_gives(lstm, da
     assert calibrate_intervals(lstm, dataset, shared) == pytest.approx(calibrate_intervals(lstm, dataset))
 
 
+def test_the_compiled_forward_pass_gives_each_network_its_own_outputs(lstm, dataset):
+    """Forecasts go through one compiled network per thread and architecture, loaded with each model's weights: the
+    outputs are each model's own, as an eager call gives them, whichever model went before."""
+    from pipeline.models.lstm import build_lstm, network_outputs
+
+    other = build_lstm(WINDOW, 2, CONFIG.model_copy(update={"seed": 99}))
+    for model in (lstm.keras_model, other, lstm.keras_model, other):
+        for x in (dataset.val.x, dataset.test.x[:1]):
+            eager = np.asarray(model(x, training=False))
+            np.testing.assert_allclose(network_outputs(model, x), eager, rtol=1e-5, atol=1e-7)
+    assert not np.allclose(network_outputs(other, dataset.val.x), network_outputs(lstm.keras_model, dataset.val.x))
+
+
 def test_a_champion_scored_from_its_lookback_forecasts_as_from_the_whole_history(lstm, dataset, prices):
     """Scoring feeds a champion only the sessions its test positions need: forecasts and intervals as from all."""
     from pipeline.evaluation.scoring import forecast_on_test
