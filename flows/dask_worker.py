@@ -11,7 +11,8 @@ import logging
 import time
 from typing import Any
 
-log = logging.getLogger("pipeline.flow")
+# Under `distributed`: a worker logs through Dask's handler before Prefect sets up its own.
+log = logging.getLogger("distributed.stockpipe")
 PRELOADED = (
     "yfinance",
     "flows.daily",
