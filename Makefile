@@ -29,7 +29,7 @@ run: $(STAMP) ## Run the daily pipeline on the bundled snapshot (MSFT, GSPC)
 	$(BIN)/stockpipe status
 
 .PHONY: test
-test: $(STAMP) ## Run the unit and integration tests (about 18 minutes on 2 cores)
+test: $(STAMP) ## Run the unit and integration tests (about 14 minutes on 2 cores)
 	$(BIN)/python -m pytest tests/unit tests/integration $(PYTEST_ARGS)
 
 .PHONY: lint
@@ -61,7 +61,7 @@ postgres: ## Install PostgreSQL from Debian's packages if missing (the productio
 	bash scripts/install-postgres.sh
 
 .PHONY: bench
-bench: $(STAMP) ## Measure quality, cost, scaling and memory on the bundled data (about 15 min); writes bench/results.*
+bench: $(STAMP) ## Measure quality, cost, scaling, memory and a 64-ticker universe (about 45 min); writes bench/results.*
 	$(BIN)/python bench/run.py
 
 .PHONY: bench-quick

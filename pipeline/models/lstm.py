@@ -99,8 +99,10 @@ def detached_copy(model: Any, window: int, n_features: int, config: TrainingConf
     return copy
 
 
-# One per thread and architecture: forecasting networks whose compiled predict function is traced once.
+# One per thread and architecture: forecasting networks whose compiled predict function is traced once. A thread
+# meets one architecture, two while the settings change under a champion of the old one; more are dropped.
 _forecasters = threading.local()
+FORECASTING_NETWORKS_KEPT = 2
 
 
 def network_outputs(keras_model: Any, x: np.ndarray) -> np.ndarray:
@@ -115,6 +117,8 @@ def network_outputs(keras_model: Any, x: np.ndarray) -> np.ndarray:
     if key not in kept:
         if units is None:
             return np.asarray(keras_model(x, training=False))
+        while len(kept) >= FORECASTING_NETWORKS_KEPT:
+            kept.pop(next(iter(kept)))
         kept[key] = build_lstm(window, n_features, TrainingConfig(window=window, units=units), compiled=False)
     network = kept[key]
     if [w.shape for w in network.get_weights()] != [np.shape(w) for w in weights]:
