@@ -437,11 +437,18 @@ def resolve_settings(
     return merged
 
 
+# More tickers than this are named by their first and last and their count: 64 names make a title the UI cuts off.
+TICKERS_NAMED = 6
+
+
 def daily_run_name() -> str:
-    """`daily 2017-11-10 MSFT,GSPC`: what the run is about, readable in the runs list."""
+    """`daily 2017-11-10 MSFT,GSPC`, or `daily 2017-11-10 SYN001..SYN064 (64 tickers)`: what the run is about,
+    readable in the runs list."""
     parameters = flow_run.parameters or {}
     day = parameters.get("as_of") or "latest"
     tickers = parameters.get("tickers") or "default tickers"
+    if isinstance(tickers, list) and len(tickers) > TICKERS_NAMED:
+        return f"daily {day} {tickers[0]}..{tickers[-1]} ({len(tickers)} tickers)"
     return f"daily {day} {','.join(tickers) if isinstance(tickers, list) else tickers}"
 
 
