@@ -206,7 +206,7 @@ def _prepare_run(settings: Settings, chosen: Optional[list[str]]) -> Any:
     if settings.source is SourceKind.yahoo:
         import yfinance  # noqa: F401 - must load before TensorFlow (yfinance issue 2528)
     if api is not None:
-        environment.while_the_api_starts(settings)
+        environment.while_the_api_starts(settings, api.ready)
     return api
 
 

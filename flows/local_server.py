@@ -81,10 +81,13 @@ class LocalPrefectApi:
         self.process = start_child(command, env)
         return self
 
+    def ready(self) -> bool:
+        return self.process is not None and answers(f"{self.api_url}/health", timeout=0.5)
+
     def wait_ready(self, timeout: float = STARTUP_TIMEOUT_SECONDS) -> None:
         assert self.process is not None, "start() first"
         deadline = time.monotonic() + timeout
-        while not answers(f"{self.api_url}/health"):
+        while not self.ready():
             if self.process.poll() is not None:
                 raise RuntimeError(f"the local Prefect API exited with {self.process.returncode} while starting")
             if time.monotonic() > deadline:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 from pipeline.common.disk import disk_full_cause
@@ -21,13 +20,10 @@ def epoch_callback(run_id: str) -> Any:
     logged a second time: Keras already hands it to `on_epoch_end` as `val_loss`.
     """
     import mlflow
-    from mlflow.entities import Metric
     from mlflow.keras import MlflowCallback
 
     class RunCallback(MlflowCallback):
         def on_train_begin(self, logs: dict | None = None) -> None:
-            # One client for the epochs: the fluent call reads the whole run back before every epoch's log.
-            self.client = mlflow.MlflowClient(mlflow.get_tracking_uri())
             config = self.model.optimizer.get_config()
             lines: list[str] = []
             self.model.summary(print_fn=lambda line, *args, **kwargs: lines.append(line))
@@ -40,9 +36,9 @@ def epoch_callback(run_id: str) -> Any:
             # recording stage after it reports the loss (and is retried) properly.
             if logs:
                 try:
-                    now = int(time.time() * 1000)
-                    metrics = [Metric(k, float(v), now, epoch) for k, v in logs.items()]
-                    self.client.log_batch(run_id, metrics=metrics, synchronous=True)
+                    mlflow.log_metrics(
+                        {k: float(v) for k, v in logs.items()}, step=epoch, run_id=run_id, synchronous=True
+                    )
                 except Exception as exc:
                     why = "disk full" if disk_full_cause(exc) else type(exc).__name__
                     log.warning("epoch %d not logged live to MLflow: %s", epoch + 1, why)
