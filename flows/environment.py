@@ -59,9 +59,12 @@ def while_the_api_starts(settings: Settings, api_ready: Callable[[], bool]) -> N
     step is best effort: what fails here is met, and reported, in the flow itself."""
 
     def mlflow_store() -> None:
-        from pipeline.registry.tracking import Tracker
+        # Only the home's own SQLite store has a schema to create here; a tracking server is the flow's to reach
+        # (with its retries), never waited on twice.
+        if settings.tracking_uri().startswith("sqlite:"):
+            from pipeline.registry.tracking import Tracker
 
-        Tracker.from_settings(settings)
+            Tracker.from_settings(settings)
 
     def gx_context() -> None:
         from pipeline.contract.gx_context import gx_state
